@@ -1,1 +1,21 @@
-//! placeholder
+//! DSM: distributed shared memory for Linux x86-64 processes.
+//!
+//! Processes attach one named session through a coordinator (`dsm-coordinator`) over QUIC with
+//! mutual TLS, synchronize with barriers and named semaphores, and (from the shared-region
+//! milestone on) load and store one shared region.
+//!
+//! - [`Config`]: where the coordinator is, which session, how large, how many processes; from a
+//!   builder or from `DSM_*` environment variables (see [`config`]).
+//! - [`Session`]: rank, process count, [`Session::barrier`], [`Session::semaphore`]; detaches on
+//!   drop.
+//! - [`Error`]: every failure, with a message that says what to check.
+
+mod client;
+pub mod config;
+mod error;
+mod session;
+
+pub use config::{Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_PORT};
+pub use dsm_proto::{Rank, MAX_SEMAPHORE_NAME};
+pub use error::{Error, Result};
+pub use session::{Semaphore, Session};

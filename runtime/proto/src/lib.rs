@@ -10,6 +10,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod units;
 pub mod wire;
 
 pub use frame::{decode_frame, encode_frame, FrameError, MAX_FRAME_LEN};
@@ -31,6 +32,20 @@ pub const MAX_REGION_SIZE: u64 = 1 << 46;
 
 /// Largest number of processes in one session.
 pub const MAX_PROCESSES: u32 = 1024;
+
+/// QUIC application close codes used by both sides.
+pub mod close_code {
+    /// Normal close.
+    pub const OK: u32 = 0;
+    /// The peer's hello had the wrong magic or version.
+    pub const VERSION_MISMATCH: u32 = 1;
+    /// A malformed or oversized frame.
+    pub const PROTOCOL_ERROR: u32 = 2;
+    /// The coordinator is shutting down.
+    pub const SHUTDOWN: u32 = 3;
+    /// The attach was refused.
+    pub const REFUSED: u32 = 4;
+}
 
 /// ALPN protocol name both sides require during the TLS handshake.
 pub const ALPN: &[u8] = b"dsm";

@@ -288,6 +288,13 @@ pub enum SessionFault {
         /// What the coordinator saw.
         detail: String,
     },
+    /// A process of the session already detached, so a barrier across all processes can never
+    /// complete.
+    #[error("rank {rank} has already detached, so no barrier across all processes can complete")]
+    RankDetached {
+        /// The detached process's rank.
+        rank: Rank,
+    },
     /// The semaphore name breaks the naming rules.
     #[error("invalid semaphore name: {0}")]
     BadName(NameError),

@@ -1,0 +1,683 @@
+//! The coordinator's sans-IO core: sessions, membership, barriers and named semaphores.
+//!
+//! [`Registry`] is fed events (`handle_message`, `handle_disconnect`) for connections identified
+//! by a [`ConnId`] and pushes the messages to send into an [`Outbox`]. It never touches a socket
+//! or a clock, so every rule here is unit-tested deterministically below; `server.rs` is the one
+//! place where it meets QUIC.
+//!
+//! Session life cycle: the first attach declares a session (name, size, process count); later
+//! attaches must match. Members wait ("pending") until all `nprocs` have joined, then get ranks in
+//! join order. A running session ends when every member has detached or been lost, and its name
+//! can be used again.
+
+use std::collections::{HashMap, VecDeque};
+
+use dsm_proto::{
+    check_region_size, check_semaphore_name, check_session_name, AttachRequest, Rank, Refusal,
+    ReqId, SessionFault, ToCoordinator, ToProcess, MAX_PROCESSES,
+};
+
+/// Identifies one client connection.
+pub type ConnId = u64;
+
+/// What the I/O layer must do after an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a message on a connection's stream (in order).
+    Send(ConnId, ToProcess),
+    /// Flush what was sent on the connection, then close it.
+    Close(ConnId, &'static str),
+}
+
+/// Messages and closes produced by one event, in order.
+pub type Outbox = Vec<Output>;
+
+/// Traffic figures of one session, logged when it ends.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Barriers completed.
+    pub barriers: u64,
+    /// Semaphore waits completed.
+    pub semaphore_waits: u64,
+    /// Semaphore posts.
+    pub semaphore_posts: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemberState {
+    Active,
+    Detached,
+    Lost,
+}
+
+#[derive(Debug)]
+struct Member {
+    conn: ConnId,
+    label: String,
+    state: MemberState,
+}
+
+#[derive(Debug, Default)]
+struct Semaphore {
+    count: u64,
+    waiters: VecDeque<(Rank, ReqId)>,
+}
+
+#[derive(Debug)]
+struct Barrier {
+    epoch: u64,
+    arrived: Vec<bool>,
+    count: u32,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for processes; connections in join order.
+    Pending(Vec<(ConnId, String)>),
+    /// All processes joined; members indexed by rank.
+    Running(Running),
+}
+
+#[derive(Debug)]
+struct Running {
+    members: Vec<Member>,
+    barrier: Barrier,
+    semaphores: HashMap<String, Semaphore>,
+    /// First rank lost, with what was seen; once set, barriers and blocking waits fail.
+    lost: Option<(Rank, String)>,
+    stats: SessionStats,
+}
+
+#[derive(Debug)]
+struct Session {
+    size: u64,
+    nprocs: u32,
+    phase: Phase,
+}
+
+/// Where a connection belongs.
+#[derive(Debug, Clone)]
+enum ConnState {
+    /// Joined `session`, waiting for it to start.
+    Pending { session: String },
+    /// Member of a running session with this rank.
+    Member { session: String, rank: Rank },
+}
+
+/// A session that ended, for the I/O layer to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedSession {
+    /// Its name.
+    pub name: String,
+    /// Its process count.
+    pub nprocs: u32,
+    /// Its traffic.
+    pub stats: SessionStats,
+    /// Ranks that were lost rather than detached.
+    pub lost: Vec<Rank>,
+}
+
+/// All sessions of one coordinator.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: HashMap<String, Session>,
+    conns: HashMap<ConnId, ConnState>,
+    ended: Vec<EndedSession>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of sessions, pending or running.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Sessions that ended since the last call (for logging).
+    pub fn take_ended(&mut self) -> Vec<EndedSession> {
+        std::mem::take(&mut self.ended)
+    }
+
+    /// One line per session, for the status view.
+    pub fn status(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .sessions
+            .iter()
+            .map(|(name, s)| match &s.phase {
+                Phase::Pending(m) => format!(
+                    "session '{name}': waiting, {} of {} processes attached, {} bytes",
+                    m.len(),
+                    s.nprocs,
+                    s.size
+                ),
+                Phase::Running(r) => {
+                    let active = r.members.iter().filter(|m| m.state == MemberState::Active).count();
+                    format!(
+                        "session '{name}': running, {active} of {} processes attached, {} bytes, {} barriers",
+                        s.nprocs, s.size, r.stats.barriers
+                    )
+                }
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// A message arrived on `conn`.
+    pub fn handle_message(&mut self, conn: ConnId, msg: ToCoordinator, out: &mut Outbox) {
+        if let ToCoordinator::Ping { req, payload } = msg {
+            out.push(Output::Send(conn, ToProcess::Pong { req, payload }));
+            return;
+        }
+        match self.conns.get(&conn).cloned() {
+            None => match msg {
+                ToCoordinator::Attach(req) => self.handle_attach(conn, req, out),
+                _ => refuse(conn, Refusal::NotAttached, out),
+            },
+            Some(ConnState::Pending { .. }) => {
+                // Nothing but waiting is allowed before the session starts.
+                out.push(Output::Send(
+                    conn,
+                    ToProcess::Failed {
+                        req: None,
+                        error: SessionFault::Protocol(format!(
+                            "{} sent before the session started",
+                            kind(&msg)
+                        )),
+                    },
+                ));
+                out.push(Output::Close(conn, "protocol violation"));
+            }
+            Some(ConnState::Member { session, rank }) => {
+                let Some(s) = self.sessions.get_mut(&session) else { return };
+                let Phase::Running(run) = &mut s.phase else { return };
+                if run.members[rank as usize].state != MemberState::Active {
+                    // Late messages from a member that already detached are ignored.
+                    return;
+                }
+                run.handle(rank, msg, out);
+                self.reap(&session);
+            }
+        }
+    }
+
+    /// `conn` is gone (closed, reset, or silent past the idle timeout). `detail` says how.
+    pub fn handle_disconnect(&mut self, conn: ConnId, detail: &str, out: &mut Outbox) {
+        let Some(state) = self.conns.remove(&conn) else { return };
+        match state {
+            ConnState::Pending { session } => {
+                let Some(s) = self.sessions.get_mut(&session) else { return };
+                let Phase::Pending(members) = &mut s.phase else { return };
+                members.retain(|(c, _)| *c != conn);
+                if members.is_empty() {
+                    self.sessions.remove(&session);
+                } else {
+                    let joined = members.len() as u32;
+                    for (c, _) in members.iter() {
+                        out.push(Output::Send(*c, ToProcess::Joined { joined, nprocs: s.nprocs }));
+                    }
+                }
+            }
+            ConnState::Member { session, rank } => {
+                let Some(s) = self.sessions.get_mut(&session) else { return };
+                let Phase::Running(run) = &mut s.phase else { return };
+                if run.members[rank as usize].state == MemberState::Active {
+                    run.lose(rank, detail, out);
+                }
+                self.reap(&session);
+            }
+        }
+    }
+
+    fn handle_attach(&mut self, conn: ConnId, req: AttachRequest, out: &mut Outbox) {
+        if let Err(e) = check_session_name(&req.session) {
+            return refuse(conn, Refusal::BadName(e), out);
+        }
+        if let Err(e) = check_region_size(req.size) {
+            return refuse(conn, Refusal::BadSize(e), out);
+        }
+        if req.nprocs == 0 || req.nprocs > MAX_PROCESSES {
+            return refuse(conn, Refusal::BadNprocs { nprocs: req.nprocs, max: MAX_PROCESSES }, out);
+        }
+        let s = self.sessions.entry(req.session.clone()).or_insert_with(|| Session {
+            size: req.size,
+            nprocs: req.nprocs,
+            phase: Phase::Pending(Vec::new()),
+        });
+        if s.size != req.size {
+            let r = Refusal::SizeMismatch {
+                session: req.session,
+                declared: s.size,
+                requested: req.size,
+            };
+            return refuse(conn, r, out);
+        }
+        if s.nprocs != req.nprocs {
+            let r = Refusal::NprocsMismatch {
+                session: req.session,
+                declared: s.nprocs,
+                requested: req.nprocs,
+            };
+            return refuse(conn, r, out);
+        }
+        let Phase::Pending(members) = &mut s.phase else {
+            return refuse(conn, Refusal::SessionFull { session: req.session, nprocs: s.nprocs }, out);
+        };
+        members.push((conn, req.label));
+        let joined = members.len() as u32;
+        if joined < s.nprocs {
+            self.conns.insert(conn, ConnState::Pending { session: req.session });
+            for (c, _) in members.iter() {
+                out.push(Output::Send(*c, ToProcess::Joined { joined, nprocs: s.nprocs }));
+            }
+            return;
+        }
+        let members: Vec<Member> = std::mem::take(members)
+            .into_iter()
+            .map(|(conn, label)| Member { conn, label, state: MemberState::Active })
+            .collect();
+        for (rank, m) in members.iter().enumerate() {
+            let rank = rank as Rank;
+            self.conns.insert(m.conn, ConnState::Member { session: req.session.clone(), rank });
+            out.push(Output::Send(
+                m.conn,
+                ToProcess::Attached { rank, nprocs: s.nprocs, size: s.size },
+            ));
+        }
+        s.phase = Phase::Running(Running {
+            barrier: Barrier { epoch: 0, arrived: vec![false; members.len()], count: 0 },
+            members,
+            semaphores: HashMap::new(),
+            lost: None,
+            stats: SessionStats::default(),
+        });
+    }
+
+    /// Removes `session` if every member has detached or been lost.
+    fn reap(&mut self, session: &str) {
+        let Some(s) = self.sessions.get(session) else { return };
+        let Phase::Running(run) = &s.phase else { return };
+        if run.members.iter().any(|m| m.state == MemberState::Active) {
+            return;
+        }
+        let lost = run
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.state == MemberState::Lost)
+            .map(|(r, _)| r as Rank)
+            .collect();
+        self.ended.push(EndedSession {
+            name: session.to_string(),
+            nprocs: s.nprocs,
+            stats: run.stats,
+            lost,
+        });
+        self.sessions.remove(session);
+    }
+
+    /// The label a member attached with (for logs).
+    pub fn label(&self, conn: ConnId) -> Option<String> {
+        match self.conns.get(&conn)? {
+            ConnState::Pending { .. } => None,
+            ConnState::Member { session, rank } => match &self.sessions.get(session)?.phase {
+                Phase::Running(r) => Some(r.members[*rank as usize].label.clone()),
+                Phase::Pending(_) => None,
+            },
+        }
+    }
+}
+
+fn refuse(conn: ConnId, refusal: Refusal, out: &mut Outbox) {
+    out.push(Output::Send(conn, ToProcess::Refused(refusal)));
+    out.push(Output::Close(conn, "attach refused"));
+}
+
+fn kind(msg: &ToCoordinator) -> &'static str {
+    match msg {
+        ToCoordinator::Attach(_) => "attach",
+        ToCoordinator::Barrier { .. } => "barrier",
+        ToCoordinator::SemaphoreWait { .. } => "semaphore wait",
+        ToCoordinator::SemaphorePost { .. } => "semaphore post",
+        ToCoordinator::Fetch { .. } => "page fetch",
+        ToCoordinator::Own { .. } => "page ownership request",
+        ToCoordinator::InvalidateAck { .. }
+        | ToCoordinator::DowngradeAck { .. }
+        | ToCoordinator::RecallAck { .. } => "page acknowledgement",
+        ToCoordinator::Writeback { .. } => "page writeback",
+        ToCoordinator::Detach => "detach",
+        ToCoordinator::Ping { .. } => "ping",
+    }
+}
+
+impl Running {
+    fn conn(&self, rank: Rank) -> ConnId {
+        self.members[rank as usize].conn
+    }
+
+    fn lost_fault(&self) -> Option<SessionFault> {
+        self.lost
+            .as_ref()
+            .map(|(rank, detail)| SessionFault::RankLost { rank: *rank, detail: detail.clone() })
+    }
+
+    fn fail(&self, rank: Rank, req: Option<ReqId>, error: SessionFault, out: &mut Outbox) {
+        out.push(Output::Send(self.conn(rank), ToProcess::Failed { req, error }));
+    }
+
+    fn handle(&mut self, rank: Rank, msg: ToCoordinator, out: &mut Outbox) {
+        match msg {
+            ToCoordinator::Barrier { epoch } => self.handle_barrier(rank, epoch, out),
+            ToCoordinator::SemaphoreWait { req, name } => self.handle_wait(rank, req, name, out),
+            ToCoordinator::SemaphorePost { req, name } => self.handle_post(rank, req, name, out),
+            ToCoordinator::Detach => self.handle_detach(rank, out),
+            ToCoordinator::Attach(_) => {
+                let e = SessionFault::Protocol("attach sent twice on one connection".into());
+                self.fail(rank, None, e, out);
+            }
+            other => {
+                let e = SessionFault::Protocol(format!("{} is not supported yet", kind(&other)));
+                self.fail(rank, None, e, out);
+            }
+        }
+    }
+
+    fn handle_barrier(&mut self, rank: Rank, epoch: u64, out: &mut Outbox) {
+        if let Some(fault) = self.lost_fault() {
+            return self.fail(rank, None, fault, out);
+        }
+        if let Some(gone) = self.members.iter().position(|m| m.state == MemberState::Detached) {
+            return self.fail(rank, None, SessionFault::RankDetached { rank: gone as Rank }, out);
+        }
+        let b = &mut self.barrier;
+        if epoch != b.epoch || b.arrived[rank as usize] {
+            let e = SessionFault::Protocol(format!(
+                "rank {rank} entered barrier {epoch} while barrier {} is open",
+                b.epoch
+            ));
+            return self.fail(rank, None, e, out);
+        }
+        b.arrived[rank as usize] = true;
+        b.count += 1;
+        if b.count as usize == self.members.len() {
+            for m in &self.members {
+                out.push(Output::Send(m.conn, ToProcess::BarrierDone { epoch }));
+            }
+            b.epoch += 1;
+            b.count = 0;
+            b.arrived.iter_mut().for_each(|a| *a = false);
+            self.stats.barriers += 1;
+        }
+    }
+
+    fn handle_wait(&mut self, rank: Rank, req: ReqId, name: String, out: &mut Outbox) {
+        if let Err(e) = check_semaphore_name(&name) {
+            return self.fail(rank, Some(req), SessionFault::BadName(e), out);
+        }
+        let lost = self.lost_fault();
+        let sem = self.semaphores.entry(name).or_default();
+        if sem.count > 0 {
+            sem.count -= 1;
+            self.stats.semaphore_waits += 1;
+            out.push(Output::Send(self.conn(rank), ToProcess::SemaphoreAcquired { req }));
+        } else if let Some(fault) = lost {
+            // The lost process may have been the one to post: waiting could hang forever.
+            self.fail(rank, Some(req), fault, out);
+        } else {
+            sem.waiters.push_back((rank, req));
+        }
+    }
+
+    fn handle_post(&mut self, rank: Rank, req: ReqId, name: String, out: &mut Outbox) {
+        if let Err(e) = check_semaphore_name(&name) {
+            return self.fail(rank, Some(req), SessionFault::BadName(e), out);
+        }
+        self.stats.semaphore_posts += 1;
+        let sem = self.semaphores.entry(name).or_default();
+        if let Some((waiter, wreq)) = sem.waiters.pop_front() {
+            self.stats.semaphore_waits += 1;
+            out.push(Output::Send(self.conn(waiter), ToProcess::SemaphoreAcquired { req: wreq }));
+        } else {
+            sem.count += 1;
+        }
+        out.push(Output::Send(self.conn(rank), ToProcess::SemaphorePosted { req }));
+    }
+
+    fn handle_detach(&mut self, rank: Rank, out: &mut Outbox) {
+        self.members[rank as usize].state = MemberState::Detached;
+        self.drop_waiters_of(rank);
+        out.push(Output::Send(self.conn(rank), ToProcess::Detached));
+        // Whoever waits in the open barrier can no longer complete it.
+        self.fail_barrier_waiters(SessionFault::RankDetached { rank }, out);
+    }
+
+    fn lose(&mut self, rank: Rank, detail: &str, out: &mut Outbox) {
+        self.members[rank as usize].state = MemberState::Lost;
+        self.drop_waiters_of(rank);
+        if self.lost.is_none() {
+            self.lost = Some((rank, detail.to_string()));
+        }
+        let fault = SessionFault::RankLost { rank, detail: detail.to_string() };
+        self.fail_barrier_waiters(fault.clone(), out);
+        let waiters: Vec<(Rank, ReqId)> =
+            self.semaphores.values_mut().flat_map(|s| s.waiters.drain(..)).collect();
+        for (r, req) in waiters {
+            self.fail(r, Some(req), fault.clone(), out);
+        }
+    }
+
+    fn drop_waiters_of(&mut self, rank: Rank) {
+        for s in self.semaphores.values_mut() {
+            s.waiters.retain(|(r, _)| *r != rank);
+        }
+        if self.barrier.arrived[rank as usize] {
+            self.barrier.arrived[rank as usize] = false;
+            self.barrier.count -= 1;
+        }
+    }
+
+    fn fail_barrier_waiters(&mut self, fault: SessionFault, out: &mut Outbox) {
+        let waiting: Vec<Rank> = (0..self.members.len() as Rank)
+            .filter(|r| self.barrier.arrived[*r as usize])
+            .collect();
+        for r in waiting {
+            if self.members[r as usize].state == MemberState::Active {
+                self.fail(r, None, fault.clone(), out);
+            }
+        }
+        // The failed barrier is over; its epoch is spent so a retry cannot mix with it.
+        if self.barrier.count > 0 {
+            self.barrier.epoch += 1;
+            self.barrier.count = 0;
+            self.barrier.arrived.iter_mut().for_each(|a| *a = false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attach(r: &mut Registry, conn: ConnId, session: &str, size: u64, nprocs: u32) -> Outbox {
+        let mut out = Vec::new();
+        let req = AttachRequest { session: session.into(), size, nprocs, label: format!("c{conn}") };
+        r.handle_message(conn, ToCoordinator::Attach(req), &mut out);
+        out
+    }
+
+    fn send(r: &mut Registry, conn: ConnId, msg: ToCoordinator) -> Outbox {
+        let mut out = Vec::new();
+        r.handle_message(conn, msg, &mut out);
+        out
+    }
+
+    fn start(r: &mut Registry, session: &str, conns: &[ConnId]) {
+        for &c in conns {
+            attach(r, c, session, 4096, conns.len() as u32);
+        }
+    }
+
+    #[test]
+    fn ranks_follow_attach_order_and_start_waits_for_all() {
+        let mut r = Registry::new();
+        let out = attach(&mut r, 10, "s", 4096, 3);
+        assert_eq!(out, vec![Output::Send(10, ToProcess::Joined { joined: 1, nprocs: 3 })]);
+        attach(&mut r, 20, "s", 4096, 3);
+        let out = attach(&mut r, 5, "s", 4096, 3);
+        let attached: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send(c, ToProcess::Attached { rank, .. }) => Some((*c, *rank)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(attached, vec![(10, 0), (20, 1), (5, 2)]);
+    }
+
+    #[test]
+    fn mismatches_are_refused_clearly() {
+        let mut r = Registry::new();
+        attach(&mut r, 1, "s", 8192, 2);
+        let out = attach(&mut r, 2, "s", 4096, 2);
+        assert_eq!(
+            out[0],
+            Output::Send(
+                2,
+                ToProcess::Refused(Refusal::SizeMismatch {
+                    session: "s".into(),
+                    declared: 8192,
+                    requested: 4096
+                })
+            )
+        );
+        assert!(matches!(out[1], Output::Close(2, _)));
+        let out = attach(&mut r, 3, "s", 8192, 3);
+        assert!(matches!(
+            out[0],
+            Output::Send(3, ToProcess::Refused(Refusal::NprocsMismatch { declared: 2, requested: 3, .. }))
+        ));
+        let out = attach(&mut r, 4, "t", 100, 3);
+        assert!(matches!(out[0], Output::Send(4, ToProcess::Refused(Refusal::BadSize(_)))));
+        let out = attach(&mut r, 4, "t", 4096, 0);
+        assert!(matches!(out[0], Output::Send(4, ToProcess::Refused(Refusal::BadNprocs { .. }))));
+    }
+
+    #[test]
+    fn full_session_refuses_and_name_is_reusable_after_end() {
+        let mut r = Registry::new();
+        start(&mut r, "s", &[1, 2]);
+        let out = attach(&mut r, 3, "s", 4096, 2);
+        assert!(matches!(out[0], Output::Send(3, ToProcess::Refused(Refusal::SessionFull { .. }))));
+        send(&mut r, 1, ToCoordinator::Detach);
+        assert_eq!(r.session_count(), 1);
+        let out = send(&mut r, 2, ToCoordinator::Detach);
+        assert_eq!(out, vec![Output::Send(2, ToProcess::Detached)]);
+        assert_eq!(r.session_count(), 0);
+        assert_eq!(r.take_ended().len(), 1);
+        // Same name, new shape: a fresh session.
+        start(&mut r, "s", &[7, 8, 9]);
+        assert_eq!(r.session_count(), 1);
+    }
+
+    #[test]
+    fn barrier_releases_everyone_once_all_arrive() {
+        let mut r = Registry::new();
+        start(&mut r, "s", &[1, 2, 3]);
+        for epoch in 0..3 {
+            assert!(send(&mut r, 1, ToCoordinator::Barrier { epoch }).is_empty());
+            assert!(send(&mut r, 3, ToCoordinator::Barrier { epoch }).is_empty());
+            let out = send(&mut r, 2, ToCoordinator::Barrier { epoch });
+            assert_eq!(out.len(), 3);
+            assert!(out.iter().all(|o| matches!(o, Output::Send(_, ToProcess::BarrierDone { epoch: e }) if *e == epoch)));
+        }
+    }
+
+    #[test]
+    fn counting_semaphore_releases_waiters_in_order() {
+        let mut r = Registry::new();
+        start(&mut r, "s", &[1, 2, 3]);
+        let w = |req| ToCoordinator::SemaphoreWait { req, name: "sem".into() };
+        let p = |req| ToCoordinator::SemaphorePost { req, name: "sem".into() };
+        assert!(send(&mut r, 1, w(11)).is_empty());
+        assert!(send(&mut r, 2, w(21)).is_empty());
+        let out = send(&mut r, 3, p(31));
+        assert_eq!(
+            out,
+            vec![
+                Output::Send(1, ToProcess::SemaphoreAcquired { req: 11 }),
+                Output::Send(3, ToProcess::SemaphorePosted { req: 31 })
+            ]
+        );
+        send(&mut r, 3, p(32));
+        send(&mut r, 3, p(33)); // count is now 1
+        let out = send(&mut r, 1, w(12));
+        assert_eq!(out, vec![Output::Send(1, ToProcess::SemaphoreAcquired { req: 12 })]);
+        assert!(send(&mut r, 1, w(13)).is_empty());
+    }
+
+    #[test]
+    fn long_semaphore_names_are_an_error() {
+        let mut r = Registry::new();
+        start(&mut r, "s", &[1]);
+        let name = "x".repeat(dsm_proto::MAX_SEMAPHORE_NAME + 1);
+        let out = send(&mut r, 1, ToCoordinator::SemaphorePost { req: 1, name });
+        assert!(matches!(out[0], Output::Send(1, ToProcess::Failed { req: Some(1), error: SessionFault::BadName(_) })));
+    }
+
+    #[test]
+    fn lost_rank_fails_barrier_and_semaphore_waiters() {
+        let mut r = Registry::new();
+        start(&mut r, "s", &[1, 2, 3, 4]);
+        send(&mut r, 1, ToCoordinator::Barrier { epoch: 0 });
+        send(&mut r, 2, ToCoordinator::SemaphoreWait { req: 5, name: "x".into() });
+        let mut out = Vec::new();
+        r.handle_disconnect(4, "timed out", &mut out);
+        let fault = SessionFault::RankLost { rank: 3, detail: "timed out".into() };
+        assert!(out.contains(&Output::Send(1, ToProcess::Failed { req: None, error: fault.clone() })));
+        assert!(out.contains(&Output::Send(2, ToProcess::Failed { req: Some(5), error: fault.clone() })));
+        // Later barriers fail at once instead of hanging.
+        let out = send(&mut r, 3, ToCoordinator::Barrier { epoch: 1 });
+        assert_eq!(out, vec![Output::Send(3, ToProcess::Failed { req: None, error: fault })]);
+        for c in [1, 2, 3] {
+            send(&mut r, c, ToCoordinator::Detach);
+        }
+        assert_eq!(r.session_count(), 0);
+        assert_eq!(r.take_ended()[0].lost, vec![3]);
+    }
+
+    #[test]
+    fn pending_member_leaving_frees_its_slot() {
+        let mut r = Registry::new();
+        attach(&mut r, 1, "s", 4096, 2);
+        let mut out = Vec::new();
+        r.handle_disconnect(1, "closed", &mut out);
+        assert_eq!(r.session_count(), 0);
+        attach(&mut r, 2, "s", 4096, 3);
+        attach(&mut r, 3, "s", 4096, 3);
+        let mut out = Vec::new();
+        r.handle_disconnect(2, "closed", &mut out);
+        assert_eq!(out, vec![Output::Send(3, ToProcess::Joined { joined: 1, nprocs: 3 })]);
+    }
+
+    #[test]
+    fn detached_rank_fails_barrier_instead_of_hanging() {
+        let mut r = Registry::new();
+        start(&mut r, "s", &[1, 2]);
+        send(&mut r, 1, ToCoordinator::Barrier { epoch: 0 });
+        let out = send(&mut r, 2, ToCoordinator::Detach);
+        assert!(out.contains(&Output::Send(
+            1,
+            ToProcess::Failed { req: None, error: SessionFault::RankDetached { rank: 1 } }
+        )));
+    }
+
+    #[test]
+    fn messages_before_attach_are_refused() {
+        let mut r = Registry::new();
+        let out = send(&mut r, 1, ToCoordinator::Barrier { epoch: 0 });
+        assert_eq!(out[0], Output::Send(1, ToProcess::Refused(Refusal::NotAttached)));
+    }
+}

@@ -1,0 +1,566 @@
+//! The QUIC client: one runtime thread per attached session.
+//!
+//! The thread runs a current-thread tokio runtime that owns the connection's single
+//! bidirectional stream. Application threads hand it [`Command`]s through a channel and block on
+//! a reply; the [`Driver`] writes requests in order, reads the coordinator's frames in order and
+//! completes the waiting requests. Keeping one stream and one thread for all traffic is what gives
+//! the FIFO delivery the coherence protocol relies on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dsm_proto::{
+    close_code, decode_frame, encode_frame, AttachRequest, Hello, Rank, ReqId, SessionFault,
+    ToCoordinator, ToProcess, HELLO_LEN,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::config::{host_of, Config};
+use crate::error::{Error, Result};
+
+/// What the coordinator said when the session started.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttachInfo {
+    pub rank: Rank,
+    pub nprocs: u32,
+    pub size: u64,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A request from an application thread to the runtime thread.
+pub(crate) enum Command {
+    Barrier(Reply<()>),
+    SemaphoreWait(String, Reply<()>),
+    SemaphorePost(String, Reply<()>),
+    Ping(Vec<u8>, Reply<Vec<u8>>),
+    Detach(Reply<()>),
+}
+
+/// Handle to the runtime thread.
+pub(crate) struct Client {
+    commands: mpsc::UnboundedSender<Command>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub info: AttachInfo,
+}
+
+impl Client {
+    /// Starts the runtime thread, connects, attaches, and returns once the session started.
+    pub fn attach(config: &Config) -> Result<Client> {
+        let config = config.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("dsm-runtime".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(Error::os("starting the DSM runtime thread", e)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let (driver, info) = match connect(&config).await {
+                        Ok(ok) => ok,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(info));
+                    driver.run(cmd_rx).await;
+                });
+            })
+            .map_err(|e| Error::os("spawning the DSM runtime thread", e))?;
+        match ready_rx.recv() {
+            Ok(Ok(info)) => Ok(Client { commands: cmd_tx, thread: Some(thread), info }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(Error::os("starting the DSM runtime thread", "it exited unexpectedly"))
+            }
+        }
+    }
+
+    /// Sends a command and blocks until its reply.
+    pub fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .map_err(|_| Error::ConnectionLost("the DSM runtime thread has stopped".into()))?;
+        rx.blocking_recv()
+            .unwrap_or_else(|_| Err(Error::ConnectionLost("the DSM runtime thread has stopped".into())))
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Closing the channel ends the driver loop, which closes the connection.
+        let (tx, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.commands, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Maps a quinn connection error to an actionable [`Error`].
+fn connection_error(addr: &str, e: &quinn::ConnectionError) -> Error {
+    use quinn::ConnectionError as C;
+    match e {
+        C::ConnectionClosed(close) => {
+            let code = u64::from(close.error_code);
+            if (0x100..0x200).contains(&code) {
+                let alert = code - 0x100;
+                let name = match alert {
+                    42 => "bad certificate",
+                    43 => "unsupported certificate",
+                    44 => "certificate revoked",
+                    45 => "certificate expired",
+                    46 => "certificate unknown",
+                    48 => "unknown CA",
+                    49 => "access denied",
+                    116 => "certificate required",
+                    _ => "",
+                };
+                if !name.is_empty() {
+                    return Error::CertificateRejected {
+                        addr: addr.into(),
+                        detail: format!("TLS alert {alert}: {name}"),
+                    };
+                }
+                return Error::Tls { addr: addr.into(), detail: close.to_string() };
+            }
+            Error::ConnectionLost(close.to_string())
+        }
+        C::TransportError(te) => {
+            let code = u64::from(te.code);
+            if (0x100..0x200).contains(&code) {
+                Error::Tls { addr: addr.into(), detail: te.to_string() }
+            } else {
+                Error::ConnectionLost(te.to_string())
+            }
+        }
+        C::ApplicationClosed(app) => {
+            let code = u64::from(app.error_code);
+            let reason = String::from_utf8_lossy(&app.reason).into_owned();
+            if code == u64::from(close_code::SHUTDOWN) {
+                Error::CoordinatorShutdown
+            } else if code == u64::from(close_code::VERSION_MISMATCH) {
+                Error::Protocol(format!("the coordinator closed the connection: {reason}"))
+            } else {
+                Error::ConnectionLost(format!("closed by the coordinator: {reason}"))
+            }
+        }
+        C::TimedOut => Error::ConnectionLost(
+            "the coordinator went silent past the idle timeout".into(),
+        ),
+        C::LocallyClosed => Error::Detached,
+        other => Error::ConnectionLost(other.to_string()),
+    }
+}
+
+fn read_error(addr: &str, e: quinn::ReadError) -> Error {
+    match e {
+        quinn::ReadError::ConnectionLost(c) => connection_error(addr, &c),
+        other => Error::ConnectionLost(other.to_string()),
+    }
+}
+
+fn write_error(addr: &str, e: quinn::WriteError) -> Error {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => connection_error(addr, &c),
+        other => Error::ConnectionLost(other.to_string()),
+    }
+}
+
+async fn resolve(addr: &str) -> Result<SocketAddr> {
+    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| Error::Unreachable {
+        addr: addr.into(),
+        detail: format!("cannot resolve the address: {e}"),
+    })?;
+    addrs.next().ok_or_else(|| Error::Unreachable {
+        addr: addr.into(),
+        detail: "the name resolves to no address".into(),
+    })
+}
+
+/// Connects, exchanges hellos, attaches, and waits for the session to start.
+async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
+    let addr_text = config.coordinator.clone();
+    let addr = resolve(&addr_text).await?;
+    let tls = match &config.client_cert {
+        None => dsm_cert::client_tls_config(&config.cert_dir),
+        Some((cert, key)) => dsm_cert::client_tls_config_from(
+            &config.cert_dir.join(dsm_cert::CA_CERT),
+            Some((cert.as_path(), key.as_path())),
+        ),
+    }
+    .map_err(|e| Error::Certificates(e.to_string()))?;
+    let client_config = dsm_cert::quic_client_config(tls, &config.transport)
+        .map_err(|e| Error::Certificates(e.to_string()))?;
+    let bind: SocketAddr =
+        if addr.is_ipv6() { "[::]:0".parse().expect("literal") } else { "0.0.0.0:0".parse().expect("literal") };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::os("binding a UDP socket", e))?;
+    endpoint.set_default_client_config(client_config);
+    let server_name = config.server_name.clone().unwrap_or_else(|| host_of(&addr_text).to_string());
+    let connecting = endpoint.connect(addr, &server_name).map_err(|e| Error::Unreachable {
+        addr: addr_text.clone(),
+        detail: e.to_string(),
+    })?;
+    let conn = match tokio::time::timeout(config.connect_timeout, connecting).await {
+        Err(_) => {
+            return Err(Error::Unreachable {
+                addr: addr_text,
+                detail: format!("no answer within {:?}", config.connect_timeout),
+            })
+        }
+        Ok(Err(quinn::ConnectionError::TimedOut)) => {
+            return Err(Error::Unreachable { addr: addr_text, detail: "no answer (timed out)".into() })
+        }
+        Ok(Err(e)) => return Err(connection_error(&addr_text, &e)),
+        Ok(Ok(c)) => c,
+    };
+    let hello = async {
+        let (mut send, mut recv) =
+            conn.open_bi().await.map_err(|e| connection_error(&addr_text, &e))?;
+        send.write_all(&Hello { version: config.hello_version }.encode())
+            .await
+            .map_err(|e| write_error(&addr_text, e))?;
+        let mut theirs = [0u8; HELLO_LEN];
+        recv.read_exact(&mut theirs).await.map_err(|e| match e {
+            quinn::ReadExactError::ReadError(e) => read_error(&addr_text, e),
+            quinn::ReadExactError::FinishedEarly(_) => {
+                Error::Protocol("the coordinator closed the stream during the hello".into())
+            }
+        })?;
+        let theirs = Hello::decode(theirs)?;
+        if theirs.version != config.hello_version {
+            conn.close(close_code::VERSION_MISMATCH.into(), b"protocol version mismatch");
+            return Err(Error::Version(dsm_proto::HelloError::VersionMismatch {
+                ours: config.hello_version,
+                theirs: theirs.version,
+            }));
+        }
+        Ok((send, recv))
+    };
+    let (send, recv) = match tokio::time::timeout(config.connect_timeout, hello).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(Error::Unreachable {
+                addr: addr_text,
+                detail: "the coordinator accepted the connection but sent no hello".into(),
+            })
+        }
+    };
+    let mut driver = Driver {
+        addr: addr_text,
+        endpoint,
+        conn,
+        send,
+        recv,
+        inbuf: Vec::with_capacity(64 * 1024),
+        outbuf: Vec::with_capacity(64 * 1024),
+        next_req: 1,
+        waiting: HashMap::new(),
+        barrier: None,
+        barrier_epoch: 0,
+        detach: None,
+        dead: None,
+    };
+    let label = format!(
+        "pid {} ({})",
+        std::process::id(),
+        std::env::args().next().unwrap_or_default()
+    );
+    driver
+        .send(&ToCoordinator::Attach(AttachRequest {
+            session: config.session.clone(),
+            size: config.size,
+            nprocs: config.nprocs,
+            label,
+        }))
+        .await?;
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + config.attach_timeout;
+    let mut joined = 0;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, driver.next_message()).await {
+            Ok(m) => m?,
+            Err(_) => {
+                driver.conn.close(close_code::OK.into(), b"attach timed out");
+                return Err(Error::AttachTimeout {
+                    session: config.session.clone(),
+                    waited: start.elapsed(),
+                    joined,
+                    nprocs: config.nprocs,
+                });
+            }
+        };
+        match msg {
+            ToProcess::Joined { joined: j, nprocs } => {
+                joined = j;
+                debug!("session '{}': {j} of {nprocs} processes attached", config.session);
+            }
+            ToProcess::Attached { rank, nprocs, size } => {
+                debug!("attached session '{}' as rank {rank} of {nprocs}", config.session);
+                return Ok((driver, AttachInfo { rank, nprocs, size }));
+            }
+            ToProcess::Refused(r) => {
+                driver.conn.close(close_code::OK.into(), b"refused");
+                return Err(Error::Refused(r));
+            }
+            other => {
+                return Err(Error::Protocol(format!("unexpected message while attaching: {other:?}")))
+            }
+        }
+    }
+}
+
+/// The runtime thread's state: the stream, and the requests waiting for replies.
+pub(crate) struct Driver {
+    addr: String,
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    next_req: ReqId,
+    waiting: HashMap<ReqId, Waiting>,
+    barrier: Option<Reply<()>>,
+    barrier_epoch: u64,
+    detach: Option<Reply<()>>,
+    /// Set once the connection failed; every later request gets this error.
+    dead: Option<Error>,
+}
+
+enum Waiting {
+    Done(Reply<()>),
+    Pong(Reply<Vec<u8>>),
+}
+
+impl Driver {
+    async fn send(&mut self, msg: &ToCoordinator) -> Result<()> {
+        self.queue(msg);
+        self.flush().await
+    }
+
+    fn queue(&mut self, msg: &ToCoordinator) {
+        if let Err(e) = encode_frame(msg, &mut self.outbuf) {
+            warn!("dropping a message that cannot be encoded: {e}");
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.outbuf.is_empty() {
+            return Ok(());
+        }
+        let r = self.send.write_all(&self.outbuf).await;
+        self.outbuf.clear();
+        r.map_err(|e| write_error(&self.addr, e))
+    }
+
+    /// Reads until one whole message is buffered.
+    async fn next_message(&mut self) -> Result<ToProcess> {
+        loop {
+            if let Some(msg) = self.try_decode()? {
+                return Ok(msg);
+            }
+            self.fill().await?;
+        }
+    }
+
+    fn try_decode(&mut self) -> Result<Option<ToProcess>> {
+        match decode_frame::<ToProcess>(&self.inbuf) {
+            Ok(Some((msg, n))) => {
+                self.inbuf.drain(..n);
+                Ok(Some(msg))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.conn.close(close_code::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
+                Err(Error::Protocol(format!("bad frame from the coordinator: {e}")))
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.recv.read(&mut chunk).await {
+            Ok(Some(n)) => {
+                self.inbuf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Ok(None) => Err(Error::ConnectionLost("the coordinator closed the stream".into())),
+            Err(e) => Err(read_error(&self.addr, e)),
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle_command(cmd);
+                    while let Ok(cmd) = commands.try_recv() {
+                        self.handle_command(cmd);
+                    }
+                    if let Err(e) = self.flush().await {
+                        self.fail_all(e);
+                    }
+                }
+                read = self.recv.read(&mut chunk), if self.dead.is_none() => {
+                    match read {
+                        Ok(Some(n)) => {
+                            self.inbuf.extend_from_slice(&chunk[..n]);
+                            loop {
+                                match self.try_decode() {
+                                    Ok(Some(msg)) => self.handle_message(msg),
+                                    Ok(None) => break,
+                                    Err(e) => { self.fail_all(e); break }
+                                }
+                            }
+                        }
+                        Ok(None) => self.fail_all(Error::ConnectionLost("the coordinator closed the stream".into())),
+                        Err(e) => { let e = read_error(&self.addr, e); self.fail_all(e) }
+                    }
+                }
+            }
+        }
+        self.conn.close(close_code::OK.into(), b"detached");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    fn next_req(&mut self) -> ReqId {
+        let r = self.next_req;
+        self.next_req += 1;
+        r
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        if let Some(e) = &self.dead {
+            let e = e.clone();
+            match cmd {
+                Command::Barrier(r) | Command::SemaphoreWait(_, r) | Command::SemaphorePost(_, r) => {
+                    let _ = r.send(Err(e));
+                }
+                Command::Detach(r) => {
+                    // Nothing left to detach from; the session is over for us either way.
+                    let _ = r.send(Ok(()));
+                }
+                Command::Ping(_, r) => {
+                    let _ = r.send(Err(e));
+                }
+            }
+            return;
+        }
+        match cmd {
+            Command::Barrier(reply) => {
+                let epoch = self.barrier_epoch;
+                self.barrier_epoch += 1;
+                self.barrier = Some(reply);
+                self.queue(&ToCoordinator::Barrier { epoch });
+            }
+            Command::SemaphoreWait(name, reply) => {
+                let req = self.next_req();
+                self.waiting.insert(req, Waiting::Done(reply));
+                self.queue(&ToCoordinator::SemaphoreWait { req, name });
+            }
+            Command::SemaphorePost(name, reply) => {
+                let req = self.next_req();
+                self.waiting.insert(req, Waiting::Done(reply));
+                self.queue(&ToCoordinator::SemaphorePost { req, name });
+            }
+            Command::Ping(payload, reply) => {
+                let req = self.next_req();
+                self.waiting.insert(req, Waiting::Pong(reply));
+                self.queue(&ToCoordinator::Ping { req, payload });
+            }
+            Command::Detach(reply) => {
+                self.detach = Some(reply);
+                self.queue(&ToCoordinator::Detach);
+            }
+        }
+    }
+
+    fn handle_message(&mut self, msg: ToProcess) {
+        match msg {
+            ToProcess::BarrierDone { .. } => {
+                if let Some(r) = self.barrier.take() {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            ToProcess::SemaphoreAcquired { req } | ToProcess::SemaphorePosted { req } => {
+                if let Some(Waiting::Done(r)) = self.waiting.remove(&req) {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            ToProcess::Pong { req, payload } => {
+                if let Some(Waiting::Pong(r)) = self.waiting.remove(&req) {
+                    let _ = r.send(Ok(payload));
+                }
+            }
+            ToProcess::Failed { req, error } => self.handle_failed(req, error),
+            ToProcess::Detached => {
+                if let Some(r) = self.detach.take() {
+                    let _ = r.send(Ok(()));
+                }
+                self.dead = Some(Error::Detached);
+            }
+            other => warn!("ignoring unexpected message from the coordinator: {other:?}"),
+        }
+    }
+
+    fn handle_failed(&mut self, req: Option<ReqId>, error: SessionFault) {
+        let waiter = req.and_then(|r| self.waiting.remove(&r));
+        match (req, waiter) {
+            (_, Some(Waiting::Done(r))) => {
+                let _ = r.send(Err(Error::Session(error)));
+            }
+            (_, Some(Waiting::Pong(r))) => {
+                let _ = r.send(Err(Error::Session(error)));
+            }
+            (None, None) => match self.barrier.take() {
+                Some(r) => {
+                    let _ = r.send(Err(Error::Session(error)));
+                }
+                None => warn!("the coordinator reported: {error}"),
+            },
+            (Some(_), None) => warn!("the coordinator reported: {error}"),
+        }
+    }
+
+    /// The connection is gone: fail everything waiting, and everything asked later.
+    fn fail_all(&mut self, e: Error) {
+        debug!("connection failed: {e}");
+        if let Some(r) = self.barrier.take() {
+            let _ = r.send(Err(e.clone()));
+        }
+        if let Some(r) = self.detach.take() {
+            let _ = r.send(Ok(()));
+        }
+        for (_, w) in self.waiting.drain() {
+            match w {
+                Waiting::Done(r) => {
+                    let _ = r.send(Err(e.clone()));
+                }
+                Waiting::Pong(r) => {
+                    let _ = r.send(Err(e.clone()));
+                }
+            }
+        }
+        self.dead = Some(e);
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(_: Arc<Client>) {}

@@ -1,0 +1,271 @@
+//! Session configuration: a builder, and `DSM_*` environment variables for launchers.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `DSM_COORDINATOR` | coordinator address, `host:port` | `127.0.0.1:4770` |
+//! | `DSM_SERVER_NAME` | name in the coordinator's certificate | the host part of the address |
+//! | `DSM_SESSION` | session name | required |
+//! | `DSM_SIZE` | region size (`4096`, `64MiB`, `1GiB`) | required |
+//! | `DSM_NPROCS` | number of processes | required |
+//! | `DSM_CERT_DIR` | directory with `ca.pem`, `client.pem`, `client.key` | `~/.config/dsm/certs` |
+//! | `DSM_ATTACH_TIMEOUT` | how long to wait for all processes (`30s`) | `60s` |
+//! | `DSM_IDLE_TIMEOUT` | declare the coordinator lost after this silence | `10s` |
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dsm_proto::units::{parse_duration, parse_size};
+
+use crate::error::{Error, Result};
+
+/// Default coordinator port.
+pub const DEFAULT_PORT: u16 = 4770;
+
+/// Default coordinator address.
+pub const DEFAULT_COORDINATOR: &str = "127.0.0.1:4770";
+
+/// How to attach a session. Build with [`Config::builder`] or [`Config::from_env`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) coordinator: String,
+    pub(crate) server_name: Option<String>,
+    pub(crate) session: String,
+    pub(crate) size: u64,
+    pub(crate) nprocs: u32,
+    pub(crate) cert_dir: PathBuf,
+    pub(crate) attach_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) transport: dsm_cert::Transport,
+    pub(crate) hello_version: u16,
+    pub(crate) client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl Config {
+    /// A builder with defaults; session, size and process count must be set.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// Reads the `DSM_*` variables (see the module docs).
+    pub fn from_env() -> Result<Config> {
+        ConfigBuilder::default().env_overrides()?.build()
+    }
+
+    /// The session name.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// Region size in bytes (rounded up to whole pages).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Number of processes.
+    pub fn nprocs(&self) -> u32 {
+        self.nprocs
+    }
+
+    /// The coordinator address.
+    pub fn coordinator(&self) -> &str {
+        &self.coordinator
+    }
+}
+
+/// Builder for [`Config`].
+#[derive(Debug, Clone, Default)]
+pub struct ConfigBuilder {
+    coordinator: Option<String>,
+    server_name: Option<String>,
+    session: Option<String>,
+    size: Option<u64>,
+    nprocs: Option<u32>,
+    cert_dir: Option<PathBuf>,
+    attach_timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    keep_alive: Option<Duration>,
+    hello_version: Option<u16>,
+    client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl ConfigBuilder {
+    /// Coordinator address, `host:port` (default `127.0.0.1:4770`).
+    pub fn coordinator(mut self, addr: impl Into<String>) -> Self {
+        self.coordinator = Some(addr.into());
+        self
+    }
+    /// Name to expect in the coordinator's certificate (default: the host of the address).
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+    /// Session name.
+    pub fn session(mut self, name: impl Into<String>) -> Self {
+        self.session = Some(name.into());
+        self
+    }
+    /// Region size in bytes; rounded up to whole pages.
+    pub fn size(mut self, bytes: u64) -> Self {
+        self.size = Some(bytes);
+        self
+    }
+    /// Number of processes in the session.
+    pub fn nprocs(mut self, n: u32) -> Self {
+        self.nprocs = Some(n);
+        self
+    }
+    /// Certificate directory (default: `DSM_CERT_DIR`, else `~/.config/dsm/certs`).
+    pub fn cert_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cert_dir = Some(dir.into());
+        self
+    }
+    /// How long attach waits for all processes (default 60 s).
+    pub fn attach_timeout(mut self, t: Duration) -> Self {
+        self.attach_timeout = Some(t);
+        self
+    }
+    /// How long to wait for the coordinator to answer at all (default 10 s).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = Some(t);
+        self
+    }
+    /// Silence after which the coordinator is declared lost (default 10 s).
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = Some(t);
+        self
+    }
+    /// Interval of keep-alive packets (default 1 s).
+    pub fn keep_alive(mut self, t: Duration) -> Self {
+        self.keep_alive = Some(t);
+        self
+    }
+    /// Present this certificate and key instead of the cert directory's `client.pem`.
+    pub fn client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+    /// Speak another protocol version in the hello (tests of the mismatch error only).
+    #[doc(hidden)]
+    pub fn hello_version(mut self, v: u16) -> Self {
+        self.hello_version = Some(v);
+        self
+    }
+
+    /// Fills every field not set yet from the `DSM_*` environment variables.
+    pub fn env_overrides(mut self) -> Result<Self> {
+        fn var(name: &str) -> Option<String> {
+            std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+        }
+        fn bad(name: &str, e: impl std::fmt::Display) -> Error {
+            Error::Config(format!("{name}: {e}"))
+        }
+        if self.coordinator.is_none() {
+            self.coordinator = var("DSM_COORDINATOR");
+        }
+        if self.server_name.is_none() {
+            self.server_name = var("DSM_SERVER_NAME");
+        }
+        if self.session.is_none() {
+            self.session = var("DSM_SESSION");
+        }
+        if self.size.is_none() {
+            if let Some(v) = var("DSM_SIZE") {
+                self.size = Some(parse_size(&v).map_err(|e| bad("DSM_SIZE", e))?);
+            }
+        }
+        if self.nprocs.is_none() {
+            if let Some(v) = var("DSM_NPROCS") {
+                self.nprocs = Some(v.trim().parse().map_err(|e| bad("DSM_NPROCS", e))?);
+            }
+        }
+        if self.cert_dir.is_none() {
+            self.cert_dir = var("DSM_CERT_DIR").map(PathBuf::from);
+        }
+        if self.attach_timeout.is_none() {
+            if let Some(v) = var("DSM_ATTACH_TIMEOUT") {
+                self.attach_timeout = Some(parse_duration(&v).map_err(|e| bad("DSM_ATTACH_TIMEOUT", e))?);
+            }
+        }
+        if self.idle_timeout.is_none() {
+            if let Some(v) = var("DSM_IDLE_TIMEOUT") {
+                self.idle_timeout = Some(parse_duration(&v).map_err(|e| bad("DSM_IDLE_TIMEOUT", e))?);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Checks and finishes the configuration.
+    pub fn build(self) -> Result<Config> {
+        let session = self.session.ok_or_else(|| {
+            Error::Config("no session name: call .session(..) or set DSM_SESSION".into())
+        })?;
+        dsm_proto::check_session_name(&session)?;
+        let size = self
+            .size
+            .ok_or_else(|| Error::Config("no region size: call .size(..) or set DSM_SIZE".into()))?;
+        let size = dsm_proto::round_up_to_pages(size);
+        dsm_proto::check_region_size(size).map_err(|e| Error::Config(e.to_string()))?;
+        let nprocs = self.nprocs.ok_or_else(|| {
+            Error::Config("no process count: call .nprocs(..) or set DSM_NPROCS".into())
+        })?;
+        if nprocs == 0 || nprocs > dsm_proto::MAX_PROCESSES {
+            return Err(Error::Config(format!(
+                "process count {nprocs} must be between 1 and {}",
+                dsm_proto::MAX_PROCESSES
+            )));
+        }
+        let mut transport = dsm_cert::Transport::default();
+        if let Some(t) = self.idle_timeout {
+            transport.idle_timeout = t;
+        }
+        if let Some(t) = self.keep_alive {
+            transport.keep_alive = t;
+        }
+        Ok(Config {
+            coordinator: self.coordinator.unwrap_or_else(|| DEFAULT_COORDINATOR.to_string()),
+            server_name: self.server_name,
+            session,
+            size,
+            nprocs,
+            cert_dir: self.cert_dir.unwrap_or_else(dsm_cert::default_dir),
+            attach_timeout: self.attach_timeout.unwrap_or(Duration::from_secs(60)),
+            connect_timeout: self.connect_timeout.unwrap_or(Duration::from_secs(10)),
+            transport,
+            hello_version: self.hello_version.unwrap_or(dsm_proto::PROTOCOL_VERSION),
+            client_cert: self.client_cert,
+        })
+    }
+}
+
+/// Splits `host:port` (or `[v6]:port`) and returns the host for TLS server-name checks.
+pub(crate) fn host_of(addr: &str) -> &str {
+    let host = match addr.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => addr,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_requires_session_size_nprocs() {
+        let e = Config::builder().size(1).nprocs(1).build().unwrap_err();
+        assert!(e.to_string().contains("DSM_SESSION"), "{e}");
+        let c = Config::builder().session("s").size(1).nprocs(2).build().unwrap();
+        assert_eq!(c.size(), 4096);
+        assert_eq!(c.coordinator(), DEFAULT_COORDINATOR);
+        assert!(Config::builder().session("s").size(1).nprocs(0).build().is_err());
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_of("127.0.0.1:4770"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:4770"), "::1");
+        assert_eq!(host_of("example.org:1"), "example.org");
+        assert_eq!(host_of("localhost"), "localhost");
+    }
+}
