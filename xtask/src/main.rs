@@ -1,1 +1,74 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, one module per subcommand.
+
+mod bench;
+mod certs;
+mod prereq;
+mod relay;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+/// DSM project tasks.
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    after_help = "Examples:\n  \
+    cargo xtask test                      # the whole test suite (installs build prerequisites first)\n  \
+    cargo xtask certs --san myhost        # dev certificates in ~/.config/dsm/certs\n  \
+    cargo xtask relay --listen 127.0.0.1:5000 --to 127.0.0.1:4770 --loss 0.05 --delay 10ms --jitter 5ms\n  \
+    cargo xtask bench                     # benchmarks, as ratios to floors measured in the same run\n  \
+    cargo xtask bench --json barrier      # only barrier figures (floors are always measured), as JSON lines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create dev TLS certificates (a CA, the coordinator's, a client's).
+    Certs(certs::Args),
+    /// Run a lossy UDP relay in front of a coordinator.
+    Relay(relay::Args),
+    /// Run the whole test suite (the README's test command).
+    Test(test::Args),
+    /// Run the benchmarks.
+    Bench(bench::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Certs(a) => certs::run(a),
+        Cmd::Relay(a) => relay::run(a),
+        Cmd::Test(a) => test::run(a),
+        Cmd::Bench(a) => bench::run(a),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    dir.parent().expect("xtask is inside the workspace").to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing with its exit status.
+pub fn run_cmd(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run {cmd:?}: {e}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed with {status}");
+    Ok(())
+}
+
+/// The cargo that runs us.
+pub fn cargo() -> std::process::Command {
+    std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}

@@ -1,0 +1,147 @@
+//! QUIC transport tuning shared by coordinator and clients, and the quinn
+//! client/server configurations built from the TLS material.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, VarInt};
+
+use crate::Error;
+
+/// Per-stream receive window set by [`Transport::to_quinn`] (8 MiB).
+pub const STREAM_RECEIVE_WINDOW: u32 = 8 << 20;
+/// Per-connection receive window set by [`Transport::to_quinn`] (16 MiB).
+pub const RECEIVE_WINDOW: u32 = 16 << 20;
+/// Per-connection send window set by [`Transport::to_quinn`] (16 MiB).
+pub const SEND_WINDOW: u64 = 16 << 20;
+
+/// Congestion controller choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    /// CUBIC (quinn's default).
+    Cubic,
+    /// NewReno.
+    NewReno,
+    /// BBR (this crate's default: low latency on lightly loaded links).
+    Bbr,
+}
+
+/// Transport tuning shared by both sides of a connection.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    /// Interval between keep-alive packets (default 1 s). Zero disables them.
+    pub keep_alive: Duration,
+    /// A connection with no traffic for this long is closed (default 10 s).
+    /// The effective value is the smaller of both sides'. Zero disables the
+    /// timeout; a value beyond QUIC's limit is treated as no timeout.
+    pub idle_timeout: Duration,
+    /// RTT assumed before the first measurement (default 10 ms).
+    pub initial_rtt: Duration,
+    /// Congestion controller (default [`Congestion::Bbr`]).
+    pub congestion: Congestion,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            initial_rtt: Duration::from_millis(10),
+            congestion: Congestion::Bbr,
+        }
+    }
+}
+
+impl Transport {
+    /// Builds the quinn transport configuration: keep-alive, idle timeout,
+    /// initial RTT and congestion controller from `self`, plus larger flow
+    /// control windows ([`STREAM_RECEIVE_WINDOW`], [`RECEIVE_WINDOW`],
+    /// [`SEND_WINDOW`]). Stream limits and datagram settings keep quinn's
+    /// defaults.
+    #[must_use]
+    pub fn to_quinn(&self) -> quinn::TransportConfig {
+        let mut config = quinn::TransportConfig::default();
+        config
+            .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive))
+            .max_idle_timeout(if self.idle_timeout.is_zero() {
+                None
+            } else {
+                IdleTimeout::try_from(self.idle_timeout).ok()
+            })
+            .initial_rtt(self.initial_rtt)
+            .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+            .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+            .send_window(SEND_WINDOW);
+        match self.congestion {
+            Congestion::Cubic => {
+                config.congestion_controller_factory(Arc::new(CubicConfig::default()))
+            }
+            Congestion::NewReno => {
+                config.congestion_controller_factory(Arc::new(NewRenoConfig::default()))
+            }
+            Congestion::Bbr => config.congestion_controller_factory(Arc::new(BbrConfig::default())),
+        };
+        config
+    }
+}
+
+/// quinn server configuration from the dev set in `dir` (see
+/// [`crate::server_tls_config`]) with the given transport tuning.
+pub fn quic_server_config(dir: &Path, transport: &Transport) -> Result<quinn::ServerConfig, Error> {
+    let tls = crate::server_tls_config(dir)?;
+    let crypto = QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport.to_quinn()));
+    Ok(config)
+}
+
+/// quinn client configuration from a rustls client configuration (see
+/// [`crate::client_tls_config`]) with the given transport tuning.
+pub fn quic_client_config(
+    tls: rustls::ClientConfig,
+    transport: &Transport,
+) -> Result<quinn::ClientConfig, Error> {
+    let crypto = QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport.to_quinn()));
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let t = Transport::default();
+        assert_eq!(t.keep_alive, Duration::from_secs(1));
+        assert_eq!(t.idle_timeout, Duration::from_secs(10));
+        assert_eq!(t.initial_rtt, Duration::from_millis(10));
+        assert_eq!(t.congestion, Congestion::Bbr);
+    }
+
+    #[test]
+    fn to_quinn_accepts_every_choice_and_extremes() {
+        for congestion in [Congestion::Cubic, Congestion::NewReno, Congestion::Bbr] {
+            let t = Transport {
+                congestion,
+                ..Transport::default()
+            };
+            let _ = t.to_quinn();
+        }
+        let extreme = Transport {
+            keep_alive: Duration::ZERO,
+            idle_timeout: Duration::MAX,
+            ..Transport::default()
+        };
+        let _ = extreme.to_quinn();
+        let zero = Transport {
+            idle_timeout: Duration::ZERO,
+            ..Transport::default()
+        };
+        let _ = zero.to_quinn();
+    }
+}

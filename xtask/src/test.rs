@@ -1,0 +1,22 @@
+//! `cargo xtask test`: the README's test command.
+
+use crate::{cargo, prereq, run_cmd};
+
+/// Check build prerequisites (installing them when run as root on Debian), then run every test
+/// of the workspace.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Extra arguments for `cargo test` (after --), e.g. a test name filter.
+    #[arg(last = true)]
+    cargo_args: Vec<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    prereq::ensure()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "xtask"]);
+    if !args.cargo_args.is_empty() {
+        cmd.arg("--").args(&args.cargo_args);
+    }
+    run_cmd(&mut cmd)
+}
