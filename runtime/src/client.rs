@@ -35,7 +35,8 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 pub(crate) enum Command {
     Barrier(Reply<()>),
     SemaphoreWait(String, Reply<()>),
-    SemaphorePost(String, Reply<()>),
+    /// Fire and forget: ordered after everything this thread sent before, like a store.
+    SemaphorePost(String),
     Ping(Vec<u8>, Reply<Vec<u8>>),
     Detach(Reply<()>),
 }
@@ -89,6 +90,13 @@ impl Client {
         }
     }
 
+    /// Sends a command without waiting for anything.
+    pub fn post(&self, cmd: Command) -> Result<()> {
+        self.commands
+            .send(cmd)
+            .map_err(|_| Error::ConnectionLost("the DSM runtime thread has stopped".into()))
+    }
+
     /// Sends a command and blocks until its reply.
     pub fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
@@ -119,8 +127,11 @@ fn connection_error(addr: &str, e: &quinn::ConnectionError) -> Error {
             let code = u64::from(close.error_code);
             if (0x100..0x200).contains(&code) {
                 let alert = code - 0x100;
+                // Alerts the coordinator sends when it refuses our certificate. 51 (decrypt
+                // error) is what a certificate signed by another CA of the same name yields.
                 let name = match alert {
                     42 => "bad certificate",
+                    51 => "decrypt error: signed by another CA",
                     43 => "unsupported certificate",
                     44 => "certificate revoked",
                     45 => "certificate expired",
@@ -450,9 +461,10 @@ impl Driver {
         if let Some(e) = &self.dead {
             let e = e.clone();
             match cmd {
-                Command::Barrier(r) | Command::SemaphoreWait(_, r) | Command::SemaphorePost(_, r) => {
+                Command::Barrier(r) | Command::SemaphoreWait(_, r) => {
                     let _ = r.send(Err(e));
                 }
+                Command::SemaphorePost(name) => debug!("post of '{name}' after the connection failed: {e}"),
                 Command::Detach(r) => {
                     // Nothing left to detach from; the session is over for us either way.
                     let _ = r.send(Ok(()));
@@ -475,9 +487,11 @@ impl Driver {
                 self.waiting.insert(req, Waiting::Done(reply));
                 self.queue(&ToCoordinator::SemaphoreWait { req, name });
             }
-            Command::SemaphorePost(name, reply) => {
+            Command::SemaphorePost(name) => {
+                // Nobody waits for the answer: the stream keeps the post ordered before whatever
+                // this process sends next, and a failure is reported by the coordinator's
+                // `Failed` (logged) or by the next blocking call.
                 let req = self.next_req();
-                self.waiting.insert(req, Waiting::Done(reply));
                 self.queue(&ToCoordinator::SemaphorePost { req, name });
             }
             Command::Ping(payload, reply) => {

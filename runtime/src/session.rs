@@ -129,10 +129,10 @@ impl Semaphore<'_> {
         self.session.client()?.call(|r| Command::SemaphoreWait(name, r))
     }
 
-    /// Increments the semaphore, waking its oldest waiter.
+    /// Increments the semaphore, waking its oldest waiter. Does not wait for the coordinator:
+    /// the post is ordered before everything this process sends afterwards.
     pub fn post(&self) -> Result<()> {
-        let name = self.name.clone();
-        self.session.client()?.call(|r| Command::SemaphorePost(name, r))
+        self.session.client()?.post(Command::SemaphorePost(self.name.clone()))
     }
 
     /// The semaphore's name.
