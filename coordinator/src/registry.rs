@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use dsm_proto::directory::{DirectoryStats, PageDirectory};
 use dsm_proto::{
     check_region_size, check_semaphore_name, check_session_name, AttachRequest, Rank, Refusal,
     ReqId, SessionFault, ToCoordinator, ToProcess, MAX_PROCESSES,
@@ -41,6 +42,8 @@ pub struct SessionStats {
     pub semaphore_waits: u64,
     /// Semaphore posts.
     pub semaphore_posts: u64,
+    /// Page traffic of the shared region.
+    pub pages: DirectoryStats,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +89,8 @@ struct Running {
     /// First rank lost, with what was seen; once set, barriers and blocking waits fail.
     lost: Option<(Rank, String)>,
     stats: SessionStats,
+    /// Coherence state of the shared region's pages.
+    directory: PageDirectory,
 }
 
 #[derive(Debug)]
@@ -293,6 +298,7 @@ impl Registry {
             semaphores: HashMap::new(),
             lost: None,
             stats: SessionStats::default(),
+            directory: PageDirectory::new(s.nprocs, s.size / dsm_proto::PAGE_SIZE as u64),
         });
     }
 
@@ -310,10 +316,12 @@ impl Registry {
             .filter(|(_, m)| m.state == MemberState::Lost)
             .map(|(r, _)| r as Rank)
             .collect();
+        let mut stats = run.stats;
+        stats.pages = run.directory.stats();
         self.ended.push(EndedSession {
             name: session.to_string(),
             nprocs: s.nprocs,
-            stats: run.stats,
+            stats,
             lost,
         });
         self.sessions.remove(session);
@@ -378,11 +386,31 @@ impl Running {
                 let e = SessionFault::Protocol("attach sent twice on one connection".into());
                 self.fail(rank, None, e, out);
             }
-            other => {
-                let e = SessionFault::Protocol(format!("{} is not supported yet", kind(&other)));
-                self.fail(rank, None, e, out);
+            ToCoordinator::Ping { .. } => {}
+            page_msg => {
+                let mut sends = Vec::new();
+                if let Err(e) = self.directory.handle(rank, page_msg, &mut sends) {
+                    self.fail(rank, None, SessionFault::Protocol(e.to_string()), out);
+                }
+                self.send_pages(sends, out);
             }
         }
+    }
+
+    fn send_pages(&self, sends: Vec<(Rank, ToProcess)>, out: &mut Outbox) {
+        for (r, msg) in sends {
+            if self.members[r as usize].state == MemberState::Active {
+                out.push(Output::Send(self.conn(r), msg));
+            }
+        }
+    }
+
+    /// `rank` left (detached or lost): its pages fall back to the home copies and transactions
+    /// waiting for its acknowledgements complete.
+    fn leave_pages(&mut self, rank: Rank, out: &mut Outbox) {
+        let mut sends = Vec::new();
+        self.directory.handle_leave(rank, &mut sends);
+        self.send_pages(sends, out);
     }
 
     fn handle_barrier(&mut self, rank: Rank, epoch: u64, out: &mut Outbox) {
@@ -449,6 +477,7 @@ impl Running {
     fn handle_detach(&mut self, rank: Rank, out: &mut Outbox) {
         self.members[rank as usize].state = MemberState::Detached;
         self.drop_waiters_of(rank);
+        self.leave_pages(rank, out);
         out.push(Output::Send(self.conn(rank), ToProcess::Detached));
         // Whoever waits in the open barrier can no longer complete it.
         self.fail_barrier_waiters(SessionFault::RankDetached { rank }, out);
@@ -457,6 +486,7 @@ impl Running {
     fn lose(&mut self, rank: Rank, detail: &str, out: &mut Outbox) {
         self.members[rank as usize].state = MemberState::Lost;
         self.drop_waiters_of(rank);
+        self.leave_pages(rank, out);
         if self.lost.is_none() {
             self.lost = Some((rank, detail.to_string()));
         }

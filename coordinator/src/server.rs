@@ -99,6 +99,7 @@ impl Shared {
                 barriers = ended.stats.barriers,
                 semaphore_waits = ended.stats.semaphore_waits,
                 semaphore_posts = ended.stats.semaphore_posts,
+                pages = ?ended.stats.pages,
                 lost = ?ended.lost,
                 "session ended"
             );

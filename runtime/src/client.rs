@@ -11,6 +11,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dsm_proto::pages::{Access, PageMemory, ProcessPages};
+use dsm_proto::PageNo;
+use tokio::io::unix::AsyncFd;
+
 use dsm_proto::{
     close_code, decode_frame, encode_frame, AttachRequest, Hello, Rank, ReqId, SessionFault,
     ToCoordinator, ToProcess, HELLO_LEN,
@@ -20,6 +24,15 @@ use tracing::{debug, warn};
 
 use crate::config::{host_of, Config};
 use crate::error::{Error, Result};
+use crate::region::{RegionMaps, RegionStats};
+use crate::sys::{UffdFd, PAGE};
+
+/// How long a page installed for a fault is kept before a revocation is applied, so the faulting
+/// instruction can retire: without it two writers hammering one page could livelock. Waking a
+/// thread on another CPU costs 20-60 us on these machines.
+const HOLD: Duration = Duration::from_micros(100);
+
+static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
 
 /// What the coordinator said when the session started.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +52,7 @@ pub(crate) enum Command {
     SemaphorePost(String),
     Ping(Vec<u8>, Reply<Vec<u8>>),
     Detach(Reply<()>),
+    Stats(Reply<RegionStats>),
 }
 
 /// Handle to the runtime thread.
@@ -51,6 +65,11 @@ pub(crate) struct Client {
 impl Client {
     /// Starts the runtime thread, connects, attaches, and returns once the session started.
     pub fn attach(config: &Config) -> Result<Client> {
+        Self::attach_region(config, None)
+    }
+
+    /// Like [`Client::attach`], also servicing the faults of `region`.
+    pub fn attach_region(config: &Config, region: Option<Arc<RegionMaps>>) -> Result<Client> {
         let config = config.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -65,13 +84,25 @@ impl Client {
                     }
                 };
                 rt.block_on(async move {
-                    let (driver, info) = match connect(&config).await {
+                    let (mut driver, info) = match connect(&config).await {
                         Ok(ok) => ok,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
                             return;
                         }
                     };
+                    if let Some(maps) = region {
+                        match RegionIo::new(maps) {
+                            Ok((io, uffd)) => {
+                                driver.region = Some(io);
+                                driver.uffd = Some(uffd);
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                                return;
+                            }
+                        }
+                    }
                     let _ = ready_tx.send(Ok(info));
                     driver.run(cmd_rx).await;
                 });
@@ -285,6 +316,8 @@ async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
         barrier_epoch: 0,
         detach: None,
         dead: None,
+        region: None,
+        uffd: None,
     };
     let label = format!(
         "pid {} ({})",
@@ -351,6 +384,144 @@ pub(crate) struct Driver {
     detach: Option<Reply<()>>,
     /// Set once the connection failed; every later request gets this error.
     dead: Option<Error>,
+    /// The region whose faults this driver services, if any.
+    region: Option<RegionIo>,
+    uffd: Option<AsyncFd<UffdFd>>,
+}
+
+/// The runtime thread's half of a region: the fault queue, the page-state core, and page
+/// messages waiting for a hold to expire.
+struct RegionIo {
+    maps: Arc<RegionMaps>,
+    pages: ProcessPages,
+    /// When each page installed for a fault may be revoked again.
+    held: HashMap<PageNo, Instant>,
+    /// When the oldest unresolved fault on each page was read.
+    faulted: HashMap<PageNo, Instant>,
+    wait: Duration,
+    pages_count: u64,
+}
+
+impl RegionIo {
+    fn new(maps: Arc<RegionMaps>) -> Result<(RegionIo, AsyncFd<UffdFd>)> {
+        let uffd = maps
+            .fault
+            .async_fd()
+            .map_err(|e| Error::os("polling userfaultfd", e))?;
+        let pages_count = (maps.view.len() / PAGE) as u64;
+        Ok((RegionIo {
+            maps,
+            pages: ProcessPages::new(),
+            held: HashMap::new(),
+            faulted: HashMap::new(),
+            wait: Duration::ZERO,
+            pages_count,
+        }, uffd))
+    }
+
+    fn stats(&self) -> RegionStats {
+        let s = self.pages.stats();
+        RegionStats {
+            read_faults: s.read_faults,
+            write_faults: s.write_faults,
+            pages_fetched: s.fetches,
+            ownership_requests: s.ownership_requests,
+            pages_invalidated: s.invalidations,
+            pages_downgraded: s.downgrades,
+            pages_recalled: s.recalls,
+            bytes_received: s.bytes_received,
+            bytes_sent: s.bytes_sent,
+            wait_micros: self.wait.as_micros() as u64,
+        }
+    }
+}
+
+/// [`PageMemory`] over the real mappings. A failing ioctl means the region is unusable: the
+/// faulting threads could never be served, so the process stops with a clear message instead of
+/// hanging (see [`fatal`]).
+struct Mem<'a> {
+    maps: &'a RegionMaps,
+}
+
+impl Mem<'_> {
+    fn addr(&self, page: PageNo) -> usize {
+        self.maps.view.addr() + page as usize * PAGE
+    }
+}
+
+/// Stops the process: a fault can no longer be served, and returning would leave application
+/// threads hung in the kernel forever.
+fn fatal(what: &str, e: &dyn std::fmt::Display) -> ! {
+    eprintln!("dsm: fatal: {what}: {e}; the shared region cannot be served any more, aborting");
+    std::process::abort();
+}
+
+impl PageMemory for Mem<'_> {
+    fn install(&mut self, page: PageNo, data: Option<&[u8]>, writable: bool) {
+        let src = match data {
+            Some(d) if d.len() == PAGE => d,
+            Some(d) => fatal("installing a page", &format!("{} bytes instead of {PAGE}", d.len())),
+            None => &ZERO_PAGE[..],
+        };
+        let addr = self.addr(page);
+        match self.maps.fault.install(addr, src, writable) {
+            Ok(true) => {}
+            Ok(false) => {
+                // A stale page is in the memfd (should not happen: Invalid pages are holes).
+                // Drop it and install again.
+                if let Err(e) = self.maps.alias.punch_hole(page) {
+                    fatal("punching a stale page", &e);
+                }
+                if let Err(e) = self.maps.fault.install(addr, src, writable) {
+                    fatal("installing a page", &e);
+                }
+            }
+            Err(e) => fatal("installing a page", &e),
+        }
+    }
+
+    fn make_writable(&mut self, page: PageNo) {
+        if let Err(e) = self.maps.fault.make_writable(self.addr(page)) {
+            fatal("unprotecting a page", &e);
+        }
+    }
+
+    fn write_protect(&mut self, page: PageNo) -> Vec<u8> {
+        if let Err(e) = self.maps.fault.write_protect(self.addr(page)) {
+            fatal("write-protecting a page", &e);
+        }
+        // After the ioctl's TLB flush no thread of ours can store to the page any more.
+        self.maps.alias.read_page(page)
+    }
+
+    fn drop_page(&mut self, page: PageNo, want_contents: bool) -> Option<Vec<u8>> {
+        let data = if want_contents {
+            // Protect first so no store lands between the copy and the hole.
+            Some(self.write_protect(page))
+        } else {
+            None
+        };
+        if let Err(e) = self.maps.alias.punch_hole(page) {
+            fatal("dropping a page", &e);
+        }
+        data
+    }
+
+    fn wake(&mut self, page: PageNo) {
+        if let Err(e) = self.maps.fault.wake(self.addr(page)) {
+            fatal("waking a faulting thread", &e);
+        }
+    }
+}
+
+/// The page a coherence message concerns, and whether it revokes access.
+fn revocation_page(msg: &ToProcess) -> Option<PageNo> {
+    match msg {
+        ToProcess::Invalidate { page } | ToProcess::Downgrade { page } | ToProcess::Recall { page } => {
+            Some(*page)
+        }
+        _ => None,
+    }
 }
 
 enum Waiting {
@@ -417,8 +588,21 @@ impl Driver {
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut chunk = vec![0u8; 64 * 1024];
+        let uffd = self.uffd.take();
         loop {
             tokio::select! {
+                ready = async { uffd.as_ref().expect("guarded").readable().await }, if uffd.is_some() => {
+                    match ready {
+                        Ok(mut guard) => {
+                            self.handle_faults();
+                            guard.clear_ready();
+                        }
+                        Err(e) => fatal("polling userfaultfd", &e),
+                    }
+                    if let Err(e) = self.flush().await {
+                        self.fail_all(e);
+                    }
+                }
                 cmd = commands.recv() => {
                     let Some(cmd) = cmd else { break };
                     self.handle_command(cmd);
@@ -439,6 +623,10 @@ impl Driver {
                                     Ok(None) => break,
                                     Err(e) => { self.fail_all(e); break }
                                 }
+                            }
+                            // Acks and requests produced by page messages.
+                            if let Err(e) = self.flush().await {
+                                self.fail_all(e);
                             }
                         }
                         Ok(None) => self.fail_all(Error::ConnectionLost("the coordinator closed the stream".into())),
@@ -472,6 +660,9 @@ impl Driver {
                 Command::Ping(_, r) => {
                     let _ = r.send(Err(e));
                 }
+                Command::Stats(r) => {
+                    let _ = r.send(Ok(self.region.as_ref().map(RegionIo::stats).unwrap_or_default()));
+                }
             }
             return;
         }
@@ -500,8 +691,22 @@ impl Driver {
                 self.queue(&ToCoordinator::Ping { req, payload });
             }
             Command::Detach(reply) => {
+                // Owned pages go home first, on the same ordered stream, so no write is lost.
+                if let Some(r) = &mut self.region {
+                    let mut out = Vec::new();
+                    let mut mem = Mem { maps: &r.maps };
+                    let n = r.pages.release_all(&mut mem, &mut out);
+                    debug!("detaching: wrote back {n} owned pages; stats {:?}", r.stats());
+                    for m in &out {
+                        self.queue(m);
+                    }
+                }
                 self.detach = Some(reply);
                 self.queue(&ToCoordinator::Detach);
+            }
+            Command::Stats(reply) => {
+                let stats = self.region.as_ref().map(RegionIo::stats).unwrap_or_default();
+                let _ = reply.send(Ok(stats));
             }
         }
     }
@@ -530,7 +735,77 @@ impl Driver {
                 }
                 self.dead = Some(Error::Detached);
             }
+            page_msg @ (ToProcess::Data { .. }
+            | ToProcess::Grant { .. }
+            | ToProcess::Invalidate { .. }
+            | ToProcess::Downgrade { .. }
+            | ToProcess::Recall { .. }) => self.handle_page_message(page_msg),
             other => warn!("ignoring unexpected message from the coordinator: {other:?}"),
+        }
+    }
+
+    /// Reads every queued fault and lets the page core turn them into requests.
+    fn handle_faults(&mut self) {
+        let Some(r) = &mut self.region else { return };
+        let mut out = Vec::new();
+        loop {
+            let fault = match r.maps.fault.next_fault() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => fatal("reading a page fault", &e),
+            };
+            let (addr, write, tid) = fault;
+            let page = ((addr - r.maps.view.addr()) / PAGE) as PageNo;
+            if page >= r.pages_count {
+                fatal("page fault outside the region", &format!("address {addr:#x}"));
+            }
+            if let Some(e) = &self.dead {
+                fatal(&format!("thread {tid} faulted on page {page} after the connection was lost"), e);
+            }
+            let access = if write { Access::Write } else { Access::Read };
+            r.faulted.entry(page).or_insert_with(Instant::now);
+            let mut mem = Mem { maps: &r.maps };
+            r.pages.handle_fault(page, access, &mut mem, &mut out);
+        }
+        for m in &out {
+            self.queue(m);
+        }
+    }
+
+    fn handle_page_message(&mut self, msg: ToProcess) {
+        let Some(r) = &mut self.region else {
+            warn!("page message for a session without a region: {msg:?}");
+            return;
+        };
+        if let Some(page) = revocation_page(&msg) {
+            // Let a thread woken for this page retire its instruction first (progress rule).
+            if let Some(until) = r.held.remove(&page) {
+                while Instant::now() < until {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        let installs = match &msg {
+            ToProcess::Data { page, .. } | ToProcess::Grant { page, .. } => Some(*page),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        let mut mem = Mem { maps: &r.maps };
+        if let Err(e) = r.pages.handle_message(msg, &mut mem, &mut out) {
+            warn!("coherence protocol error: {e}");
+        }
+        if let Some(page) = installs {
+            let now = Instant::now();
+            r.held.insert(page, now + HOLD);
+            if let Some(t) = r.faulted.remove(&page) {
+                r.wait += now - t;
+            }
+            if r.held.len() > 4096 {
+                r.held.retain(|_, until| *until > now);
+            }
+        }
+        for m in &out {
+            self.queue(m);
         }
     }
 
@@ -556,6 +831,11 @@ impl Driver {
     /// The connection is gone: fail everything waiting, and everything asked later.
     fn fail_all(&mut self, e: Error) {
         debug!("connection failed: {e}");
+        if let Some(r) = &self.region {
+            if !r.pages.is_idle() {
+                fatal("a page fault was waiting for the coordinator", &e);
+            }
+        }
         if let Some(r) = self.barrier.take() {
             let _ = r.send(Err(e.clone()));
         }

@@ -13,9 +13,12 @@
 mod client;
 pub mod config;
 mod error;
+mod region;
 mod session;
+mod sys;
 
 pub use config::{Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_PORT};
 pub use dsm_proto::{Rank, MAX_SEMAPHORE_NAME};
 pub use error::{Error, Result};
+pub use region::{Pod, Region, RegionStats, ViewError};
 pub use session::{Semaphore, Session};

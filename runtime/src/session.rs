@@ -37,6 +37,14 @@ impl Session {
         Ok(Session { client: Some(client), barrier: Mutex::new(()), session: config.session.clone() })
     }
 
+    pub(crate) fn from_client(client: Client, config: &Config) -> Session {
+        Session { client: Some(client), barrier: Mutex::new(()), session: config.session.clone() }
+    }
+
+    pub(crate) fn client_ref(&self) -> Result<&Client> {
+        self.client()
+    }
+
     fn client(&self) -> Result<&Client> {
         self.client.as_ref().ok_or(Error::Detached)
     }

@@ -3,18 +3,24 @@
 //! This crate performs no I/O: no sockets, no clocks, no system calls. It holds
 //! - [`wire`]: every message exchanged between a process and the coordinator;
 //! - [`frame`]: the length-prefixed frame codec (hard size cap, never panics on bad input);
-//! - [`handshake`]: the versioned hello that opens every connection.
+//! - [`handshake`]: the versioned hello that opens every connection;
+//! - [`directory`]: the coordinator's page directory (INVALIDATE coherence protocol);
+//! - [`pages`]: the process side of the same protocol.
 //!
 //! Both the runtime (`dsm`) and the coordinator depend on it, so the two sides can never
 //! disagree about the format.
 
+pub mod directory;
 pub mod frame;
 pub mod handshake;
+pub mod pages;
 pub mod units;
 pub mod wire;
 
+pub use directory::{DirectoryError, DirectoryStats, PageDirectory, PageView};
 pub use frame::{decode_frame, encode_frame, FrameError, MAX_FRAME_LEN};
 pub use handshake::{Hello, HelloError, HELLO_LEN, MAGIC, PROTOCOL_VERSION};
+pub use pages::{Access, PageMemory, PageState, PageStats, PagesError, ProcessPages};
 pub use wire::*;
 
 /// Size of one coherence unit (an x86-64 base page).

@@ -35,6 +35,11 @@ enum Scenario {
         #[arg(long)]
         victim: u32,
     },
+    /// Every rank does `adds` fetch_add(1) on one shared AtomicU64; rank 0 checks the total.
+    Counter {
+        #[arg(long, default_value_t = 10000)]
+        adds: u64,
+    },
 }
 
 fn main() {
@@ -54,6 +59,9 @@ fn main() {
 
 fn run(scenario: Scenario) -> Result<(), dsm::Error> {
     let config = dsm::Config::from_env()?;
+    if let Scenario::Counter { adds } = scenario {
+        return counter(&config, adds);
+    }
     let s = dsm::Session::attach(&config)?;
     let rank = s.rank();
     println!("attached rank {rank} of {} pid {}", s.nprocs(), std::process::id());
@@ -107,6 +115,28 @@ fn run(scenario: Scenario) -> Result<(), dsm::Error> {
             s.barrier()?;
             println!("second barrier passed");
         }
+        Scenario::Counter { .. } => unreachable!("handled above"),
     }
     s.detach()
+}
+
+fn counter(config: &dsm::Config, adds: u64) -> Result<(), dsm::Error> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let region = dsm::Region::attach(config)?;
+    let rank = region.rank();
+    println!("attached rank {rank} of {} pid {}", region.nprocs(), std::process::id());
+    let c: &[AtomicU64] = region.as_slice(0, 1).expect("fits");
+    region.barrier()?;
+    for _ in 0..adds {
+        c[0].fetch_add(1, Ordering::SeqCst);
+    }
+    region.barrier()?;
+    let total = c[0].load(Ordering::SeqCst);
+    let expect = adds * u64::from(region.nprocs());
+    println!("rank {rank} total {total} expected {expect} stats {:?}", region.stats()?);
+    if total != expect {
+        eprintln!("error: counter is {total}, expected {expect}");
+        std::process::exit(4);
+    }
+    region.detach()
 }

@@ -1,0 +1,649 @@
+//! The coordinator's page directory: the sans-IO core of the INVALIDATE coherence protocol
+//! (single writer / many readers, home copy at the coordinator).
+//!
+//! One [`PageDirectory`] serves one session. It consumes the page messages of
+//! [`ToCoordinator`] and produces the [`ToProcess`] messages to send, in order; the caller owns
+//! the connections. It performs no I/O and never panics, whatever the input.
+//!
+//! # State
+//!
+//! Per page (only pages ever touched get an entry): the `owner` (the one process holding a
+//! Writable copy), the `readers` (processes holding a ReadOnly copy), the `home` copy
+//! (`None` = all zero; all-zero contents are never stored), at most one `busy` transaction and a
+//! FIFO `queue` of waiting requests. Invariant: if there is an owner there are no readers.
+//!
+//! # Transactions
+//!
+//! * `Fetch(r)`: if there is an owner `o`, send `Downgrade` to `o` and wait for its
+//!   `DowngradeAck`; its data (if any) becomes the home copy, and `o` stays a reader only if its
+//!   ack carried data (otherwise it no longer held the page). Then send `Data(home)` to `r` and add
+//!   `r` to the readers.
+//! * `Own(r)`: send `Invalidate` to every reader but `r` and `Recall` to the owner if it is not
+//!   `r`; wait for every ack (a `RecallAck` with data updates the home copy); only then (ordering
+//!   rule 3, which keeps single-writer) send `Grant` to `r`, without data if `r` still held a
+//!   current copy, else with the home copy. `r` becomes the owner, the reader set is emptied.
+//! * `Writeback(r, data)` from the owner: the data becomes the home copy and the page has no
+//!   owner. From anyone else it is ignored.
+//!
+//! # Why these rules (DESIGN.md, "Coherence", rules 1-3)
+//!
+//! * Rule 1: at most one Fetch/Own transaction per page is in flight; a request arriving while
+//!   the page is busy, or while requests already wait, queues FIFO behind it. So the reader set
+//!   and the owner cannot change under a transaction, and an ack can only belong to the
+//!   transaction in progress.
+//! * Rule 2 (FIFO channels both ways) is what makes the races benign: an `Invalidate` sent to
+//!   `r` by an earlier transaction reaches `r` before any later `Grant`/`Data`, and a
+//!   `Writeback` sent by `r` reaches the directory before the ack `r` sends for a later
+//!   `Downgrade`/`Recall`. Hence the race "owner writes back while a Downgrade/Recall is on its
+//!   way": the `Writeback` arrives first and sets the home copy, the ack then comes with `None`
+//!   and the transaction uses the home copy.
+//! * Rule 3: a `Grant` leaves only after every `Invalidate`/`Recall` is acknowledged, so no
+//!   other valid copy exists when the new owner starts writing.
+//!
+//! An ack no transaction awaits is ignored. A process that leaves ([`PageDirectory::handle_leave`])
+//! is removed everywhere, and every ack awaited from it counts as received without data: its
+//! pages fall back to the home copy.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::wire::{GrantData, PageData, PageNo, Rank, ReqId, ToCoordinator, ToProcess};
+
+/// Counters of the coherence traffic of one session.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DirectoryStats {
+    /// `Fetch` requests received.
+    pub fetches: u64,
+    /// `Grant` messages sent.
+    pub ownership_grants: u64,
+    /// `Invalidate` messages sent.
+    pub invalidations: u64,
+    /// `Downgrade` messages sent.
+    pub downgrades: u64,
+    /// `Recall` messages sent.
+    pub recalls: u64,
+    /// `Data`/`Grant` messages that carried page bytes (zero pages travel as "zero").
+    pub pages_sent: u64,
+    /// Page bytes carried by `Data`/`Grant` messages.
+    pub bytes_sent: u64,
+    /// `Writeback` messages accepted (from the page's owner).
+    pub writebacks: u64,
+}
+
+/// A message the directory cannot accept.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    /// The page number is beyond the region.
+    #[error("page {page} is outside the region of {pages} pages")]
+    OutOfRange {
+        /// The page asked for.
+        page: PageNo,
+        /// Pages in the region.
+        pages: u64,
+    },
+    /// Not a page message, or from an unknown rank.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+/// A read-only view of one page's directory entry (for tests, logs and debugging).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PageView {
+    /// The process holding the Writable copy.
+    pub owner: Option<Rank>,
+    /// The processes holding a ReadOnly copy, ascending.
+    pub readers: Vec<Rank>,
+    /// The home copy (`None`: all zero).
+    pub home: Option<Vec<u8>>,
+    /// A Fetch/Own transaction is in flight.
+    pub busy: bool,
+    /// Requests waiting behind it.
+    pub queued: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Fetch,
+    Own,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    from: Rank,
+    req: ReqId,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+struct Txn {
+    request: Request,
+    /// The requester left: finish the state changes, send no reply.
+    requester_gone: bool,
+    /// The rank whose `DowngradeAck` (Fetch) or `RecallAck` (Own) is awaited.
+    owner_ack: Option<Rank>,
+    /// The ranks whose `InvalidateAck` is awaited (Own only).
+    invalidate_acks: BTreeSet<Rank>,
+}
+
+impl Txn {
+    fn done(&self) -> bool {
+        self.owner_ack.is_none() && self.invalidate_acks.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    owner: Option<Rank>,
+    readers: BTreeSet<Rank>,
+    home: Option<Vec<u8>>,
+    busy: Option<Txn>,
+    queue: VecDeque<Request>,
+}
+
+impl Entry {
+    fn set_home(&mut self, bytes: Vec<u8>) {
+        self.home = if bytes.iter().all(|&b| b == 0) { None } else { Some(bytes) };
+    }
+}
+
+/// The coordinator side of the INVALIDATE protocol for one session (see the module docs).
+#[derive(Debug)]
+pub struct PageDirectory {
+    nprocs: u32,
+    pages: u64,
+    entries: HashMap<PageNo, Entry>,
+    stats: DirectoryStats,
+}
+
+impl PageDirectory {
+    /// A directory for `nprocs` processes sharing a region of `pages` pages, all zero.
+    pub fn new(nprocs: u32, pages: u64) -> Self {
+        PageDirectory { nprocs, pages, entries: HashMap::new(), stats: DirectoryStats::default() }
+    }
+
+    /// Handles one page message from `from` (Fetch, Own, the three acks, Writeback), appending
+    /// the messages to send to `out` in the order they must be sent. Anything else is
+    /// [`DirectoryError::Unexpected`]; a page beyond the region is
+    /// [`DirectoryError::OutOfRange`]. Unawaited acks are ignored.
+    pub fn handle(
+        &mut self,
+        from: Rank,
+        msg: ToCoordinator,
+        out: &mut Vec<(Rank, ToProcess)>,
+    ) -> Result<(), DirectoryError> {
+        if from >= self.nprocs {
+            return Err(DirectoryError::Unexpected(format!(
+                "message from rank {from}, but the session has {} processes",
+                self.nprocs
+            )));
+        }
+        match msg {
+            ToCoordinator::Fetch { req, page } => {
+                self.check(page)?;
+                self.stats.fetches += 1;
+                self.submit(page, Request { from, req, kind: Kind::Fetch }, out);
+            }
+            ToCoordinator::Own { req, page } => {
+                self.check(page)?;
+                self.submit(page, Request { from, req, kind: Kind::Own }, out);
+            }
+            ToCoordinator::InvalidateAck { page } => {
+                self.check(page)?;
+                if let Some(txn) = self.entries.get_mut(&page).and_then(|e| e.busy.as_mut()) {
+                    if txn.request.kind == Kind::Own && txn.invalidate_acks.remove(&from) {
+                        self.progress(page, out);
+                    }
+                }
+            }
+            ToCoordinator::DowngradeAck { page, data } => {
+                self.check(page)?;
+                self.owner_ack(page, from, Kind::Fetch, data, out);
+            }
+            ToCoordinator::RecallAck { page, data } => {
+                self.check(page)?;
+                self.owner_ack(page, from, Kind::Own, data, out);
+            }
+            ToCoordinator::Writeback { page, data } => {
+                self.check(page)?;
+                if let Some(e) = self.entries.get_mut(&page) {
+                    if e.owner == Some(from) {
+                        e.set_home(data.0);
+                        e.owner = None;
+                        self.stats.writebacks += 1;
+                    }
+                }
+            }
+            other => {
+                return Err(DirectoryError::Unexpected(format!("not a page message: {other:?}")))
+            }
+        }
+        Ok(())
+    }
+
+    /// `rank` detached or was lost: removes it from every reader set and owner slot (its pages
+    /// fall back to the home copy), drops its queued requests, and treats every ack a busy
+    /// transaction awaits from it as received without data. A transaction it requested still
+    /// completes its state changes but sends no reply. The caller must ignore its later
+    /// messages.
+    pub fn handle_leave(&mut self, rank: Rank, out: &mut Vec<(Rank, ToProcess)>) {
+        let mut pages: Vec<PageNo> = self.entries.keys().copied().collect();
+        pages.sort_unstable();
+        for page in pages {
+            let Some(e) = self.entries.get_mut(&page) else { continue };
+            e.readers.remove(&rank);
+            if e.owner == Some(rank) {
+                e.owner = None;
+            }
+            e.queue.retain(|r| r.from != rank);
+            if let Some(txn) = e.busy.as_mut() {
+                if txn.request.from == rank {
+                    txn.requester_gone = true;
+                }
+                txn.invalidate_acks.remove(&rank);
+                if txn.owner_ack == Some(rank) {
+                    txn.owner_ack = None;
+                }
+            }
+            self.progress(page, out);
+        }
+    }
+
+    /// The traffic counters so far.
+    pub fn stats(&self) -> DirectoryStats {
+        self.stats
+    }
+
+    /// Pages that have a non-zero home copy stored (the memory cost: untouched and all-zero
+    /// pages cost nothing).
+    pub fn stored_pages(&self) -> usize {
+        self.entries.values().filter(|e| e.home.is_some()).count()
+    }
+
+    /// The directory's view of `page` (an untouched page reads as the default view).
+    pub fn inspect(&self, page: PageNo) -> PageView {
+        match self.entries.get(&page) {
+            None => PageView::default(),
+            Some(e) => PageView {
+                owner: e.owner,
+                readers: e.readers.iter().copied().collect(),
+                home: e.home.clone(),
+                busy: e.busy.is_some(),
+                queued: e.queue.len(),
+            },
+        }
+    }
+
+    fn check(&self, page: PageNo) -> Result<(), DirectoryError> {
+        if page < self.pages {
+            Ok(())
+        } else {
+            Err(DirectoryError::OutOfRange { page, pages: self.pages })
+        }
+    }
+
+    fn submit(&mut self, page: PageNo, request: Request, out: &mut Vec<(Rank, ToProcess)>) {
+        self.entries.entry(page).or_default().queue.push_back(request);
+        self.progress(page, out);
+    }
+
+    /// A DowngradeAck (`kind` Fetch) or RecallAck (`kind` Own) from `from`.
+    fn owner_ack(
+        &mut self,
+        page: PageNo,
+        from: Rank,
+        kind: Kind,
+        data: Option<PageData>,
+        out: &mut Vec<(Rank, ToProcess)>,
+    ) {
+        let Some(e) = self.entries.get_mut(&page) else { return };
+        let Some(txn) = e.busy.as_mut() else { return };
+        if txn.request.kind != kind || txn.owner_ack != Some(from) {
+            return;
+        }
+        txn.owner_ack = None;
+        // The former owner no longer holds a Writable copy either way. With data: it is the
+        // current contents. Without: the owner wrote back before (home is current).
+        e.owner = None;
+        if let Some(d) = data {
+            e.set_home(d.0);
+            if kind == Kind::Fetch {
+                // Downgraded to ReadOnly, keeps a copy equal to the new home.
+                e.readers.insert(from);
+            }
+        }
+        self.progress(page, out);
+    }
+
+    /// Completes the busy transaction of `page` if it has every ack, then starts queued
+    /// requests until one has to wait (or the queue is empty).
+    fn progress(&mut self, page: PageNo, out: &mut Vec<(Rank, ToProcess)>) {
+        let Some(e) = self.entries.get_mut(&page) else { return };
+        let stats = &mut self.stats;
+        loop {
+            match &e.busy {
+                Some(txn) if !txn.done() => return,
+                Some(_) => {
+                    if let Some(txn) = e.busy.take() {
+                        complete(e, stats, page, &txn, out);
+                    }
+                }
+                None => {}
+            }
+            let Some(request) = e.queue.pop_front() else { return };
+            start(e, stats, page, request, out);
+        }
+    }
+}
+
+/// Starts `request`: sends the Downgrade / Invalidates / Recall it needs and marks the page
+/// busy (a transaction with nothing to wait for completes at the next step of `progress`).
+fn start(
+    e: &mut Entry,
+    stats: &mut DirectoryStats,
+    page: PageNo,
+    request: Request,
+    out: &mut Vec<(Rank, ToProcess)>,
+) {
+    let mut txn =
+        Txn { request, requester_gone: false, owner_ack: None, invalidate_acks: BTreeSet::new() };
+    match request.kind {
+        Kind::Fetch => {
+            if let Some(o) = e.owner {
+                // Also when o == request.from (cannot happen with a correct process): the
+                // downgrade makes its copy ReadOnly and the directory consistent again.
+                out.push((o, ToProcess::Downgrade { page }));
+                stats.downgrades += 1;
+                txn.owner_ack = Some(o);
+            }
+        }
+        Kind::Own => {
+            for &r in &e.readers {
+                if r != request.from {
+                    out.push((r, ToProcess::Invalidate { page }));
+                    stats.invalidations += 1;
+                    txn.invalidate_acks.insert(r);
+                }
+            }
+            if let Some(o) = e.owner {
+                if o != request.from {
+                    out.push((o, ToProcess::Recall { page }));
+                    stats.recalls += 1;
+                    txn.owner_ack = Some(o);
+                }
+            }
+        }
+    }
+    e.busy = Some(txn);
+}
+
+/// Finishes a transaction whose acks have all arrived: updates the entry and replies.
+fn complete(
+    e: &mut Entry,
+    stats: &mut DirectoryStats,
+    page: PageNo,
+    txn: &Txn,
+    out: &mut Vec<(Rank, ToProcess)>,
+) {
+    let Request { from, req, kind } = txn.request;
+    match kind {
+        Kind::Fetch => {
+            // Any owner was downgraded (or left, or wrote back): home is current.
+            e.owner = None;
+            if txn.requester_gone {
+                return;
+            }
+            let data = e.home.clone().map(PageData);
+            if let Some(d) = &data {
+                stats.pages_sent += 1;
+                stats.bytes_sent += d.0.len() as u64;
+            }
+            out.push((from, ToProcess::Data { req, page, data }));
+            e.readers.insert(from);
+        }
+        Kind::Own => {
+            // Every other copy is gone. The requester's own copy is current if it is still
+            // listed: nobody could have written the page since it got that copy.
+            let had_copy = e.owner == Some(from) || e.readers.contains(&from);
+            e.readers.clear();
+            if txn.requester_gone {
+                e.owner = None;
+                return;
+            }
+            e.owner = Some(from);
+            let data = if had_copy {
+                None
+            } else {
+                Some(match &e.home {
+                    None => GrantData::Zero,
+                    Some(bytes) => {
+                        stats.pages_sent += 1;
+                        stats.bytes_sent += bytes.len() as u64;
+                        GrantData::Bytes(PageData(bytes.clone()))
+                    }
+                })
+            };
+            stats.ownership_grants += 1;
+            out.push((from, ToProcess::Grant { req, page, data }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::SmallRng, Rng, SeedableRng};
+
+    type Out = Vec<(Rank, ToProcess)>;
+
+    fn run(d: &mut PageDirectory, from: Rank, msg: ToCoordinator) -> Out {
+        let mut out = Vec::new();
+        d.handle(from, msg, &mut out).unwrap();
+        out
+    }
+
+    fn bytes(b: &[u8]) -> PageData {
+        PageData(b.to_vec())
+    }
+
+    #[test]
+    fn fetch_of_untouched_page_is_zero_and_costs_nothing() {
+        let mut d = PageDirectory::new(2, 4);
+        let out = run(&mut d, 0, ToCoordinator::Fetch { req: 1, page: 3 });
+        assert_eq!(out, vec![(0, ToProcess::Data { req: 1, page: 3, data: None })]);
+        assert_eq!(d.inspect(3).readers, vec![0]);
+        assert_eq!(d.stored_pages(), 0);
+        assert_eq!(d.stats().fetches, 1);
+        assert_eq!(d.stats().pages_sent, 0);
+    }
+
+    #[test]
+    fn own_invalidates_readers_and_grants_after_every_ack() {
+        let mut d = PageDirectory::new(3, 1);
+        run(&mut d, 0, ToCoordinator::Fetch { req: 1, page: 0 });
+        run(&mut d, 1, ToCoordinator::Fetch { req: 1, page: 0 });
+        run(&mut d, 2, ToCoordinator::Fetch { req: 1, page: 0 });
+        let out = run(&mut d, 0, ToCoordinator::Own { req: 2, page: 0 });
+        assert_eq!(
+            out,
+            vec![(1, ToProcess::Invalidate { page: 0 }), (2, ToProcess::Invalidate { page: 0 })]
+        );
+        assert!(run(&mut d, 1, ToCoordinator::InvalidateAck { page: 0 }).is_empty());
+        // An ack nobody waits for is ignored.
+        assert!(run(&mut d, 1, ToCoordinator::InvalidateAck { page: 0 }).is_empty());
+        let out = run(&mut d, 2, ToCoordinator::InvalidateAck { page: 0 });
+        // The requester was a reader: no data needed.
+        assert_eq!(out, vec![(0, ToProcess::Grant { req: 2, page: 0, data: None })]);
+        let v = d.inspect(0);
+        assert_eq!((v.owner, v.readers.len(), v.busy), (Some(0), 0, false));
+        assert_eq!(d.stats().invalidations, 2);
+        assert_eq!(d.stats().ownership_grants, 1);
+    }
+
+    #[test]
+    fn own_by_non_reader_gets_zero_then_recall_moves_data() {
+        let mut d = PageDirectory::new(2, 1);
+        let out = run(&mut d, 0, ToCoordinator::Own { req: 1, page: 0 });
+        assert_eq!(
+            out,
+            vec![(0, ToProcess::Grant { req: 1, page: 0, data: Some(GrantData::Zero) })]
+        );
+        let out = run(&mut d, 1, ToCoordinator::Own { req: 1, page: 0 });
+        assert_eq!(out, vec![(0, ToProcess::Recall { page: 0 })]);
+        let out = run(&mut d, 0, ToCoordinator::RecallAck { page: 0, data: Some(bytes(&[7, 0])) });
+        assert_eq!(
+            out,
+            vec![(
+                1,
+                ToProcess::Grant { req: 1, page: 0, data: Some(GrantData::Bytes(bytes(&[7, 0]))) }
+            )]
+        );
+        assert_eq!(d.stored_pages(), 1);
+        assert_eq!(d.stats().bytes_sent, 2);
+        assert_eq!(d.inspect(0).owner, Some(1));
+    }
+
+    #[test]
+    fn fetch_downgrades_owner_which_stays_reader() {
+        let mut d = PageDirectory::new(2, 1);
+        run(&mut d, 0, ToCoordinator::Own { req: 1, page: 0 });
+        let out = run(&mut d, 1, ToCoordinator::Fetch { req: 1, page: 0 });
+        assert_eq!(out, vec![(0, ToProcess::Downgrade { page: 0 })]);
+        let out = run(&mut d, 0, ToCoordinator::DowngradeAck { page: 0, data: Some(bytes(&[1])) });
+        assert_eq!(out, vec![(1, ToProcess::Data { req: 1, page: 0, data: Some(bytes(&[1])) })]);
+        let v = d.inspect(0);
+        assert_eq!((v.owner, v.readers), (None, vec![0, 1]));
+    }
+
+    #[test]
+    fn requests_queue_behind_a_busy_page() {
+        let mut d = PageDirectory::new(3, 1);
+        run(&mut d, 0, ToCoordinator::Own { req: 1, page: 0 });
+        assert_eq!(run(&mut d, 1, ToCoordinator::Own { req: 1, page: 0 }).len(), 1); // Recall
+        assert!(run(&mut d, 2, ToCoordinator::Fetch { req: 1, page: 0 }).is_empty());
+        assert_eq!(d.inspect(0).queued, 1);
+        let out = run(&mut d, 0, ToCoordinator::RecallAck { page: 0, data: Some(bytes(&[5])) });
+        // Grant to 1, then the queued Fetch starts: Downgrade to the new owner 1.
+        assert_eq!(
+            out,
+            vec![
+                (
+                    1,
+                    ToProcess::Grant { req: 1, page: 0, data: Some(GrantData::Bytes(bytes(&[5]))) }
+                ),
+                (1, ToProcess::Downgrade { page: 0 }),
+            ]
+        );
+        let out = run(&mut d, 1, ToCoordinator::DowngradeAck { page: 0, data: Some(bytes(&[6])) });
+        assert_eq!(out, vec![(2, ToProcess::Data { req: 1, page: 0, data: Some(bytes(&[6])) })]);
+    }
+
+    #[test]
+    fn writeback_races_with_recall() {
+        let mut d = PageDirectory::new(2, 1);
+        run(&mut d, 0, ToCoordinator::Own { req: 1, page: 0 });
+        assert_eq!(run(&mut d, 1, ToCoordinator::Own { req: 1, page: 0 }).len(), 1);
+        // 0 wrote back before seeing the Recall, then answers it without data.
+        assert!(run(&mut d, 0, ToCoordinator::Writeback { page: 0, data: bytes(&[9]) }).is_empty());
+        let out = run(&mut d, 0, ToCoordinator::RecallAck { page: 0, data: None });
+        assert_eq!(
+            out,
+            vec![(
+                1,
+                ToProcess::Grant { req: 1, page: 0, data: Some(GrantData::Bytes(bytes(&[9]))) }
+            )]
+        );
+        assert_eq!(d.stats().writebacks, 1);
+        // A writeback from a non-owner is ignored.
+        run(&mut d, 0, ToCoordinator::Writeback { page: 0, data: bytes(&[1]) });
+        assert_eq!(d.inspect(0).home, Some(vec![9]));
+        // Zero contents are not stored.
+        run(&mut d, 1, ToCoordinator::Writeback { page: 0, data: bytes(&[0, 0]) });
+        assert_eq!(d.stored_pages(), 0);
+    }
+
+    #[test]
+    fn leave_completes_pending_downgrade_with_home_copy() {
+        let mut d = PageDirectory::new(3, 1);
+        run(&mut d, 0, ToCoordinator::Own { req: 1, page: 0 });
+        run(&mut d, 0, ToCoordinator::Writeback { page: 0, data: bytes(&[3]) });
+        run(&mut d, 0, ToCoordinator::Own { req: 2, page: 0 });
+        assert_eq!(run(&mut d, 1, ToCoordinator::Fetch { req: 1, page: 0 }).len(), 1);
+        let mut out = Vec::new();
+        d.handle_leave(0, &mut out);
+        assert_eq!(out, vec![(1, ToProcess::Data { req: 1, page: 0, data: Some(bytes(&[3])) })]);
+        let v = d.inspect(0);
+        assert_eq!((v.owner, v.readers, v.busy), (None, vec![1], false));
+    }
+
+    #[test]
+    fn leave_of_requester_and_of_reader() {
+        let mut d = PageDirectory::new(3, 1);
+        run(&mut d, 1, ToCoordinator::Fetch { req: 1, page: 0 });
+        run(&mut d, 2, ToCoordinator::Fetch { req: 1, page: 0 });
+        assert_eq!(run(&mut d, 0, ToCoordinator::Own { req: 1, page: 0 }).len(), 2);
+        run(&mut d, 1, ToCoordinator::InvalidateAck { page: 0 });
+        let mut out = Vec::new();
+        d.handle_leave(0, &mut out); // the requester leaves: no Grant
+        assert!(out.is_empty());
+        d.handle_leave(2, &mut out); // the last awaited ack counts as received
+        assert!(out.is_empty());
+        let v = d.inspect(0);
+        assert_eq!((v.owner, v.readers.len(), v.busy), (None, 0, false));
+        // Later acks from the departed are ignored.
+        assert!(run(&mut d, 2, ToCoordinator::InvalidateAck { page: 0 }).is_empty());
+    }
+
+    #[test]
+    fn errors() {
+        let mut d = PageDirectory::new(2, 2);
+        let mut out = Vec::new();
+        assert_eq!(
+            d.handle(0, ToCoordinator::Fetch { req: 1, page: 2 }, &mut out),
+            Err(DirectoryError::OutOfRange { page: 2, pages: 2 })
+        );
+        assert!(matches!(
+            d.handle(0, ToCoordinator::Detach, &mut out),
+            Err(DirectoryError::Unexpected(_))
+        ));
+        assert!(matches!(
+            d.handle(5, ToCoordinator::Fetch { req: 1, page: 0 }, &mut out),
+            Err(DirectoryError::Unexpected(_))
+        ));
+        assert!(out.is_empty());
+    }
+
+    /// Arbitrary message sequences (protocol-violating ones included) never panic, and the
+    /// owner/readers invariant holds throughout.
+    #[test]
+    fn random_input_never_panics() {
+        for seed in 0..300u64 {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut d = PageDirectory::new(4, 3);
+            let mut out = Vec::new();
+            for _ in 0..200 {
+                let from = rng.gen_range(0..5);
+                let page = rng.gen_range(0..4);
+                let with_data = rng.gen_bool(0.5);
+                let data = || with_data.then(|| PageData(vec![1; 3]));
+                let msg = match rng.gen_range(0..8) {
+                    0 => ToCoordinator::Fetch { req: rng.gen(), page },
+                    1 => ToCoordinator::Own { req: rng.gen(), page },
+                    2 => ToCoordinator::InvalidateAck { page },
+                    3 => ToCoordinator::DowngradeAck { page, data: data() },
+                    4 => ToCoordinator::RecallAck { page, data: data() },
+                    5 => ToCoordinator::Writeback { page, data: PageData(vec![rng.gen(); 2]) },
+                    6 => ToCoordinator::Detach,
+                    _ => {
+                        d.handle_leave(from, &mut out);
+                        continue;
+                    }
+                };
+                let _ = d.handle(from, msg, &mut out);
+                for p in 0..3 {
+                    let v = d.inspect(p);
+                    assert!(v.owner.is_none() || v.readers.is_empty(), "seed {seed}: {v:?}");
+                }
+            }
+        }
+    }
+}

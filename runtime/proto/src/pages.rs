@@ -1,0 +1,617 @@
+//! The process side of the INVALIDATE coherence protocol: the sans-IO core that turns page
+//! faults and coordinator messages into mapping changes and messages to the coordinator.
+//!
+//! One [`ProcessPages`] serves one attached region. The driver calls
+//! [`ProcessPages::handle_fault`] when a thread faults and [`ProcessPages::handle_message`] for
+//! each page message from the coordinator, strictly in arrival order (ordering rule 2: the
+//! coordinator's messages travel on one FIFO stream, and applying them out of order breaks
+//! sequential consistency). The core changes the real mapping only through [`PageMemory`],
+//! synchronously and in order, and appends the messages to send to `out`.
+//!
+//! # Rules
+//!
+//! Each page is Invalid, ReadOnly or Writable; at most one request (Fetch or Own) per page is in
+//! flight, so several threads faulting on one page produce one request:
+//! * read fault on a valid page, write fault on a Writable page: the fault is already resolved,
+//!   just wake the thread;
+//! * otherwise, if a request for the page is in flight, do nothing: its reply installs the page
+//!   and wakes every waiter, and a thread that still lacks write access faults again and then
+//!   sends an `Own`;
+//! * otherwise send `Fetch` (read on Invalid) or `Own` (write).
+//!
+//! Replies: `Data` installs a ReadOnly copy; `Grant` with data installs a Writable copy
+//! (dropping a ReadOnly one first), `Grant` without data upgrades the ReadOnly copy in place
+//! (the coordinator knows it is current). A reply for no in-flight request is an error.
+//!
+//! Demands: `Invalidate` drops a ReadOnly copy and is always acknowledged (the copy may already
+//! be gone). `Downgrade` write-protects a Writable copy and returns its contents, read **after**
+//! protecting so no store can land later; `Recall` drops the copy and returns the contents of a
+//! Writable one. Both answer `None` when the page is not Writable: that happens when the process
+//! wrote the page back ([`ProcessPages::release_all`]) before the demand arrived, and the
+//! coordinator then uses the `Writeback` it received first (FIFO). A `Downgrade` reaching a
+//! ReadOnly copy (impossible with a correct coordinator, which downgrades only the owner) drops
+//! it, so that the `None` answer, which tells the coordinator "not a reader", stays true.
+
+use std::collections::HashMap;
+
+use crate::wire::{GrantData, PageData, PageNo, ReqId, ToCoordinator, ToProcess};
+
+/// The kind of access that faulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A load.
+    Read,
+    /// A store (or any read-modify-write).
+    Write,
+}
+
+/// The state of one page in this process's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PageState {
+    /// Not mapped: any access faults.
+    #[default]
+    Invalid,
+    /// Mapped and write-protected: stores fault.
+    ReadOnly,
+    /// Mapped writable: this process is the page's exclusive owner.
+    Writable,
+}
+
+/// What the driver does to the real mapping (userfaultfd ioctls, alias reads). Called
+/// synchronously, in order.
+pub trait PageMemory {
+    /// Invalid -> ReadOnly or Writable with these contents (`None` = zero page); wakes threads
+    /// waiting on the page.
+    fn install(&mut self, page: PageNo, data: Option<&[u8]>, writable: bool);
+    /// ReadOnly -> Writable keeping the contents; wakes waiters.
+    fn make_writable(&mut self, page: PageNo);
+    /// Writable -> ReadOnly; returns the contents AFTER protecting (no store can land later).
+    fn write_protect(&mut self, page: PageNo) -> Vec<u8>;
+    /// ReadOnly/Writable -> Invalid; returns the contents if `want_contents`.
+    fn drop_page(&mut self, page: PageNo, want_contents: bool) -> Option<Vec<u8>>;
+    /// Wake threads waiting on `page` without changing it (their fault is already resolved).
+    fn wake(&mut self, page: PageNo);
+}
+
+/// Counters of one process's coherence activity.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PageStats {
+    /// Read faults handled.
+    pub read_faults: u64,
+    /// Write faults handled.
+    pub write_faults: u64,
+    /// `Fetch` requests sent.
+    pub fetches: u64,
+    /// `Own` requests sent.
+    pub ownership_requests: u64,
+    /// `Invalidate` messages received.
+    pub invalidations: u64,
+    /// `Downgrade` messages received.
+    pub downgrades: u64,
+    /// `Recall` messages received.
+    pub recalls: u64,
+    /// Page bytes received in `Data`/`Grant`.
+    pub bytes_received: u64,
+    /// Page bytes sent in acks and writebacks.
+    pub bytes_sent: u64,
+}
+
+/// A coordinator message that breaks the protocol.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PagesError {
+    /// What was wrong.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pending {
+    req: ReqId,
+    access: Access,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Slot {
+    state: PageState,
+    pending: Option<Pending>,
+}
+
+/// The process side of the INVALIDATE protocol for one region (see the module docs).
+#[derive(Debug)]
+pub struct ProcessPages {
+    /// Pages that are valid or have a request in flight; absent = Invalid, idle.
+    slots: HashMap<PageNo, Slot>,
+    next_req: ReqId,
+    in_flight: usize,
+    stats: PageStats,
+}
+
+impl Default for ProcessPages {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessPages {
+    /// Every page Invalid, nothing in flight.
+    pub fn new() -> Self {
+        ProcessPages {
+            slots: HashMap::new(),
+            next_req: 1,
+            in_flight: 0,
+            stats: PageStats::default(),
+        }
+    }
+
+    /// The state of `page`.
+    pub fn state(&self, page: PageNo) -> PageState {
+        self.slots.get(&page).map(|s| s.state).unwrap_or_default()
+    }
+
+    /// A thread faulted on `page` with `access`.
+    pub fn handle_fault(
+        &mut self,
+        page: PageNo,
+        access: Access,
+        mem: &mut impl PageMemory,
+        out: &mut Vec<ToCoordinator>,
+    ) {
+        let slot = self.slots.get(&page).copied().unwrap_or_default();
+        match access {
+            Access::Read => self.stats.read_faults += 1,
+            Access::Write => self.stats.write_faults += 1,
+        }
+        let resolved = match access {
+            Access::Read => slot.state != PageState::Invalid,
+            Access::Write => slot.state == PageState::Writable,
+        };
+        if resolved {
+            // Another thread's request already brought the page in.
+            mem.wake(page);
+            return;
+        }
+        if slot.pending.is_some() {
+            // Its reply wakes this thread; it re-faults if still not allowed.
+            return;
+        }
+        let req = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1);
+        self.slots.insert(page, Slot { state: slot.state, pending: Some(Pending { req, access }) });
+        self.in_flight += 1;
+        match access {
+            Access::Read => {
+                self.stats.fetches += 1;
+                out.push(ToCoordinator::Fetch { req, page });
+            }
+            Access::Write => {
+                self.stats.ownership_requests += 1;
+                out.push(ToCoordinator::Own { req, page });
+            }
+        }
+    }
+
+    /// A page message from the coordinator (`Data`, `Grant`, `Invalidate`, `Downgrade`,
+    /// `Recall`). Anything else, or a reply to no request in flight, is an error and changes
+    /// nothing (an `Invalidate` reaching a Writable page is an error too; it is still
+    /// acknowledged, and the page is kept).
+    pub fn handle_message(
+        &mut self,
+        msg: ToProcess,
+        mem: &mut impl PageMemory,
+        out: &mut Vec<ToCoordinator>,
+    ) -> Result<(), PagesError> {
+        match msg {
+            ToProcess::Data { req, page, data } => {
+                let slot = self.reply_slot(page, req, Access::Read, "Data")?;
+                match slot.state {
+                    PageState::Invalid => {
+                        mem.install(page, data.as_ref().map(|d| d.0.as_slice()), false);
+                    }
+                    PageState::ReadOnly => mem.wake(page),
+                    PageState::Writable => {
+                        return Err(PagesError::Protocol(format!(
+                            "Data for page {page}, which is Writable"
+                        )))
+                    }
+                }
+                self.stats.bytes_received += data.map_or(0, |d| d.0.len() as u64);
+                self.finish(page, PageState::ReadOnly);
+            }
+            ToProcess::Grant { req, page, data } => {
+                let slot = self.reply_slot(page, req, Access::Write, "Grant")?;
+                match (data, slot.state) {
+                    (_, PageState::Writable) => {
+                        return Err(PagesError::Protocol(format!(
+                            "Grant for page {page}, which is already Writable"
+                        )))
+                    }
+                    (None, PageState::Invalid) => {
+                        return Err(PagesError::Protocol(format!(
+                            "Grant without data for page {page}, which holds no copy"
+                        )))
+                    }
+                    (None, PageState::ReadOnly) => mem.make_writable(page),
+                    (Some(d), state) => {
+                        if state == PageState::ReadOnly {
+                            mem.drop_page(page, false);
+                        }
+                        match d {
+                            GrantData::Zero => mem.install(page, None, true),
+                            GrantData::Bytes(b) => {
+                                self.stats.bytes_received += b.0.len() as u64;
+                                mem.install(page, Some(&b.0), true);
+                            }
+                        }
+                    }
+                }
+                self.finish(page, PageState::Writable);
+            }
+            ToProcess::Invalidate { page } => {
+                self.stats.invalidations += 1;
+                // Always acknowledged: the coordinator counts acks, not copies.
+                out.push(ToCoordinator::InvalidateAck { page });
+                match self.state(page) {
+                    PageState::Invalid => {}
+                    PageState::ReadOnly => {
+                        mem.drop_page(page, false);
+                        self.set_state(page, PageState::Invalid);
+                    }
+                    PageState::Writable => {
+                        // The owner gets Recall, never Invalidate. Keep the data.
+                        return Err(PagesError::Protocol(format!(
+                            "Invalidate for page {page}, which is Writable"
+                        )));
+                    }
+                }
+            }
+            ToProcess::Downgrade { page } => {
+                self.stats.downgrades += 1;
+                let data = match self.state(page) {
+                    PageState::Writable => {
+                        let bytes = mem.write_protect(page);
+                        self.set_state(page, PageState::ReadOnly);
+                        Some(bytes)
+                    }
+                    PageState::ReadOnly => {
+                        // Cannot happen with a correct coordinator (only the owner is
+                        // downgraded). Answering None tells it we are not a reader, so drop the
+                        // copy to keep that true.
+                        mem.drop_page(page, false);
+                        self.set_state(page, PageState::Invalid);
+                        None
+                    }
+                    PageState::Invalid => None,
+                };
+                self.stats.bytes_sent += data.as_ref().map_or(0, |d| d.len() as u64);
+                out.push(ToCoordinator::DowngradeAck { page, data: data.map(PageData) });
+            }
+            ToProcess::Recall { page } => {
+                self.stats.recalls += 1;
+                let data = match self.state(page) {
+                    PageState::Writable => {
+                        let bytes = mem.drop_page(page, true);
+                        self.set_state(page, PageState::Invalid);
+                        // A driver that returns nothing when asked: send zeros rather than lie
+                        // about holding no copy.
+                        Some(bytes.unwrap_or_default())
+                    }
+                    PageState::ReadOnly => {
+                        mem.drop_page(page, false);
+                        self.set_state(page, PageState::Invalid);
+                        None
+                    }
+                    PageState::Invalid => None,
+                };
+                self.stats.bytes_sent += data.as_ref().map_or(0, |d| d.len() as u64);
+                out.push(ToCoordinator::RecallAck { page, data: data.map(PageData) });
+            }
+            other => {
+                return Err(PagesError::Protocol(format!("not a page message: {other:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Before detaching: writes back every Writable page (write-protect, then drop) and drops
+    /// every ReadOnly copy. Returns how many pages were written back. Requests still in flight
+    /// are kept (see [`ProcessPages::is_idle`]).
+    pub fn release_all(
+        &mut self,
+        mem: &mut impl PageMemory,
+        out: &mut Vec<ToCoordinator>,
+    ) -> usize {
+        let mut pages: Vec<(PageNo, PageState)> =
+            self.slots.iter().map(|(&p, s)| (p, s.state)).collect();
+        pages.sort_unstable_by_key(|&(p, _)| p);
+        let mut written = 0;
+        for (page, state) in pages {
+            match state {
+                PageState::Invalid => continue,
+                PageState::ReadOnly => {
+                    mem.drop_page(page, false);
+                }
+                PageState::Writable => {
+                    let bytes = mem.write_protect(page);
+                    mem.drop_page(page, false);
+                    self.stats.bytes_sent += bytes.len() as u64;
+                    out.push(ToCoordinator::Writeback { page, data: PageData(bytes) });
+                    written += 1;
+                }
+            }
+            self.set_state(page, PageState::Invalid);
+        }
+        written
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> PageStats {
+        self.stats
+    }
+
+    /// No request is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight == 0
+    }
+
+    /// The slot of `page` if a `kind` request `req` is in flight for it.
+    fn reply_slot(
+        &self,
+        page: PageNo,
+        req: ReqId,
+        access: Access,
+        what: &str,
+    ) -> Result<Slot, PagesError> {
+        match self.slots.get(&page) {
+            Some(slot) if slot.pending == Some(Pending { req, access }) => Ok(*slot),
+            slot => Err(PagesError::Protocol(format!(
+                "{what} for page {page} with request {req}, but the request in flight is {:?}",
+                slot.and_then(|s| s.pending)
+            ))),
+        }
+    }
+
+    /// The reply to the in-flight request of `page` was applied.
+    fn finish(&mut self, page: PageNo, state: PageState) {
+        self.slots.insert(page, Slot { state, pending: None });
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    fn set_state(&mut self, page: PageNo, state: PageState) {
+        let slot = self.slots.entry(page).or_default();
+        slot.state = state;
+        if slot.state == PageState::Invalid && slot.pending.is_none() {
+            self.slots.remove(&page);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the calls; keeps page contents.
+    #[derive(Default)]
+    struct Mem {
+        pages: HashMap<PageNo, (bool, Vec<u8>)>,
+        log: Vec<String>,
+    }
+
+    impl PageMemory for Mem {
+        fn install(&mut self, page: PageNo, data: Option<&[u8]>, writable: bool) {
+            assert!(!self.pages.contains_key(&page), "install over a valid page");
+            self.pages.insert(page, (writable, data.map_or(vec![0; 4], <[u8]>::to_vec)));
+            self.log.push(format!("install {page} {writable}"));
+        }
+        fn make_writable(&mut self, page: PageNo) {
+            self.pages.get_mut(&page).unwrap().0 = true;
+            self.log.push(format!("make_writable {page}"));
+        }
+        fn write_protect(&mut self, page: PageNo) -> Vec<u8> {
+            let p = self.pages.get_mut(&page).unwrap();
+            p.0 = false;
+            self.log.push(format!("write_protect {page}"));
+            p.1.clone()
+        }
+        fn drop_page(&mut self, page: PageNo, want: bool) -> Option<Vec<u8>> {
+            self.log.push(format!("drop {page}"));
+            let p = self.pages.remove(&page).unwrap();
+            want.then_some(p.1)
+        }
+        fn wake(&mut self, page: PageNo) {
+            self.log.push(format!("wake {page}"));
+        }
+    }
+
+    fn msg(p: &mut ProcessPages, m: &mut Mem, msg: ToProcess) -> Vec<ToCoordinator> {
+        let mut out = Vec::new();
+        p.handle_message(msg, m, &mut out).unwrap();
+        out
+    }
+
+    fn fault(p: &mut ProcessPages, m: &mut Mem, page: PageNo, a: Access) -> Vec<ToCoordinator> {
+        let mut out = Vec::new();
+        p.handle_fault(page, a, m, &mut out);
+        out
+    }
+
+    #[test]
+    fn read_fault_fetches_once_then_installs() {
+        let (mut p, mut m) = (ProcessPages::new(), Mem::default());
+        assert_eq!(
+            fault(&mut p, &mut m, 3, Access::Read),
+            vec![ToCoordinator::Fetch { req: 1, page: 3 }]
+        );
+        assert!(fault(&mut p, &mut m, 3, Access::Read).is_empty());
+        assert!(fault(&mut p, &mut m, 3, Access::Write).is_empty());
+        assert!(!p.is_idle());
+        let data = Some(PageData(vec![1, 2, 3, 4]));
+        assert!(msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 3, data }).is_empty());
+        assert_eq!(p.state(3), PageState::ReadOnly);
+        assert!(p.is_idle());
+        assert_eq!(m.pages[&3], (false, vec![1, 2, 3, 4]));
+        // A read fault now is resolved; a write fault asks for ownership.
+        assert!(fault(&mut p, &mut m, 3, Access::Read).is_empty());
+        assert_eq!(m.log.last().unwrap(), "wake 3");
+        assert_eq!(
+            fault(&mut p, &mut m, 3, Access::Write),
+            vec![ToCoordinator::Own { req: 2, page: 3 }]
+        );
+        assert!(msg(&mut p, &mut m, ToProcess::Grant { req: 2, page: 3, data: None }).is_empty());
+        assert_eq!(p.state(3), PageState::Writable);
+        assert_eq!(m.log.last().unwrap(), "make_writable 3");
+        let s = p.stats();
+        assert_eq!((s.read_faults, s.write_faults, s.fetches, s.ownership_requests), (3, 2, 1, 1));
+        assert_eq!(s.bytes_received, 4);
+    }
+
+    #[test]
+    fn grant_with_data_replaces_an_invalidated_copy() {
+        let (mut p, mut m) = (ProcessPages::new(), Mem::default());
+        fault(&mut p, &mut m, 0, Access::Read);
+        msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 0, data: None });
+        fault(&mut p, &mut m, 0, Access::Write);
+        // Another writer's transaction invalidates us before our Own is served.
+        assert_eq!(
+            msg(&mut p, &mut m, ToProcess::Invalidate { page: 0 }),
+            vec![ToCoordinator::InvalidateAck { page: 0 }]
+        );
+        assert_eq!(p.state(0), PageState::Invalid);
+        let data = Some(GrantData::Bytes(PageData(vec![9; 4])));
+        msg(&mut p, &mut m, ToProcess::Grant { req: 2, page: 0, data });
+        assert_eq!(m.pages[&0], (true, vec![9; 4]));
+        // Invalidate of an Invalid page is still acknowledged.
+        assert_eq!(
+            msg(&mut p, &mut m, ToProcess::Invalidate { page: 7 }),
+            vec![ToCoordinator::InvalidateAck { page: 7 }]
+        );
+    }
+
+    #[test]
+    fn grant_with_data_over_a_read_only_copy_drops_it_first() {
+        let (mut p, mut m) = (ProcessPages::new(), Mem::default());
+        fault(&mut p, &mut m, 0, Access::Read);
+        msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 0, data: None });
+        fault(&mut p, &mut m, 0, Access::Write);
+        msg(&mut p, &mut m, ToProcess::Grant { req: 2, page: 0, data: Some(GrantData::Zero) });
+        assert_eq!(m.log[m.log.len() - 2..], ["drop 0".to_string(), "install 0 true".to_string()]);
+    }
+
+    #[test]
+    fn downgrade_and_recall() {
+        let (mut p, mut m) = (ProcessPages::new(), Mem::default());
+        fault(&mut p, &mut m, 0, Access::Write);
+        let data = Some(GrantData::Bytes(PageData(vec![5; 4])));
+        msg(&mut p, &mut m, ToProcess::Grant { req: 1, page: 0, data });
+        assert_eq!(
+            msg(&mut p, &mut m, ToProcess::Downgrade { page: 0 }),
+            vec![ToCoordinator::DowngradeAck { page: 0, data: Some(PageData(vec![5; 4])) }]
+        );
+        assert_eq!(p.state(0), PageState::ReadOnly);
+        // Recall of a ReadOnly copy: dropped, no data.
+        assert_eq!(
+            msg(&mut p, &mut m, ToProcess::Recall { page: 0 }),
+            vec![ToCoordinator::RecallAck { page: 0, data: None }]
+        );
+        assert_eq!(p.state(0), PageState::Invalid);
+        fault(&mut p, &mut m, 0, Access::Write);
+        msg(&mut p, &mut m, ToProcess::Grant { req: 2, page: 0, data: Some(GrantData::Zero) });
+        assert_eq!(
+            msg(&mut p, &mut m, ToProcess::Recall { page: 0 }),
+            vec![ToCoordinator::RecallAck { page: 0, data: Some(PageData(vec![0; 4])) }]
+        );
+        assert_eq!(
+            msg(&mut p, &mut m, ToProcess::Downgrade { page: 0 }),
+            vec![ToCoordinator::DowngradeAck { page: 0, data: None }]
+        );
+        assert_eq!(p.stats().bytes_sent, 8);
+    }
+
+    #[test]
+    fn release_all_writes_back_owned_pages() {
+        let (mut p, mut m) = (ProcessPages::new(), Mem::default());
+        fault(&mut p, &mut m, 1, Access::Write);
+        msg(&mut p, &mut m, ToProcess::Grant { req: 1, page: 1, data: Some(GrantData::Zero) });
+        fault(&mut p, &mut m, 2, Access::Read);
+        msg(&mut p, &mut m, ToProcess::Data { req: 2, page: 2, data: None });
+        let mut out = Vec::new();
+        assert_eq!(p.release_all(&mut m, &mut out), 1);
+        assert_eq!(out, vec![ToCoordinator::Writeback { page: 1, data: PageData(vec![0; 4]) }]);
+        assert_eq!((p.state(1), p.state(2)), (PageState::Invalid, PageState::Invalid));
+        assert!(m.pages.is_empty());
+        assert_eq!(m.log[m.log.len() - 3..], ["write_protect 1", "drop 1", "drop 2"]);
+    }
+
+    #[test]
+    fn bad_replies_are_errors_and_change_nothing() {
+        let (mut p, mut m) = (ProcessPages::new(), Mem::default());
+        let mut out = Vec::new();
+        assert!(p
+            .handle_message(ToProcess::Data { req: 1, page: 0, data: None }, &mut m, &mut out)
+            .is_err());
+        fault(&mut p, &mut m, 0, Access::Read);
+        // Wrong request id, wrong kind of reply.
+        assert!(p
+            .handle_message(ToProcess::Data { req: 9, page: 0, data: None }, &mut m, &mut out)
+            .is_err());
+        assert!(p
+            .handle_message(ToProcess::Grant { req: 1, page: 0, data: None }, &mut m, &mut out)
+            .is_err());
+        assert!(p.handle_message(ToProcess::Detached, &mut m, &mut out).is_err());
+        fault(&mut p, &mut m, 1, Access::Write);
+        assert!(p
+            .handle_message(ToProcess::Grant { req: 2, page: 1, data: None }, &mut m, &mut out)
+            .is_err());
+        assert!(out.is_empty() && m.pages.is_empty());
+        assert_eq!((p.state(0), p.state(1)), (PageState::Invalid, PageState::Invalid));
+        assert!(!p.is_idle());
+    }
+
+    /// A mapping that accepts anything (the core must not panic even on a bogus sequence).
+    #[derive(Default)]
+    struct Lenient;
+
+    impl PageMemory for Lenient {
+        fn install(&mut self, _: PageNo, _: Option<&[u8]>, _: bool) {}
+        fn make_writable(&mut self, _: PageNo) {}
+        fn write_protect(&mut self, _: PageNo) -> Vec<u8> {
+            vec![1]
+        }
+        fn drop_page(&mut self, _: PageNo, want: bool) -> Option<Vec<u8>> {
+            want.then(|| vec![2])
+        }
+        fn wake(&mut self, _: PageNo) {}
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        for seed in 0..300u64 {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let (mut p, mut m, mut out) = (ProcessPages::new(), Lenient, Vec::new());
+            for _ in 0..200 {
+                let page = rng.gen_range(0..3);
+                let req = rng.gen_range(0..8);
+                let data = rng.gen_bool(0.5).then(|| PageData(vec![3; 2]));
+                let m2 = match rng.gen_range(0..8) {
+                    0 => {
+                        let a = if rng.gen() { Access::Read } else { Access::Write };
+                        p.handle_fault(page, a, &mut m, &mut out);
+                        continue;
+                    }
+                    1 => {
+                        p.release_all(&mut m, &mut out);
+                        continue;
+                    }
+                    2 => ToProcess::Data { req, page, data },
+                    3 => ToProcess::Grant { req, page, data: data.map(GrantData::Bytes) },
+                    4 => ToProcess::Invalidate { page },
+                    5 => ToProcess::Downgrade { page },
+                    6 => ToProcess::Recall { page },
+                    _ => ToProcess::Detached,
+                };
+                let _ = p.handle_message(m2, &mut m, &mut out);
+            }
+        }
+    }
+}

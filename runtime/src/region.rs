@@ -1,0 +1,219 @@
+//! The shared region: `Region::attach` maps the session's memory and serves its page faults.
+//!
+//! A `Region` owns a [`Session`](crate::Session)-like client whose runtime thread also services
+//! the region's userfaultfd: faults of any application thread are read there, turned into
+//! requests by the [`ProcessPages`](dsm_proto::pages::ProcessPages) core and resolved with
+//! `UFFDIO_COPY` / `UFFDIO_WRITEPROTECT` when the coordinator answers. Many faults can be in
+//! flight at once (one per page), so threads faulting on different pages proceed in parallel.
+
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
+use std::sync::Arc;
+
+use dsm_proto::Rank;
+
+use crate::client::{Client, Command};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::session::Session;
+use crate::sys::{Fault, Mapping, Memfd};
+
+/// The kernel objects behind a region: kept alive by the region and its runtime thread.
+pub(crate) struct RegionMaps {
+    pub view: Mapping,
+    pub alias: Mapping,
+    pub fault: Fault,
+    _memfd: Memfd,
+}
+
+/// Per-process counters of the region (see [`Region::stats`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RegionStats {
+    /// Faults on loads.
+    pub read_faults: u64,
+    /// Faults on stores.
+    pub write_faults: u64,
+    /// Pages fetched read-only.
+    pub pages_fetched: u64,
+    /// Ownership requests sent.
+    pub ownership_requests: u64,
+    /// Read-only copies dropped because another process wrote.
+    pub pages_invalidated: u64,
+    /// Owned pages downgraded to read-only for a reader.
+    pub pages_downgraded: u64,
+    /// Owned pages given up to another writer.
+    pub pages_recalled: u64,
+    /// Page bytes received.
+    pub bytes_received: u64,
+    /// Page bytes sent.
+    pub bytes_sent: u64,
+    /// Total time faulting threads waited for the coordinator, in microseconds.
+    pub wait_micros: u64,
+}
+
+/// Types that may be viewed as a slice over the region: plain integers and the std atomics.
+///
+/// # Safety
+/// Every bit pattern must be a valid value and the type must have no padding or drop glue.
+pub unsafe trait Pod: Sized {}
+
+macro_rules! pod {
+    ($($t:ty),*) => { $(
+        // SAFETY: integers and atomics of integers accept every bit pattern and have no padding.
+        unsafe impl Pod for $t {}
+    )* };
+}
+pod!(u8, u16, u32, u64, i8, i16, i32, i64, usize, isize, f32, f64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
+    std::sync::atomic::AtomicI8, std::sync::atomic::AtomicI16, std::sync::atomic::AtomicI32, std::sync::atomic::AtomicI64, std::sync::atomic::AtomicIsize);
+
+/// A typed view request that does not fit the region.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ViewError {
+    /// The offset is not aligned for the type.
+    #[error("offset {offset} is not aligned to {align} bytes")]
+    Misaligned {
+        /// Byte offset asked for.
+        offset: usize,
+        /// Alignment the type needs.
+        align: usize,
+    },
+    /// The range ends past the region.
+    #[error("{len} elements of {size} bytes at offset {offset} end past the region's {region} bytes")]
+    OutOfBounds {
+        /// Byte offset.
+        offset: usize,
+        /// Elements asked for.
+        len: usize,
+        /// Element size.
+        size: usize,
+        /// Region size.
+        region: usize,
+    },
+}
+
+// Dropping a Region drops its Session first (detach: owned pages written back, runtime thread
+// joined), then the mappings go when the last Arc does.
+
+/// A shared memory region attached by every process of a session.
+///
+/// Loads and stores to it just work across processes: pages are fetched on first touch and kept
+/// coherent by the coordinator (single writer, many readers; sequential consistency between
+/// single-threaded processes). Detaches on drop: owned pages are written back first, so no
+/// acknowledged write is lost.
+///
+/// ```no_run
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// let config = dsm::Config::from_env()?;
+/// let region = dsm::Region::attach(&config)?;
+/// let counters: &[AtomicU64] = region.as_slice(0, 1)?;
+/// counters[0].fetch_add(1, Ordering::SeqCst); // a distributed atomic
+/// region.barrier()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Region {
+    session: Session,
+    maps: Arc<RegionMaps>,
+}
+
+impl Region {
+    /// Creates the mapping, attaches the session and returns once every process attached.
+    pub fn attach(config: &Config) -> Result<Region> {
+        let len = usize::try_from(config.size)
+            .map_err(|_| Error::Config(format!("region size {} does not fit in memory", config.size)))?;
+        let memfd = Memfd::new(config.size)?;
+        let view = Mapping::new(&memfd, len)?;
+        let alias = Mapping::new(&memfd, len)?;
+        let fault = Fault::new()?;
+        fault.register(&view)?;
+        let maps = Arc::new(RegionMaps { view, alias, fault, _memfd: memfd });
+        let client = Client::attach_region(config, Some(Arc::clone(&maps)))?;
+        Ok(Region { session: Session::from_client(client, config), maps })
+    }
+
+    /// Base address of the region in this process.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.maps.view.ptr()
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.maps.view.len()
+    }
+
+    /// Always false: a region has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// `len` elements of `T` starting at byte `offset`, e.g. `&[AtomicU64]` for distributed
+    /// atomics. Checks alignment and bounds.
+    pub fn as_slice<T: Pod>(&self, offset: usize, len: usize) -> Result<&[T], ViewError> {
+        let size = std::mem::size_of::<T>();
+        let align = std::mem::align_of::<T>();
+        if offset % align != 0 {
+            return Err(ViewError::Misaligned { offset, align });
+        }
+        let end = len.checked_mul(size).and_then(|b| b.checked_add(offset));
+        if end.is_none_or(|e| e > self.len()) {
+            return Err(ViewError::OutOfBounds { offset, len, size, region: self.len() });
+        }
+        // SAFETY: the range is inside the live view mapping (checked above), aligned for T, and T
+        // accepts every bit pattern (Pod). The mapping lives as long as &self. Concurrent writes by
+        // other processes are what the region is for: for non-atomic T they are the same data race
+        // as between threads, which is why the examples use atomics or synchronize.
+        Ok(unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset).cast::<T>(), len) })
+    }
+
+    /// The whole region as `&[T]` (length rounded down).
+    pub fn as_slice_all<T: Pod>(&self) -> Result<&[T], ViewError> {
+        self.as_slice(0, self.len() / std::mem::size_of::<T>())
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> Rank {
+        self.session.rank()
+    }
+
+    /// Number of processes.
+    pub fn nprocs(&self) -> u32 {
+        self.session.nprocs()
+    }
+
+    /// Blocks until every process entered this barrier.
+    pub fn barrier(&self) -> Result<()> {
+        self.session.barrier()
+    }
+
+    /// A named counting semaphore of the session.
+    pub fn semaphore(&self, name: &str) -> Result<crate::Semaphore<'_>> {
+        self.session.semaphore(name)
+    }
+
+    /// The session handle (rank, barriers, semaphores).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// This process's fault and traffic counters.
+    pub fn stats(&self) -> Result<RegionStats> {
+        self.session.client_ref()?.call(Command::Stats)
+    }
+
+    /// Writes back owned pages, leaves the session, unmaps the region.
+    pub fn detach(self) -> Result<()> {
+        let Region { session, maps } = self;
+        let r = session.detach();
+        maps.fault.unregister(&maps.view);
+        r
+    }
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("session", &self.session.name())
+            .field("rank", &self.rank())
+            .field("len", &self.len())
+            .finish()
+    }
+}

@@ -1,0 +1,256 @@
+//! Every raw system call of the runtime: the memfd, its two mappings, userfaultfd set-up and
+//! the ioctls the `userfaultfd` crate lacks. Everything outside this module is safe Rust.
+//!
+//! The region is one memfd mapped twice: the *view* (what the application loads and stores,
+//! registered with userfaultfd for missing and write-protect faults) and the *alias* (never
+//! registered; the runtime reads page contents through it and never touches the view).
+//!
+//! Page states map to the kernel like this:
+//! - Invalid: a hole in the memfd (`MADV_REMOVE`); any access raises a *missing* fault.
+//! - ReadOnly: installed with `UFFDIO_COPY` + `MODE_WP`; a store raises a *write-protect* fault.
+//! - Writable: installed with `UFFDIO_COPY`, or write protection cleared.
+//!
+//! Dropping to Invalid punches a hole instead of `MADV_DONTNEED`: after `DONTNEED` the page
+//! would stay in the page cache and the next `UFFDIO_COPY` would fail with `EEXIST`.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use userfaultfd::{FeatureFlags, RegisterMode, Uffd, UffdBuilder};
+
+use crate::error::Error;
+
+/// Page size of the region.
+pub const PAGE: usize = dsm_proto::PAGE_SIZE;
+
+/// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM`: write-protect faults on shmem (memfd), Linux 5.19+.
+const FEATURE_WP_SHMEM: u64 = 1 << 12;
+/// `UFFDIO_COPY_MODE_WP`: install the copied page write-protected.
+const COPY_MODE_WP: u64 = 1 << 1;
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+nix::ioctl_readwrite!(uffdio_copy, 0xAA, 0x03, UffdioCopy);
+
+/// A memfd of the region's size. Untouched pages are holes: no memory.
+pub struct Memfd(OwnedFd);
+
+impl Memfd {
+    pub fn new(size: u64) -> Result<Memfd, Error> {
+        // SAFETY: the name is a valid NUL-terminated string; the returned fd is checked and
+        // then owned by OwnedFd.
+        let fd = unsafe { libc::memfd_create(c"dsm-region".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(Error::os("memfd_create", std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a fresh, valid file descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let size_off = libc::off_t::try_from(size).map_err(|_| Error::os("ftruncate", "size too large"))?;
+        // SAFETY: plain syscall on a valid fd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size_off) } != 0 {
+            return Err(Error::os("sizing the region's memfd", std::io::Error::last_os_error()));
+        }
+        Ok(Memfd(fd))
+    }
+}
+
+/// A shared mapping of the memfd, unmapped on drop.
+pub struct Mapping {
+    addr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; which thread unmaps it does not matter, and
+// concurrent access is the application's (view) or the runtime thread's (alias) business.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; the type itself only exposes the address.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    pub fn new(fd: &Memfd, len: usize) -> Result<Mapping, Error> {
+        // SAFETY: a fresh mapping chosen by the kernel (addr NULL) of a valid fd; the result is
+        // checked against MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                fd.0.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::os("mapping the region", std::io::Error::last_os_error()));
+        }
+        let addr = NonNull::new(p.cast::<u8>()).ok_or_else(|| Error::os("mmap", "returned NULL"))?;
+        Ok(Mapping { addr, len })
+    }
+
+    pub fn addr(&self) -> usize {
+        self.addr.as_ptr() as usize
+    }
+
+    pub fn ptr(&self) -> *mut u8 {
+        self.addr.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copies page `page` out through this mapping (the alias).
+    pub fn read_page(&self, page: u64) -> Vec<u8> {
+        let off = page as usize * PAGE;
+        assert!(off + PAGE <= self.len, "page {page} outside the mapping");
+        let mut out = vec![0u8; PAGE];
+        // SAFETY: the range is inside the live mapping (checked above); the alias is never
+        // registered with userfaultfd, so reading it cannot fault into our own handler. Other
+        // processes' writes cannot land here (only our runtime installs pages).
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr().add(off), out.as_mut_ptr(), PAGE) };
+        out
+    }
+
+    /// Gives page `page` back to the kernel: a hole in the memfd, zapped from every mapping.
+    pub fn punch_hole(&self, page: u64) -> Result<(), Error> {
+        let off = page as usize * PAGE;
+        assert!(off + PAGE <= self.len, "page {page} outside the mapping");
+        // SAFETY: the range is a page inside the live mapping; MADV_REMOVE frees the backing
+        // pages of the shared memfd, which is exactly the Invalid state.
+        let r = unsafe { libc::madvise(self.ptr().add(off).cast(), PAGE, libc::MADV_REMOVE) };
+        if r != 0 {
+            return Err(Error::os("MADV_REMOVE", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own this mapping; nothing references it after the owner drops it (the
+        // region joins its runtime thread first).
+        unsafe { libc::munmap(self.addr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The userfaultfd of one region.
+pub struct Fault {
+    uffd: Uffd,
+}
+
+impl Fault {
+    /// Opens a non-blocking userfaultfd that reports missing and write-protect faults on shmem
+    /// and the faulting thread's id, and serves kernel-mode faults too (system calls that touch
+    /// the region wait instead of failing with EFAULT).
+    pub fn new() -> Result<Fault, Error> {
+        let features = FeatureFlags::PAGEFAULT_FLAG_WP
+            | FeatureFlags::MISSING_SHMEM
+            | FeatureFlags::THREAD_ID
+            | FeatureFlags::from_bits_retain(FEATURE_WP_SHMEM);
+        let uffd = UffdBuilder::new()
+            .close_on_exec(true)
+            .non_blocking(true)
+            .user_mode_only(false)
+            .require_features(features)
+            .create()
+            .map_err(|e| {
+                Error::os(
+                    "opening userfaultfd (needs Linux 5.19+ with userfaultfd write-protect for shmem, and root or vm.unprivileged_userfaultfd=1 or access to /dev/userfaultfd)",
+                    e,
+                )
+            })?;
+        Ok(Fault { uffd })
+    }
+
+    pub fn register(&self, view: &Mapping) -> Result<(), Error> {
+        self.uffd
+            .register_with_mode(view.ptr().cast(), view.len(), RegisterMode::MISSING | RegisterMode::WRITE_PROTECT)
+            .map_err(|e| Error::os("registering the region with userfaultfd", e))?;
+        Ok(())
+    }
+
+    pub fn unregister(&self, view: &Mapping) {
+        let _ = self.uffd.unregister(view.ptr().cast(), view.len());
+    }
+
+    /// Next pending fault: (address, is_write, thread id), or None when the queue is empty.
+    pub fn next_fault(&self) -> Result<Option<(usize, bool, i32)>, Error> {
+        loop {
+            match self.uffd.read_event() {
+                Ok(None) => return Ok(None),
+                Ok(Some(userfaultfd::Event::Pagefault { rw, addr, thread_id, kind })) => {
+                    let write = rw == userfaultfd::ReadWrite::Write
+                        || kind == userfaultfd::FaultKind::WriteProtected;
+                    return Ok(Some((addr as usize, write, thread_id.as_raw())));
+                }
+                Ok(Some(_other)) => continue,
+                Err(e) => return Err(Error::os("reading userfaultfd events", e)),
+            }
+        }
+    }
+
+    /// Installs `src` (one page) at `dst` in the view, write-protected unless `writable`, and
+    /// wakes the threads waiting on it. `EEXIST` (a page already there) is reported as false.
+    pub fn install(&self, dst: usize, src: &[u8], writable: bool) -> Result<bool, Error> {
+        assert_eq!(src.len(), PAGE);
+        let mut copy = UffdioCopy {
+            dst: dst as u64,
+            src: src.as_ptr() as u64,
+            len: PAGE as u64,
+            mode: if writable { 0 } else { COPY_MODE_WP },
+            copy: 0,
+        };
+        // SAFETY: dst is a page of the registered view (callers compute it from the region's
+        // base); src is a live PAGE-byte buffer; the struct layout matches `struct uffdio_copy`.
+        match unsafe { uffdio_copy(self.uffd.as_raw_fd(), &mut copy) } {
+            Ok(_) => Ok(true),
+            Err(nix::errno::Errno::EEXIST) => Ok(false),
+            Err(e) => Err(Error::os("UFFDIO_COPY", e)),
+        }
+    }
+
+    pub fn write_protect(&self, dst: usize) -> Result<(), Error> {
+        self.uffd
+            .write_protect(dst as *mut libc::c_void, PAGE)
+            .map_err(|e| Error::os("UFFDIO_WRITEPROTECT", e))
+    }
+
+    pub fn make_writable(&self, dst: usize) -> Result<(), Error> {
+        self.uffd
+            .remove_write_protection(dst as *mut libc::c_void, PAGE, true)
+            .map_err(|e| Error::os("UFFDIO_WRITEPROTECT (clear)", e))
+    }
+
+    pub fn wake(&self, dst: usize) -> Result<(), Error> {
+        self.uffd.wake(dst as *mut libc::c_void, PAGE).map_err(|e| Error::os("UFFDIO_WAKE", e))
+    }
+}
+
+/// Raw fd of the userfaultfd for tokio's `AsyncFd` (the [`Fault`] owns the fd).
+pub struct UffdFd(RawFd);
+
+impl AsRawFd for UffdFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl Fault {
+    /// Registers the userfaultfd with the current tokio reactor.
+    ///
+    /// The returned `AsyncFd` must be dropped before this `Fault`: the runtime thread drops it at
+    /// the end of its loop while its `Arc<RegionMaps>` still holds the `Fault`.
+    pub fn async_fd(&self) -> std::io::Result<tokio::io::unix::AsyncFd<UffdFd>> {
+        // SAFETY: the fd stays open for the AsyncFd's whole life (see above) and is not
+        // registered with this reactor anywhere else.
+        unsafe { tokio::io::unix::AsyncFd::register(UffdFd(self.uffd.as_raw_fd())) }
+            .map_err(|e| e.into_parts().1)
+    }
+}
