@@ -40,6 +40,27 @@ enum Scenario {
         #[arg(long, default_value_t = 10000)]
         adds: u64,
     },
+    /// Busy-wait ring on one shared word, `rounds` hand-offs; each rank also bumps its own
+    /// word on the same page while it waits (hot neighbours).
+    SpinPingpong {
+        #[arg(long, default_value_t = 1000)]
+        rounds: u64,
+    },
+    /// Rank 0 read(2)s from a pipe straight into the region; the others verify the bytes.
+    PipeRead,
+    /// 8 threads per process fault concurrently on distinct and shared pages.
+    Threads,
+    /// Rank 0 writes `mib` MiB of a pseudo-random pattern with memcpy, the others verify its
+    /// checksum; then every rank rewrites its own slice and verifies everyone else's.
+    Bulk {
+        #[arg(long, default_value_t = 64)]
+        mib: usize,
+    },
+    /// Attach a huge region, touch a few pages, report the resident memory.
+    Huge {
+        #[arg(long, default_value_t = 8)]
+        touch: usize,
+    },
 }
 
 fn main() {
@@ -59,8 +80,14 @@ fn main() {
 
 fn run(scenario: Scenario) -> Result<(), dsm::Error> {
     let config = dsm::Config::from_env()?;
-    if let Scenario::Counter { adds } = scenario {
-        return counter(&config, adds);
+    match scenario {
+        Scenario::Counter { adds } => return counter(&config, adds),
+        Scenario::SpinPingpong { rounds } => return region_run(&config, |r| spin_pingpong(r, rounds)),
+        Scenario::PipeRead => return region_run(&config, pipe_read),
+        Scenario::Threads => return region_run(&config, threads),
+        Scenario::Bulk { mib } => return region_run(&config, |r| bulk(r, mib)),
+        Scenario::Huge { touch } => return region_run(&config, |r| huge(r, touch)),
+        _ => {}
     }
     let s = dsm::Session::attach(&config)?;
     let rank = s.rank();
@@ -115,7 +142,7 @@ fn run(scenario: Scenario) -> Result<(), dsm::Error> {
             s.barrier()?;
             println!("second barrier passed");
         }
-        Scenario::Counter { .. } => unreachable!("handled above"),
+        _ => unreachable!("region scenarios are handled above"),
     }
     s.detach()
 }
@@ -139,4 +166,213 @@ fn counter(config: &dsm::Config, adds: u64) -> Result<(), dsm::Error> {
         std::process::exit(4);
     }
     region.detach()
+}
+
+type Check = Result<(), String>;
+
+fn region_run(config: &dsm::Config, f: impl FnOnce(&dsm::Region) -> Check) -> Result<(), dsm::Error> {
+    let region = dsm::Region::attach(config)?;
+    println!("attached rank {} of {} pid {}", region.rank(), region.nprocs(), std::process::id());
+    if let Err(e) = f(&region) {
+        eprintln!("error: rank {}: {e}", region.rank());
+        std::process::exit(4);
+    }
+    println!("rank {} ok stats {:?}", region.rank(), region.stats()?);
+    region.detach()
+}
+
+fn spin_pingpong(region: &dsm::Region, rounds: u64) -> Check {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let words: &[AtomicU64] = region.as_slice(0, 1 + region.nprocs() as usize).map_err(|e| e.to_string())?;
+    let (rank, n) = (u64::from(region.rank()), u64::from(region.nprocs()));
+    region.barrier().map_err(|e| e.to_string())?;
+    let mut spins = 0u64;
+    loop {
+        let t = words[0].load(Ordering::SeqCst);
+        if t >= rounds {
+            break;
+        }
+        if t % n == rank {
+            words[0].store(t + 1, Ordering::SeqCst);
+        } else {
+            // Hot neighbour data on the same page as the turn word.
+            words[1 + rank as usize].fetch_add(1, Ordering::Relaxed);
+            spins += 1;
+            if spins % 64 == 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+    region.barrier().map_err(|e| e.to_string())?;
+    let t = words[0].load(Ordering::SeqCst);
+    if t != rounds {
+        return Err(format!("turn ended at {t}, expected {rounds}"));
+    }
+    println!("rank {rank} done {rounds} hand-offs");
+    Ok(())
+}
+
+fn pattern_byte(i: usize, seed: u64) -> u8 {
+    let mut x = (i as u64) ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 29;
+    x as u8
+}
+
+fn pipe_read(region: &dsm::Region) -> Check {
+    const OFF: usize = 4096 + 100; // straddles into a second page
+    const LEN: usize = 6000;
+    let buf: &[u8] = region.as_slice(OFF, LEN).map_err(|e| e.to_string())?;
+    if region.rank() == 0 {
+        let mut fds = [0i32; 2];
+        // SAFETY: test code: plain pipe/write/read syscalls on valid buffers. The read(2)
+        // destination is the shared region: the kernel itself faults on pages this process does
+        // not have yet, which the runtime's fault thread must serve.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            let data: Vec<u8> = (0..LEN).map(|i| pattern_byte(i, 7)).collect();
+            let w = std::thread::spawn(move || {
+                let n = libc::write(fds[1], data.as_ptr().cast(), data.len());
+                libc::close(fds[1]);
+                n
+            });
+            let mut got = 0usize;
+            while got < LEN {
+                let n = libc::read(fds[0], buf.as_ptr().add(got) as *mut libc::c_void, LEN - got);
+                if n <= 0 {
+                    return Err(format!("read(2) into the region failed: {}", std::io::Error::last_os_error()));
+                }
+                got += n as usize;
+            }
+            libc::close(fds[0]);
+            assert_eq!(w.join().unwrap(), LEN as isize);
+        }
+    }
+    region.barrier().map_err(|e| e.to_string())?;
+    for (i, b) in buf.iter().enumerate() {
+        if *b != pattern_byte(i, 7) {
+            return Err(format!("byte {i} is {b}, expected {}", pattern_byte(i, 7)));
+        }
+    }
+    Ok(())
+}
+
+fn threads(region: &dsm::Region) -> Check {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const T: usize = 8;
+    let n = region.nprocs() as usize;
+    let rank = region.rank() as usize;
+    let words: &[AtomicU64] = region.as_slice_all().map_err(|e| e.to_string())?;
+    let per_page = 4096 / 8;
+    if words.len() < (1 + n * T) * per_page {
+        return Err("region too small".into());
+    }
+    region.barrier().map_err(|e| e.to_string())?;
+    std::thread::scope(|s| {
+        for t in 0..T {
+            s.spawn(move || {
+                let own = (1 + rank * T + t) * per_page;
+                for i in 0..per_page {
+                    words[own + i].store((rank * 1000 + t * 10) as u64 + i as u64, Ordering::Relaxed);
+                    if i % 64 == 0 {
+                        words[0].fetch_add(1, Ordering::SeqCst); // shared page
+                    }
+                }
+            });
+        }
+    });
+    region.barrier().map_err(|e| e.to_string())?;
+    let total = words[0].load(Ordering::SeqCst);
+    let expect = (n * T * per_page / 64) as u64;
+    if total != expect {
+        return Err(format!("shared counter {total}, expected {expect}"));
+    }
+    for r in 0..n {
+        for t in 0..T {
+            let own = (1 + r * T + t) * per_page;
+            for i in (0..per_page).step_by(37) {
+                let v = words[own + i].load(Ordering::Relaxed);
+                if v != (r * 1000 + t * 10) as u64 + i as u64 {
+                    return Err(format!("rank {r} thread {t} word {i} is {v}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.chunks(8).fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        (h ^ u64::from_le_bytes(w)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn bulk(region: &dsm::Region, mib: usize) -> Check {
+    let len = mib << 20;
+    let rank = region.rank() as usize;
+    let n = region.nprocs() as usize;
+    let mem: &[u8] = region.as_slice(0, len).map_err(|e| e.to_string())?;
+    let ptr = region.as_ptr();
+    let pattern: Vec<u8> = (0..len).map(|i| pattern_byte(i, 1)).collect();
+    let expect = checksum(&pattern);
+    if rank == 0 {
+        // SAFETY: test code; the destination lies inside the region (checked by as_slice).
+        unsafe { std::ptr::copy_nonoverlapping(pattern.as_ptr(), ptr, len) };
+    }
+    region.barrier().map_err(|e| e.to_string())?;
+    let got = checksum(mem);
+    if got != expect {
+        return Err(format!("checksum {got:#x}, expected {expect:#x}"));
+    }
+    region.barrier().map_err(|e| e.to_string())?;
+    let slice = len / n;
+    let mine: Vec<u8> = (0..slice).map(|i| pattern_byte(i, 100 + rank as u64)).collect();
+    // SAFETY: test code; each rank writes only its own slice inside the region.
+    unsafe { std::ptr::copy_nonoverlapping(mine.as_ptr(), ptr.add(rank * slice), slice) };
+    region.barrier().map_err(|e| e.to_string())?;
+    for r in 0..n {
+        let theirs: Vec<u8> = (0..slice).map(|i| pattern_byte(i, 100 + r as u64)).collect();
+        if checksum(&mem[r * slice..(r + 1) * slice]) != checksum(&theirs) {
+            return Err(format!("slice of rank {r} differs"));
+        }
+    }
+    Ok(())
+}
+
+fn resident_mib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096 >> 20
+}
+
+fn huge(region: &dsm::Region, touch: usize) -> Check {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let len = region.len();
+    let step = len / touch;
+    for i in 0..touch {
+        let w: &[AtomicU64] = region.as_slice(i * step, 1).map_err(|e| e.to_string())?;
+        if region.rank() == 0 {
+            w[0].store(i as u64 + 1, Ordering::SeqCst);
+        }
+    }
+    region.barrier().map_err(|e| e.to_string())?;
+    for i in 0..touch {
+        let w: &[AtomicU64] = region.as_slice(i * step, 1).map_err(|e| e.to_string())?;
+        let v = w[0].load(Ordering::SeqCst);
+        if v != i as u64 + 1 {
+            return Err(format!("page {i} holds {v}"));
+        }
+    }
+    let stats = region.stats().map_err(|e| e.to_string())?;
+    let rss = resident_mib();
+    println!("huge: region {} GiB, resident {rss} MiB, pages fetched {}, ownership requests {}", len >> 30, stats.pages_fetched, stats.ownership_requests);
+    if rss > 256 {
+        return Err(format!("resident memory {rss} MiB for a few touched pages"));
+    }
+    if stats.pages_fetched + stats.ownership_requests > 2 * touch as u64 {
+        return Err(format!("touching {touch} pages moved {} pages", stats.pages_fetched + stats.ownership_requests));
+    }
+    Ok(())
 }

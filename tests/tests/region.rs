@@ -1,0 +1,70 @@
+//! The shared region across real processes: real userfaultfd faults, real QUIC, real TLS.
+
+use std::time::Duration;
+
+use dsm_tests::{lossy_relay, run_workers, session_name, TestEnv};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_dsm-worker");
+
+fn run(env: &TestEnv, addr: std::net::SocketAddr, args: &[&str], size: u64, n: u32) -> dsm_tests::Workers {
+    let name = session_name(args[0]);
+    run_workers(std::path::Path::new(WORKER), args, &env.worker_env(addr, &name, size, n), n as usize, Duration::from_secs(240))
+}
+
+fn oks(w: &dsm_tests::Workers) -> usize {
+    w.seen.iter().filter(|l| l.text.contains(" ok stats") || l.text.contains("total")).count()
+}
+
+#[test]
+fn counter_4_processes_10000_fetch_adds_each() {
+    let env = TestEnv::new();
+    let w = run(&env, env.addr(), &["counter", "--adds", "10000"], 4096, 4);
+    let totals = w.seen.iter().filter(|l| l.text.contains("total 40000 expected 40000")).count();
+    assert_eq!(totals, 4, "{}", w.transcript());
+}
+
+#[test]
+fn busy_wait_ping_pong_1000_handoffs_with_hot_neighbours() {
+    let env = TestEnv::new();
+    let w = run(&env, env.addr(), &["spin-pingpong", "--rounds", "1000"], 4096, 2);
+    assert_eq!(oks(&w), 2, "{}", w.transcript());
+}
+
+#[test]
+fn read_syscall_from_a_pipe_into_the_region_is_seen_by_another_process() {
+    let env = TestEnv::new();
+    let w = run(&env, env.addr(), &["pipe-read"], 1 << 20, 2);
+    assert_eq!(oks(&w), 2, "{}", w.transcript());
+}
+
+#[test]
+fn eight_threads_per_process_fault_concurrently() {
+    let env = TestEnv::new();
+    let w = run(&env, env.addr(), &["threads"], 1 << 20, 2);
+    assert_eq!(oks(&w), 2, "{}", w.transcript());
+}
+
+#[test]
+fn bulk_64_mib_written_by_one_verified_by_three_then_disjoint_slices() {
+    let env = TestEnv::new();
+    let w = run(&env, env.addr(), &["bulk", "--mib", "64"], 64 << 20, 4);
+    assert_eq!(oks(&w), 4, "{}", w.transcript());
+}
+
+#[test]
+fn huge_64_gib_region_attaches_with_little_memory_and_moves_only_touched_pages() {
+    let env = TestEnv::new();
+    let w = run(&env, env.addr(), &["huge", "--touch", "8"], 64 << 30, 2);
+    assert_eq!(oks(&w), 2, "{}", w.transcript());
+}
+
+#[test]
+fn counter_and_ping_pong_through_a_lossy_link() {
+    let env = TestEnv::new();
+    let relay = lossy_relay(env.addr(), 11);
+    let w = run(&env, relay.local_addr(), &["counter", "--adds", "2000"], 4096, 4);
+    assert_eq!(w.seen.iter().filter(|l| l.text.contains("total 8000 expected 8000")).count(), 4, "{}", w.transcript());
+    let w = run(&env, relay.local_addr(), &["spin-pingpong", "--rounds", "100"], 4096, 2);
+    assert_eq!(oks(&w), 2, "{}", w.transcript());
+    assert!(relay.stats().dropped > 0);
+}
