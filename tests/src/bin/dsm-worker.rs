@@ -56,6 +56,15 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         mib: usize,
     },
+    /// A litmus test across processes: `iterations` rounds on fresh pages with plain (volatile)
+    /// loads and stores; rank 0 checks that no round shows a non-SC outcome.
+    Litmus {
+        /// SB, MP, LB, 2+2W, CoRR or IRIW.
+        #[arg(long)]
+        test: String,
+        #[arg(long, default_value_t = 2000)]
+        iterations: usize,
+    },
     /// Attach a huge region, touch a few pages, report the resident memory.
     Huge {
         #[arg(long, default_value_t = 8)]
@@ -87,6 +96,7 @@ fn run(scenario: Scenario) -> Result<(), dsm::Error> {
         Scenario::Threads => return region_run(&config, threads),
         Scenario::Bulk { mib } => return region_run(&config, |r| bulk(r, mib)),
         Scenario::Huge { touch } => return region_run(&config, |r| huge(r, touch)),
+        Scenario::Litmus { test, iterations } => return region_run(&config, |r| litmus(r, &test, iterations)),
         _ => {}
     }
     let s = dsm::Session::attach(&config)?;
@@ -373,6 +383,120 @@ fn huge(region: &dsm::Region, touch: usize) -> Check {
     }
     if stats.pages_fetched + stats.ownership_requests > 2 * touch as u64 {
         return Err(format!("touching {touch} pages moved {} pages", stats.pages_fetched + stats.ownership_requests));
+    }
+    Ok(())
+}
+
+/// Region bytes a litmus run of `iterations` rounds needs (4 variables of one page each per
+/// round, then the results).
+pub fn litmus_size(iterations: usize, nprocs: usize) -> usize {
+    (1 + iterations * 4) * 4096 + iterations * nprocs * 2 * 8 + 4096
+}
+
+fn litmus(region: &dsm::Region, test: &str, iterations: usize) -> Check {
+    use std::ptr::{read_volatile, write_volatile};
+    let n = region.nprocs() as usize;
+    let rank = region.rank() as usize;
+    let procs = match test {
+        "IRIW" => 4,
+        "SB" | "MP" | "LB" | "2+2W" | "CoRR" => 2,
+        other => return Err(format!("unknown litmus test {other}")),
+    };
+    if n != procs {
+        return Err(format!("{test} needs {procs} processes, the session has {n}"));
+    }
+    if region.len() < litmus_size(iterations, n) {
+        return Err(format!("region too small: need {} bytes", litmus_size(iterations, n)));
+    }
+    let base = region.as_ptr();
+    // Variable v of round i lives alone on page 1 + 4i + v.
+    let var = |i: usize, v: usize| -> *mut u64 {
+        // SAFETY: inside the region (size checked above).
+        unsafe { base.add((1 + i * 4 + v) * 4096).cast::<u64>() }
+    };
+    let mut regs = vec![[0u64; 2]; iterations];
+    let mut jitter = 0x1234_5678_u64 ^ (rank as u64) << 32;
+    for (i, r) in regs.iter_mut().enumerate() {
+        region.barrier().map_err(|e| e.to_string())?;
+        // A little random skew so every interleaving gets its chance.
+        jitter ^= jitter << 13;
+        jitter ^= jitter >> 7;
+        jitter ^= jitter << 17;
+        for _ in 0..(jitter % 300) {
+            std::hint::spin_loop();
+        }
+        let (x, y) = (var(i, 0), var(i, 1));
+        // SAFETY: x and y are aligned u64 slots inside the region; volatile keeps each access a
+        // single plain load or store, in program order, as a C program would issue them.
+        unsafe {
+            match (test, rank) {
+                ("SB", 0) => { write_volatile(x, 1); r[0] = read_volatile(y); }
+                ("SB", 1) => { write_volatile(y, 1); r[0] = read_volatile(x); }
+                ("MP", 0) => { write_volatile(x, 1); write_volatile(y, 1); }
+                ("MP", 1) => { r[0] = read_volatile(y); r[1] = read_volatile(x); }
+                ("LB", 0) => { r[0] = read_volatile(x); write_volatile(y, 1); }
+                ("LB", 1) => { r[0] = read_volatile(y); write_volatile(x, 1); }
+                ("2+2W", 0) => { write_volatile(x, 1); write_volatile(y, 2); }
+                ("2+2W", 1) => { write_volatile(y, 1); write_volatile(x, 2); }
+                ("CoRR", 0) => { write_volatile(x, 1); }
+                ("CoRR", 1) => { r[0] = read_volatile(x); r[1] = read_volatile(x); }
+                ("IRIW", 0) => { write_volatile(x, 1); }
+                ("IRIW", 1) => { write_volatile(y, 1); }
+                ("IRIW", 2) => { r[0] = read_volatile(x); r[1] = read_volatile(y); }
+                ("IRIW", 3) => { r[0] = read_volatile(y); r[1] = read_volatile(x); }
+                _ => {}
+            }
+        }
+    }
+    // Publish the registers: results[i][rank][k] after the variables.
+    let results = (1 + iterations * 4) * 4096;
+    let slot = |i: usize, p: usize, k: usize| -> *mut u64 {
+        // SAFETY: inside the region (litmus_size accounts for the results).
+        unsafe { base.add(results + ((i * n + p) * 2 + k) * 8).cast::<u64>() }
+    };
+    region.barrier().map_err(|e| e.to_string())?;
+    for (i, r) in regs.iter().enumerate() {
+        for (k, v) in r.iter().enumerate() {
+            // SAFETY: see `slot`.
+            unsafe { write_volatile(slot(i, rank, k), *v) };
+        }
+    }
+    region.barrier().map_err(|e| e.to_string())?;
+    if rank != 0 {
+        return Ok(());
+    }
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    let mut bad = Vec::new();
+    for i in 0..iterations {
+        // SAFETY: see `slot` and `var`.
+        let (g, fx, fy) = unsafe {
+            let g = |p: usize, k: usize| read_volatile(slot(i, p, k));
+            (
+                [[g(0, 0), g(0, 1)], [g(1, 0), g(1, 1)], [g(2 % n, 0), g(2 % n, 1)], [g(3 % n, 0), g(3 % n, 1)]],
+                read_volatile(var(i, 0)),
+                read_volatile(var(i, 1)),
+            )
+        };
+        let (key, forbidden) = match test {
+            "SB" => (format!("r0={} r1={}", g[0][0], g[1][0]), g[0][0] == 0 && g[1][0] == 0),
+            "MP" => (format!("y={} x={}", g[1][0], g[1][1]), g[1][0] == 1 && g[1][1] == 0),
+            "LB" => (format!("r0={} r1={}", g[0][0], g[1][0]), g[0][0] == 1 && g[1][0] == 1),
+            "2+2W" => (format!("x={fx} y={fy}"), fx == 1 && fy == 1),
+            "CoRR" => (format!("r0={} r1={}", g[1][0], g[1][1]), g[1][0] == 1 && g[1][1] == 0),
+            "IRIW" => (
+                format!("P2=({},{}) P3=({},{})", g[2][0], g[2][1], g[3][0], g[3][1]),
+                g[2] == [1, 0] && g[3] == [1, 0],
+            ),
+            _ => unreachable!(),
+        };
+        if forbidden {
+            bad.push(i);
+        }
+        *outcomes.entry(key).or_default() += 1;
+    }
+    println!("litmus {test}: {iterations} rounds, outcomes {outcomes:?}");
+    if !bad.is_empty() {
+        return Err(format!("{test}: {} non-SC outcomes (first in round {})", bad.len(), bad[0]));
     }
     Ok(())
 }

@@ -1,0 +1,70 @@
+//! Litmus tests across separate processes with plain loads and stores on fresh pages each round:
+//! a non-SC outcome fails the test (the worker's rank 0 checks every round).
+
+use std::time::Duration;
+
+use dsm_tests::{lossy_relay, run_workers, session_name, TestEnv};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_dsm-worker");
+
+fn litmus(env: &TestEnv, addr: std::net::SocketAddr, test: &str, procs: u32, iterations: usize) {
+    let size = ((1 + iterations * 4) * 4096 + iterations * procs as usize * 16 + 8192) as u64;
+    let name = session_name(&format!("litmus-{test}"));
+    let iters = iterations.to_string();
+    let w = run_workers(
+        std::path::Path::new(WORKER),
+        &["litmus", "--test", test, "--iterations", &iters],
+        &env.worker_env(addr, &name, size, procs),
+        procs as usize,
+        Duration::from_secs(300),
+    );
+    let summary = w.seen.iter().find(|l| l.text.starts_with(&format!("litmus {test}:")));
+    assert!(summary.is_some(), "no summary from rank 0:\n{}", w.transcript());
+    eprintln!("{}", summary.unwrap().text);
+}
+
+#[test]
+fn sb() {
+    let env = TestEnv::new();
+    litmus(&env, env.addr(), "SB", 2, 2000);
+}
+
+#[test]
+fn mp() {
+    let env = TestEnv::new();
+    litmus(&env, env.addr(), "MP", 2, 2000);
+}
+
+#[test]
+fn lb() {
+    let env = TestEnv::new();
+    litmus(&env, env.addr(), "LB", 2, 2000);
+}
+
+#[test]
+fn two_plus_two_w() {
+    let env = TestEnv::new();
+    litmus(&env, env.addr(), "2+2W", 2, 2000);
+}
+
+#[test]
+fn corr() {
+    let env = TestEnv::new();
+    litmus(&env, env.addr(), "CoRR", 2, 2000);
+}
+
+#[test]
+fn iriw() {
+    let env = TestEnv::new();
+    litmus(&env, env.addr(), "IRIW", 4, 2000);
+}
+
+#[test]
+fn all_through_a_lossy_link() {
+    let env = TestEnv::new();
+    let relay = lossy_relay(env.addr(), 3);
+    for (test, procs) in [("SB", 2), ("MP", 2), ("LB", 2), ("2+2W", 2), ("CoRR", 2), ("IRIW", 4)] {
+        litmus(&env, relay.local_addr(), test, procs, 60);
+    }
+    assert!(relay.stats().dropped > 0);
+}
