@@ -124,6 +124,16 @@ impl Region {
         let view = Mapping::new(&memfd, len)?;
         let alias = Mapping::new(&memfd, len)?;
         let fault = Fault::new()?;
+        if !fault.kernel_faults() {
+            // A library should not print, but this limit silently breaks programs otherwise.
+            eprintln!(
+                "dsm: warning: userfaultfd serves only user-mode faults here: system calls that \
+                 write into or read from pages of the region this process does not hold yet \
+                 (read(2) into a shared buffer, ...) fail with EFAULT. Run as root, grant access \
+                 to /dev/userfaultfd, or set sysctl vm.unprivileged_userfaultfd=1."
+            );
+            tracing::warn!("userfaultfd serves only user-mode faults: system calls on the region may fail with EFAULT");
+        }
         fault.register(&view)?;
         let maps = Arc::new(RegionMaps { view, alias, fault, _memfd: memfd });
         let client = Client::attach_region(config, Some(Arc::clone(&maps)))?;
@@ -133,6 +143,12 @@ impl Region {
     /// Base address of the region in this process.
     pub fn as_ptr(&self) -> *mut u8 {
         self.maps.view.ptr()
+    }
+
+    /// Whether page faults raised inside system calls are served (false only when the kernel
+    /// allows just user-mode userfaultfd handling; `attach` then warns).
+    pub fn serves_kernel_faults(&self) -> bool {
+        self.maps.fault.kernel_faults()
     }
 
     /// Size in bytes.

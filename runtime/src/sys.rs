@@ -143,6 +143,7 @@ impl Drop for Mapping {
 /// The userfaultfd of one region.
 pub struct Fault {
     uffd: Uffd,
+    kernel_faults: bool,
 }
 
 impl Fault {
@@ -154,19 +155,31 @@ impl Fault {
             | FeatureFlags::MISSING_SHMEM
             | FeatureFlags::THREAD_ID
             | FeatureFlags::from_bits_retain(FEATURE_WP_SHMEM);
-        let uffd = UffdBuilder::new()
-            .close_on_exec(true)
-            .non_blocking(true)
-            .user_mode_only(false)
-            .require_features(features)
-            .create()
-            .map_err(|e| {
-                Error::os(
-                    "opening userfaultfd (needs Linux 5.19+ with userfaultfd write-protect for shmem, and root or vm.unprivileged_userfaultfd=1 or access to /dev/userfaultfd)",
-                    e,
-                )
-            })?;
-        Ok(Fault { uffd })
+        let build = |user_mode_only: bool| {
+            UffdBuilder::new()
+                .close_on_exec(true)
+                .non_blocking(true)
+                .user_mode_only(user_mode_only)
+                .require_features(features)
+                .create()
+        };
+        match build(false) {
+            Ok(uffd) => Ok(Fault { uffd, kernel_faults: true }),
+            Err(full) => match build(true) {
+                // Unprivileged without /dev/userfaultfd: only user-mode faults are served.
+                Ok(uffd) => Ok(Fault { uffd, kernel_faults: false }),
+                Err(_) => Err(Error::os(
+                    "opening userfaultfd (needs Linux 5.19+ with write-protect support for shmem, and root, access to /dev/userfaultfd, or sysctl vm.unprivileged_userfaultfd=1)",
+                    full,
+                )),
+            },
+        }
+    }
+
+    /// Whether faults raised inside system calls (e.g. `read(2)` into the region) are served.
+    /// Without it such calls fail with `EFAULT` on pages this process does not hold yet.
+    pub fn kernel_faults(&self) -> bool {
+        self.kernel_faults
     }
 
     pub fn register(&self, view: &Mapping) -> Result<(), Error> {

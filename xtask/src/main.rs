@@ -2,6 +2,7 @@
 
 mod bench;
 mod certs;
+mod demo;
 mod prereq;
 mod relay;
 mod test;
@@ -17,7 +18,8 @@ use clap::{Parser, Subcommand};
     cargo xtask certs --san myhost        # dev certificates in ~/.config/dsm/certs\n  \
     cargo xtask relay --listen 127.0.0.1:5000 --to 127.0.0.1:4770 --loss 0.05 --delay 10ms --jitter 5ms\n  \
     cargo xtask bench                     # benchmarks, as ratios to floors measured in the same run\n  \
-    cargo xtask bench --json barrier      # only barrier figures (floors are always measured), as JSON lines"
+    cargo xtask bench --json barrier      # only barrier figures (floors are always measured), as JSON lines\n  \
+    cargo xtask demo                      # build and run every example (4 processes each) on a local coordinator"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +36,8 @@ enum Cmd {
     Test(test::Args),
     /// Run the benchmarks.
     Bench(bench::Args),
+    /// Build and run the examples against a local coordinator, with a summary table.
+    Demo(demo::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Relay(a) => relay::run(a),
         Cmd::Test(a) => test::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Demo(a) => demo::run(a),
     }
 }
 
