@@ -2,14 +2,12 @@
 //! coordinator on a free local port with dev certificates in `target/demo-certs`, runs every
 //! example with 4 processes, and prints a summary table.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
+use crate::procs::{run_group, start_coordinator};
 use crate::{cargo, prereq, root, run_cmd};
 
 /// Build and run every example (4 processes each) against a fresh local coordinator, and print
@@ -43,41 +41,6 @@ const EXAMPLES: &[Example] = &[
     Example { name: "counter", args: &[], size: "1MiB" },
     Example { name: "contrast", args: &["--generate", "640x480"], size: "4MiB" },
 ];
-
-/// Child processes killed (and reaped) when dropped, on success and error paths alike.
-#[derive(Default)]
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The coordinator: sent SIGTERM when dropped, then killed if it lingers.
-struct Coordinator(Child);
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
 
 struct Outcome {
     name: &'static str,
@@ -151,52 +114,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the coordinator on a free UDP port and waits (10 s at most) for its "listening" line.
-fn start_coordinator(release: &Path, certs: &Path) -> anyhow::Result<(Coordinator, String)> {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr = format!("127.0.0.1:{port}");
-    let bin = release.join("dsm-coordinator");
-    let mut child = Command::new(&bin)
-        .args(["--listen", &addr, "--cert-dir"])
-        .arg(certs)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let stderr = child.stderr.take().expect("piped");
-    let coordinator = Coordinator(child);
-    let (tx, rx) = mpsc::channel();
-    // Reads the coordinator's log for as long as it runs (so it never blocks on a full pipe),
-    // reporting the "listening" line, and keeping the rest for an error message.
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        let mut seen = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(t) = &tx {
-                if line.contains("listening") {
-                    let _ = t.send(Ok(()));
-                    tx = None;
-                } else {
-                    seen.push_str(&line);
-                    seen.push('\n');
-                }
-            }
-        }
-        if let Some(t) = tx {
-            let _ = t.send(Err(seen));
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(Ok(())) => Ok((coordinator, addr)),
-        Ok(Err(log)) => bail!("the coordinator exited before listening:\n{log}"),
-        Err(_) => bail!("the coordinator did not report \"listening\" within 10 s"),
-    }
-}
-
 /// Runs one example with `nprocs` processes; rank 0's `result:` and `pages:` lines make the
 /// outcome.
 fn run_example(
@@ -209,67 +126,26 @@ fn run_example(
     timeout: u64,
 ) -> anyhow::Result<Outcome> {
     let bin: PathBuf = release.join(ex.name);
-    let start = Instant::now();
-    let mut procs = Procs::default();
-    let mut readers = Vec::new();
-    for _ in 0..nprocs {
-        let mut child = Command::new(&bin)
-            .args(extra)
-            .env("DSM_COORDINATOR", addr)
-            .env("DSM_CERT_DIR", certs)
-            .env("DSM_SESSION", format!("demo-{}", ex.name))
-            .env("DSM_NPROCS", nprocs.to_string())
-            .env("DSM_SIZE", ex.size)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-        readers.push((
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                let _ = out.read_to_string(&mut s);
-                s
-            }),
-            std::thread::spawn(move || {
-                let mut s = String::new();
-                let _ = err.read_to_string(&mut s);
-                s
-            }),
-        ));
-        procs.0.push(child);
-    }
-    let deadline = start + Duration::from_secs(timeout);
-    let mut statuses = vec![None; procs.0.len()];
-    while statuses.iter().any(Option::is_none) {
-        for (c, s) in procs.0.iter_mut().zip(&mut statuses) {
-            if s.is_none() {
-                *s = c.try_wait()?;
-            }
-        }
-        if Instant::now() > deadline {
-            drop(procs); // kills the rest
-            bail!("timed out after {timeout} s");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let wall = start.elapsed();
-    let outputs: Vec<(String, String)> =
-        readers.into_iter().map(|(o, e)| (o.join().unwrap_or_default(), e.join().unwrap_or_default())).collect();
+    let env = [
+        ("DSM_COORDINATOR", addr.to_string()),
+        ("DSM_CERT_DIR", certs.display().to_string()),
+        ("DSM_SESSION", format!("demo-{}", ex.name)),
+        ("DSM_NPROCS", nprocs.to_string()),
+        ("DSM_SIZE", ex.size.to_string()),
+    ];
+    let (finished, wall) = run_group(&bin, extra, &env, nprocs, Duration::from_secs(timeout))?;
     let line = |prefix: &str| {
-        outputs.iter().find_map(|(o, _)| o.lines().find_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string())))
+        finished.iter().find_map(|f| f.stdout.lines().find_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string())))
     };
     let result = line("result:");
     let pages = line("pages:").unwrap_or_else(|| "-".into());
-    let failures: Vec<String> = statuses
+    let failures: Vec<String> = finished
         .iter()
-        .zip(&outputs)
         .enumerate()
-        .filter(|(_, (s, _))| !s.is_some_and(|s| s.success()))
-        .map(|(i, (s, (_, e)))| {
-            let last = e.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-            format!("process {i} exited with {}: {last}", s.map(|s| s.to_string()).unwrap_or_default())
+        .filter(|(_, f)| !f.status.success())
+        .map(|(i, f)| {
+            let last = f.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            format!("process {i} exited with {}: {last}", f.status)
         })
         .collect();
     let Some(result) = result else {

@@ -3,7 +3,9 @@
 mod bench;
 mod certs;
 mod demo;
+mod itest;
 mod prereq;
+mod procs;
 mod relay;
 mod test;
 
@@ -17,6 +19,7 @@ use clap::{Parser, Subcommand};
     cargo xtask test                      # the whole test suite (installs build prerequisites first)\n  \
     cargo xtask certs --san myhost        # dev certificates in ~/.config/dsm/certs\n  \
     cargo xtask relay --listen 127.0.0.1:5000 --to 127.0.0.1:4770 --loss 0.05 --delay 10ms --jitter 5ms\n  \
+    cargo xtask itest --procs 4 --loss 0.05 --delay 10ms --jitter 5ms   # suites through a lossy link\n  \
     cargo xtask bench                     # benchmarks, as ratios to floors measured in the same run\n  \
     cargo xtask bench --json barrier      # only barrier figures (floors are always measured), as JSON lines\n  \
     cargo xtask demo                      # build and run every example (4 processes each) on a local coordinator"
@@ -38,6 +41,8 @@ enum Cmd {
     Bench(bench::Args),
     /// Build and run the examples against a local coordinator, with a summary table.
     Demo(demo::Args),
+    /// Run the multi-process suites against a coordinator process, optionally through the lossy relay.
+    Itest(itest::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test(a) => test::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Itest(a) => itest::run(a),
     }
 }
 
