@@ -411,7 +411,7 @@ impl RegionIo {
         let pages_count = (maps.view.len() / PAGE) as u64;
         Ok((RegionIo {
             maps,
-            pages: ProcessPages::new(),
+            pages: ProcessPages::new().with_read_ahead(pages_count),
             held: HashMap::new(),
             faulted: HashMap::new(),
             wait: Duration::ZERO,
@@ -796,9 +796,10 @@ impl Driver {
         }
         if let Some(page) = installs {
             let now = Instant::now();
-            r.held.insert(page, now + HOLD);
+            // Only pages a thread faulted on are held (not read-ahead ones).
             if let Some(t) = r.faulted.remove(&page) {
                 r.wait += now - t;
+                r.held.insert(page, now + HOLD);
             }
             if r.held.len() > 4096 {
                 r.held.retain(|_, until| *until > now);

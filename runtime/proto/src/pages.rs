@@ -76,6 +76,8 @@ pub trait PageMemory {
 /// Counters of one process's coherence activity.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PageStats {
+    /// Fetches issued by read-ahead (also counted in `fetches`).
+    pub prefetches: u64,
     /// Read faults handled.
     pub read_faults: u64,
     /// Write faults handled.
@@ -125,7 +127,26 @@ pub struct ProcessPages {
     next_req: ReqId,
     in_flight: usize,
     stats: PageStats,
+    readahead: ReadAhead,
 }
+
+/// Sequential read-ahead: when read faults walk pages in order, fetch a growing window of the
+/// next Invalid pages too, so a sequential first touch streams instead of paying one round trip
+/// per page. Scattered faults reset the window to nothing.
+#[derive(Debug, Default, Clone, Copy)]
+struct ReadAhead {
+    /// Pages in the region (no prefetch past the end); 0 = read-ahead off.
+    pages: u64,
+    /// The last page a read fault hit.
+    last: Option<PageNo>,
+    /// Current window, doubling up to [`MAX_READ_AHEAD`].
+    window: u64,
+    /// First page not yet prefetched.
+    next: PageNo,
+}
+
+/// Largest read-ahead window, in pages (256 KiB).
+pub const MAX_READ_AHEAD: u64 = 64;
 
 impl Default for ProcessPages {
     fn default() -> Self {
@@ -141,7 +162,14 @@ impl ProcessPages {
             next_req: 1,
             in_flight: 0,
             stats: PageStats::default(),
+            readahead: ReadAhead::default(),
         }
+    }
+
+    /// Enables sequential read-ahead within a region of `pages` pages.
+    pub fn with_read_ahead(mut self, pages: u64) -> Self {
+        self.readahead.pages = pages;
+        self
     }
 
     /// The state of `page`.
@@ -173,6 +201,9 @@ impl ProcessPages {
         }
         if slot.pending.is_some() {
             // Its reply wakes this thread; it re-faults if still not allowed.
+            if access == Access::Read {
+                self.read_ahead(page, out);
+            }
             return;
         }
         let req = self.next_req;
@@ -183,11 +214,43 @@ impl ProcessPages {
             Access::Read => {
                 self.stats.fetches += 1;
                 out.push(ToCoordinator::Fetch { req, page });
+                self.read_ahead(page, out);
             }
             Access::Write => {
                 self.stats.ownership_requests += 1;
                 out.push(ToCoordinator::Own { req, page });
             }
+        }
+    }
+
+    /// Prefetches the pages after `page` when read faults are walking the region in order.
+    fn read_ahead(&mut self, page: PageNo, out: &mut Vec<ToCoordinator>) {
+        let ra = &mut self.readahead;
+        if ra.pages == 0 {
+            return;
+        }
+        let sequential = ra.last.is_some_and(|l| page == l + 1);
+        ra.last = Some(page);
+        if !sequential {
+            ra.window = 0;
+            ra.next = page + 1;
+            return;
+        }
+        ra.window = (ra.window * 2).clamp(4, MAX_READ_AHEAD);
+        let end = (page + 1 + ra.window).min(ra.pages);
+        let from = ra.next.max(page + 1);
+        ra.next = end.max(ra.next);
+        for q in from..end {
+            if self.slots.contains_key(&q) {
+                continue; // valid already, or a request in flight
+            }
+            let req = self.next_req;
+            self.next_req = self.next_req.wrapping_add(1);
+            self.slots.insert(q, Slot { state: PageState::Invalid, pending: Some(Pending { req, access: Access::Read }) });
+            self.in_flight += 1;
+            self.stats.fetches += 1;
+            self.stats.prefetches += 1;
+            out.push(ToCoordinator::Fetch { req, page: q });
         }
     }
 
@@ -463,6 +526,33 @@ mod tests {
         let s = p.stats();
         assert_eq!((s.read_faults, s.write_faults, s.fetches, s.ownership_requests), (3, 2, 1, 1));
         assert_eq!(s.bytes_received, 4);
+    }
+
+    #[test]
+    fn sequential_read_faults_prefetch_a_growing_window() {
+        let (mut p, mut m) = (ProcessPages::new().with_read_ahead(100), Mem::default());
+        let fetched = |out: &[ToCoordinator]| -> Vec<PageNo> {
+            out.iter()
+                .map(|o| match o {
+                    ToCoordinator::Fetch { page, .. } => *page,
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect()
+        };
+        // A first fault is not sequential yet: no read-ahead.
+        assert_eq!(fetched(&fault(&mut p, &mut m, 10, Access::Read)), vec![10]);
+        // The next page: 11 plus a window of 4.
+        assert_eq!(fetched(&fault(&mut p, &mut m, 11, Access::Read)), vec![11, 12, 13, 14, 15]);
+        // 12 is in flight already: only the window grows (8 pages after 12: 16..=20).
+        assert_eq!(fetched(&fault(&mut p, &mut m, 12, Access::Read)), vec![16, 17, 18, 19, 20]);
+        // A scattered fault resets it.
+        assert_eq!(fetched(&fault(&mut p, &mut m, 50, Access::Read)), vec![50]);
+        // Never past the end of the region.
+        fault(&mut p, &mut m, 97, Access::Read);
+        assert_eq!(fetched(&fault(&mut p, &mut m, 98, Access::Read)), vec![98, 99]);
+        assert_eq!(p.stats().prefetches, 4 + 5 + 1);
+        // Write faults never prefetch.
+        assert_eq!(fault(&mut p, &mut m, 70, Access::Write).len(), 1);
     }
 
     #[test]

@@ -256,7 +256,8 @@ impl Sim {
                 prog: code.clone(),
                 pc: 0,
                 regs: vec![0; prog.nregs(p)],
-                pages: ProcessPages::new(),
+                // Read-ahead on: prefetched copies must not break SC either.
+                pages: ProcessPages::new().with_read_ahead(prog.pages),
                 mem: SimMem::default(),
                 to_c: VecDeque::new(),
                 from_c: VecDeque::new(),

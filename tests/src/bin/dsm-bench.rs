@@ -547,7 +547,10 @@ fn remote_faults(env: &TestEnv, write: bool) -> Result<Vec<Duration>> {
         let base = r.as_ptr();
         let mut samples = Vec::with_capacity(FAULT_PAGES);
         let mut zeros = 0usize;
-        for p in 0..FAULT_PAGES {
+        for i in 0..FAULT_PAGES {
+            // A scattered order (stride coprime to the page count): every access is a cold,
+            // isolated fault, never served by the runtime's sequential read-ahead.
+            let p = (i * 7919) % FAULT_PAGES;
             // SAFETY: FAULT_PAGES pages fit the region (the helper checked the same size).
             let at = unsafe { base.add(p * PAGE + 8) };
             if write {
