@@ -356,6 +356,8 @@ fn kind(msg: &ToCoordinator) -> &'static str {
         | ToCoordinator::DowngradeAck { .. }
         | ToCoordinator::RecallAck { .. } => "page acknowledgement",
         ToCoordinator::Writeback { .. } => "page writeback",
+        ToCoordinator::Write { .. } | ToCoordinator::Rmw { .. } => "replayed write",
+        ToCoordinator::Advise { .. } => "coherence advice",
         ToCoordinator::Detach => "detach",
         ToCoordinator::Ping { .. } => "ping",
     }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dsm_proto::pages::{Access, PageMemory, ProcessPages};
+use dsm_proto::pages::{Access, FaultAction, PageMemory, ProcessPages, ReplayOp, WriteOutcome};
 use dsm_proto::PageNo;
 use tokio::io::unix::AsyncFd;
 
@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use crate::config::{host_of, Config};
 use crate::error::{Error, Result};
 use crate::region::{RegionMaps, RegionStats};
+use crate::sys::replay::{self, Outcome, Request, TABLE};
 use crate::sys::{UffdFd, PAGE};
 
 /// How long a page installed for a fault is kept before a revocation is applied, so the faulting
@@ -53,6 +54,8 @@ pub(crate) enum Command {
     Ping(Vec<u8>, Reply<Vec<u8>>),
     Detach(Reply<()>),
     Stats(Reply<RegionStats>),
+    /// Fire and forget, ordered like every message.
+    Advise { first: PageNo, count: u64, coherence: dsm_proto::Coherence },
 }
 
 /// Handle to the runtime thread.
@@ -93,9 +96,10 @@ impl Client {
                     };
                     if let Some(maps) = region {
                         match RegionIo::new(maps) {
-                            Ok((io, uffd)) => {
+                            Ok((io, uffd, efd)) => {
                                 driver.region = Some(io);
                                 driver.uffd = Some(uffd);
+                                driver.efd = Some(efd);
                             }
                             Err(e) => {
                                 let _ = ready_tx.send(Err(e));
@@ -318,6 +322,7 @@ async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
         dead: None,
         region: None,
         uffd: None,
+        efd: None,
     };
     let label = format!(
         "pid {} ({})",
@@ -387,6 +392,7 @@ pub(crate) struct Driver {
     /// The region whose faults this driver services, if any.
     region: Option<RegionIo>,
     uffd: Option<AsyncFd<UffdFd>>,
+    efd: Option<AsyncFd<UffdFd>>,
 }
 
 /// The runtime thread's half of a region: the fault queue, the page-state core, and page
@@ -400,14 +406,24 @@ struct RegionIo {
     faulted: HashMap<PageNo, Instant>,
     wait: Duration,
     pages_count: u64,
+    /// Eventfd the signal handlers poke when a decoded store is ready.
+    efd: std::os::fd::OwnedFd,
+    /// Threads signalled for a replay: slot -> (page, when).
+    replays: HashMap<usize, (PageNo, Instant)>,
+    /// Replayed writes in flight: request -> slot.
+    writes: HashMap<dsm_proto::ReqId, usize>,
 }
 
 impl RegionIo {
-    fn new(maps: Arc<RegionMaps>) -> Result<(RegionIo, AsyncFd<UffdFd>)> {
+    fn new(maps: Arc<RegionMaps>) -> Result<(RegionIo, AsyncFd<UffdFd>, AsyncFd<UffdFd>)> {
         let uffd = maps
             .fault
             .async_fd()
             .map_err(|e| Error::os("polling userfaultfd", e))?;
+        replay::install_handler().map_err(|e| Error::os("installing the write-replay signal handler", e))?;
+        let efd = replay::eventfd().map_err(|e| Error::os("creating an eventfd", e))?;
+        let efd_async = crate::sys::async_fd(std::os::fd::AsRawFd::as_raw_fd(&efd))
+            .map_err(|e| Error::os("polling an eventfd", e))?;
         let pages_count = (maps.view.len() / PAGE) as u64;
         Ok((RegionIo {
             maps,
@@ -416,7 +432,10 @@ impl RegionIo {
             faulted: HashMap::new(),
             wait: Duration::ZERO,
             pages_count,
-        }, uffd))
+            efd,
+            replays: HashMap::new(),
+            writes: HashMap::new(),
+        }, uffd, efd_async))
     }
 
     fn stats(&self) -> RegionStats {
@@ -432,6 +451,10 @@ impl RegionIo {
             bytes_received: s.bytes_received,
             bytes_sent: s.bytes_sent,
             wait_micros: self.wait.as_micros() as u64,
+            replayed_writes: s.replayed_writes,
+            write_retries: s.write_retries,
+            updates_applied: s.updates_applied,
+            prefetches: s.prefetches,
         }
     }
 }
@@ -512,6 +535,39 @@ impl PageMemory for Mem<'_> {
             fatal("waking a faulting thread", &e);
         }
     }
+
+    fn store(&mut self, page: PageNo, offset: u16, width: u8, value: u128) {
+        self.maps.alias.store(page, usize::from(offset), width, value);
+    }
+}
+
+/// The wire form of a decoded store at byte `offset` of its page.
+fn replay_op(effect: &crate::decode::Effect, offset: u16) -> ReplayOp {
+    use crate::decode::{Effect, RmwOp as D};
+    use dsm_proto::RmwOp as W;
+    match *effect {
+        Effect::Store { width, value, .. } => ReplayOp::Store { offset, width, value },
+        Effect::Rmw { width, op, operand, expected, .. } => ReplayOp::Rmw {
+            offset,
+            width,
+            op: match op {
+                D::Add => W::Add,
+                D::Sub => W::Sub,
+                D::And => W::And,
+                D::Or => W::Or,
+                D::Xor => W::Xor,
+                D::Inc => W::Inc,
+                D::Dec => W::Dec,
+                D::Neg => W::Neg,
+                D::Not => W::Not,
+                D::Xadd => W::Xadd,
+                D::Xchg => W::Xchg,
+                D::CmpXchg => W::CmpXchg,
+            },
+            operand,
+            expected,
+        },
+    }
 }
 
 /// The page a coherence message concerns, and whether it revokes access.
@@ -589,8 +645,29 @@ impl Driver {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut chunk = vec![0u8; 64 * 1024];
         let uffd = self.uffd.take();
+        let efd = self.efd.take();
+        let mut stale_check = tokio::time::interval(Duration::from_millis(20));
         loop {
+            let replays_pending = self.region.as_ref().is_some_and(|r| !r.replays.is_empty());
             tokio::select! {
+                ready = async { efd.as_ref().expect("guarded").readable().await }, if efd.is_some() => {
+                    match ready {
+                        Ok(mut guard) => {
+                            self.handle_replay_requests();
+                            guard.clear_ready();
+                        }
+                        Err(e) => fatal("polling the replay eventfd", &e),
+                    }
+                    if let Err(e) = self.flush().await {
+                        self.fail_all(e);
+                    }
+                }
+                _ = stale_check.tick(), if replays_pending => {
+                    self.reclaim_stale_replays();
+                    if let Err(e) = self.flush().await {
+                        self.fail_all(e);
+                    }
+                }
                 ready = async { uffd.as_ref().expect("guarded").readable().await }, if uffd.is_some() => {
                     match ready {
                         Ok(mut guard) => {
@@ -663,6 +740,7 @@ impl Driver {
                 Command::Stats(r) => {
                     let _ = r.send(Ok(self.region.as_ref().map(RegionIo::stats).unwrap_or_default()));
                 }
+                Command::Advise { .. } => {}
             }
             return;
         }
@@ -708,6 +786,9 @@ impl Driver {
                 let stats = self.region.as_ref().map(RegionIo::stats).unwrap_or_default();
                 let _ = reply.send(Ok(stats));
             }
+            Command::Advise { first, count, coherence } => {
+                self.queue(&ToCoordinator::Advise { first, count, coherence });
+            }
         }
     }
 
@@ -739,7 +820,12 @@ impl Driver {
             | ToProcess::Grant { .. }
             | ToProcess::Invalidate { .. }
             | ToProcess::Downgrade { .. }
-            | ToProcess::Recall { .. }) => self.handle_page_message(page_msg),
+            | ToProcess::Recall { .. }
+            | ToProcess::Update { .. }
+            | ToProcess::WriteAck { .. }
+            | ToProcess::Retry { .. }
+            | ToProcess::ModeHint { .. }
+            | ToProcess::Advice { .. }) => self.handle_page_message(page_msg),
             other => warn!("ignoring unexpected message from the coordinator: {other:?}"),
         }
     }
@@ -765,7 +851,92 @@ impl Driver {
             let access = if write { Access::Write } else { Access::Read };
             r.faulted.entry(page).or_insert_with(Instant::now);
             let mut mem = Mem { maps: &r.maps };
-            r.pages.handle_fault(page, access, &mut mem, &mut out);
+            if r.pages.handle_fault(page, access, &mut mem, &mut out) == FaultAction::Replay {
+                // A store to an update-mode page: replay it on the faulting thread, unless the
+                // thread is inside a system call (the kernel is the writer; never interrupt it).
+                let efd = std::os::fd::AsRawFd::as_raw_fd(&r.efd);
+                let slot = if replay::in_syscall(tid) {
+                    debug!("store to update-mode page {page} by thread {tid} inside a system call: by ownership");
+                    None
+                } else {
+                    replay::signal_thread(tid, addr as u64, efd)
+                };
+                match slot {
+                    Some(i) => {
+                        r.replays.insert(i, (page, Instant::now()));
+                    }
+                    None => r.pages.handle_fault_by_ownership(page, &mut mem, &mut out),
+                }
+            }
+        }
+        for m in &out {
+            self.queue(m);
+        }
+    }
+
+    /// Picks up the stores signal handlers decoded and sends them (or falls back).
+    fn handle_replay_requests(&mut self) {
+        let Some(r) = &mut self.region else { return };
+        replay::eventfd_drain(std::os::fd::AsRawFd::as_raw_fd(&r.efd));
+        let ready: Vec<usize> = r
+            .replays
+            .keys()
+            .copied()
+            .filter(|&i| TABLE[i].state.load(std::sync::atomic::Ordering::Acquire) == replay::REQUEST)
+            .collect();
+        let mut out = Vec::new();
+        for i in ready {
+            let Some((page, _)) = r.replays.remove(&i) else { continue };
+            let mut mem = Mem { maps: &r.maps };
+            match TABLE[i].take_request() {
+                Request::Decoded(d) => {
+                    let base = r.maps.view.addr() as u64 + page * PAGE as u64;
+                    let offset = d.effect.addr().wrapping_sub(base);
+                    let op = if offset < PAGE as u64 {
+                        Some(replay_op(&d.effect, offset as u16))
+                    } else {
+                        None
+                    };
+                    match op.and_then(|op| r.pages.replay(page, op, &mut out)) {
+                        Some(req) => {
+                            r.writes.insert(req, i);
+                        }
+                        None => TABLE[i].complete(Outcome::Retry),
+                    }
+                }
+                Request::Unsupported => {
+                    debug!("unsupported store to update-mode page {page}: by ownership");
+                    r.pages.handle_fault_by_ownership(page, &mut mem, &mut out);
+                    TABLE[i].complete(Outcome::Retry);
+                }
+                Request::Spurious | Request::Empty => TABLE[i].complete(Outcome::Retry),
+            }
+        }
+        for m in &out {
+            self.queue(m);
+        }
+    }
+
+    /// Threads that never picked up their replay signal (blocked, or the application changed
+    /// our handler): take the slot back and serve the fault by ownership instead.
+    fn reclaim_stale_replays(&mut self) {
+        let Some(r) = &mut self.region else { return };
+        let now = Instant::now();
+        let stale: Vec<usize> = r
+            .replays
+            .iter()
+            .filter(|(_, (_, at))| now - *at > Duration::from_millis(50))
+            .map(|(&i, _)| i)
+            .collect();
+        let mut out = Vec::new();
+        for i in stale {
+            if replay::release_unclaimed(i) {
+                if let Some((page, _)) = r.replays.remove(&i) {
+                    debug!("replay signal for page {page} not handled in time; using ownership");
+                    let mut mem = Mem { maps: &r.maps };
+                    r.pages.handle_fault_by_ownership(page, &mut mem, &mut out);
+                }
+            }
         }
         for m in &out {
             self.queue(m);
@@ -793,6 +964,14 @@ impl Driver {
         let mut mem = Mem { maps: &r.maps };
         if let Err(e) = r.pages.handle_message(msg, &mut mem, &mut out) {
             warn!("coherence protocol error: {e}");
+        }
+        for (req, outcome) in r.pages.take_completions() {
+            if let Some(i) = r.writes.remove(&req) {
+                TABLE[i].complete(match outcome {
+                    WriteOutcome::Done { old } => Outcome::Done { old },
+                    WriteOutcome::Retry => Outcome::Retry,
+                });
+            }
         }
         if let Some(page) = installs {
             let now = Instant::now();

@@ -9,16 +9,21 @@
 //! - [`Session`]: rank, process count, [`Session::barrier`], [`Session::semaphore`]; detaches on
 //!   drop.
 //! - [`Error`]: every failure, with a message that says what to check.
+//! - [`capi`]: the C API of `include/dsm/dsm.h` (`libdsm.a` / `libdsm.so`);
+//!   [`Region::from_env`] for processes started by `dsm run` or `mpirun`.
 
+pub mod capi;
 mod client;
 pub mod config;
+pub mod decode;
+mod env;
 mod error;
 mod region;
 mod session;
 mod sys;
 
-pub use config::{Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_PORT};
+pub use config::{rank_hint, Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_PORT};
 pub use dsm_proto::{Rank, MAX_SEMAPHORE_NAME};
 pub use error::{Error, Result};
-pub use region::{Pod, Region, RegionStats, ViewError};
+pub use region::{Coherence, Pod, Region, RegionStats, ViewError};
 pub use session::{Semaphore, Session};

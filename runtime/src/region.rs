@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
 use std::sync::Arc;
 
+pub use dsm_proto::Coherence;
 use dsm_proto::Rank;
 
 use crate::client::{Client, Command};
@@ -48,6 +49,14 @@ pub struct RegionStats {
     pub bytes_sent: u64,
     /// Total time faulting threads waited for the coordinator, in microseconds.
     pub wait_micros: u64,
+    /// Stores and RMWs replayed at the coordinator (update mode).
+    pub replayed_writes: u64,
+    /// Replayed writes that had to be redone by ownership.
+    pub write_retries: u64,
+    /// Other processes' replayed stores applied to our copies.
+    pub updates_applied: u64,
+    /// Pages fetched by sequential read-ahead (also in `pages_fetched`).
+    pub prefetches: u64,
 }
 
 /// Types that may be viewed as a slice over the region: plain integers and the std atomics.
@@ -208,6 +217,27 @@ impl Region {
     /// The session handle (rank, barriers, semaphores).
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// Sets the coherence policy of the pages overlapping `offset..offset + len` for every
+    /// process: [`Coherence::Invalidate`] (a store needs exclusive ownership; best for data one
+    /// process writes in long runs), [`Coherence::Update`] (pages stay read-only everywhere and
+    /// every store is replayed at the coordinator; best for flags, counters and neighbours'
+    /// data), or [`Coherence::Adaptive`] (the default: switch by observed behaviour, see
+    /// `dsm_proto::directory::PINGPONG_GRANTS` and `WRITE_RUN`). Takes effect in order with
+    /// this process's other operations.
+    pub fn advise(&self, offset: usize, len: usize, coherence: Coherence) -> Result<()> {
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.len()) {
+            return Err(Error::Config(format!(
+                "advise range {offset}+{len} is outside the region of {} bytes",
+                self.len()
+            )));
+        }
+        let first = (offset / crate::sys::PAGE) as u64;
+        let last = ((offset + len - 1) / crate::sys::PAGE) as u64;
+        self.session
+            .client_ref()?
+            .post(Command::Advise { first, count: last - first + 1, coherence })
     }
 
     /// This process's fault and traffic counters.

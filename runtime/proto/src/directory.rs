@@ -46,7 +46,20 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use crate::wire::{GrantData, PageData, PageNo, Rank, ReqId, ToCoordinator, ToProcess};
+use crate::wire::{
+    Coherence, GrantData, Mode, PageData, PageNo, Rank, ReqId, RmwOp, ToCoordinator, ToProcess,
+};
+
+/// Adaptive policy: a page whose ownership went to a different process this many grants in a
+/// row switches to update mode. Four alternations mean the page is ping-ponging (a flag, a
+/// contended counter, neighbours' data); fewer would switch pages that merely changed hands.
+pub const PINGPONG_GRANTS: u32 = 4;
+
+/// Adaptive policy: an update-mode page written this many times in a row by one process (and
+/// nobody else) switches back to invalidate mode, where that process's stores run at native
+/// speed once it owns the page. 64 replayed stores cost about as much as one ownership
+/// transfer plus a few re-fetches by readers.
+pub const WRITE_RUN: u32 = 64;
 
 /// Counters of the coherence traffic of one session.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +80,16 @@ pub struct DirectoryStats {
     pub bytes_sent: u64,
     /// `Writeback` messages accepted (from the page's owner).
     pub writebacks: u64,
+    /// Replayed stores and RMWs applied (update mode).
+    pub replayed_writes: u64,
+    /// `Update` messages broadcast.
+    pub updates: u64,
+    /// Replayed writes answered `Retry`.
+    pub retries: u64,
+    /// Switches to update mode.
+    pub to_update: u64,
+    /// Switches to invalidate mode.
+    pub to_invalidate: u64,
 }
 
 /// A message the directory cannot accept.
@@ -99,12 +122,24 @@ pub struct PageView {
     pub busy: bool,
     /// Requests waiting behind it.
     pub queued: usize,
+    /// The page's coherence mode.
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteOp {
+    Store { offset: u16, width: u8, value: u128 },
+    Rmw { offset: u16, width: u8, op: RmwOp, operand: u64, expected: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Fetch,
     Own,
+    /// A replayed store or RMW (update mode); never leaves the page busy.
+    Write(WriteOp),
+    /// A mode switch (I->U downgrades the owner first; U->I is immediate).
+    Switch(Mode),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -138,9 +173,22 @@ struct Entry {
     home: Option<Vec<u8>>,
     busy: Option<Txn>,
     queue: VecDeque<Request>,
+    mode: Mode,
+    policy: Coherence,
+    /// Adaptive bookkeeping: the last grantee and how many grants in a row changed hands.
+    last_grantee: Option<Rank>,
+    alternations: u32,
+    /// Adaptive bookkeeping: the process writing the current run of replayed writes.
+    run_writer: Option<Rank>,
+    run_len: u32,
 }
 
 impl Entry {
+    fn new(policy: Coherence) -> Entry {
+        let mode = if policy == Coherence::Update { Mode::Update } else { Mode::Invalidate };
+        Entry { policy, mode, ..Entry::default() }
+    }
+
     fn set_home(&mut self, bytes: Vec<u8>) {
         self.home = if bytes.iter().all(|&b| b == 0) { None } else { Some(bytes) };
     }
@@ -153,12 +201,51 @@ pub struct PageDirectory {
     pages: u64,
     entries: HashMap<PageNo, Entry>,
     stats: DirectoryStats,
+    /// `Advise` ranges, latest last: the policy of a page created later.
+    advice: Vec<(PageNo, PageNo, Coherence)>,
+    /// Default policy of pages no advice covers.
+    default_policy: Coherence,
 }
 
 impl PageDirectory {
     /// A directory for `nprocs` processes sharing a region of `pages` pages, all zero.
     pub fn new(nprocs: u32, pages: u64) -> Self {
-        PageDirectory { nprocs, pages, entries: HashMap::new(), stats: DirectoryStats::default() }
+        PageDirectory {
+            nprocs,
+            pages,
+            entries: HashMap::new(),
+            stats: DirectoryStats::default(),
+            advice: Vec::new(),
+            default_policy: Coherence::Adaptive,
+        }
+    }
+
+    /// The policy of pages no `Advise` covers (default: adaptive).
+    pub fn with_default_policy(mut self, policy: Coherence) -> Self {
+        self.default_policy = policy;
+        self
+    }
+
+    fn policy_for(&self, page: PageNo) -> Coherence {
+        self.advice
+            .iter()
+            .rev()
+            .find(|(first, end, _)| (*first..*end).contains(&page))
+            .map_or(self.default_policy, |a| a.2)
+    }
+
+    fn entry(&mut self, page: PageNo) -> &mut Entry {
+        let policy = self.policy_for(page);
+        self.entries.entry(page).or_insert_with(|| Entry::new(policy))
+    }
+
+    /// Queues a mode switch of `page` behind its current transaction (as the adaptive policy
+    /// does; tests and simulations use it to switch at arbitrary moments).
+    pub fn request_switch(&mut self, page: PageNo, to: Mode, out: &mut Vec<(Rank, ToProcess)>) {
+        if page >= self.pages {
+            return;
+        }
+        self.submit(page, Request { from: 0, req: 0, kind: Kind::Switch(to) }, out);
     }
 
     /// Handles one page message from `from` (Fetch, Own, the three acks, Writeback), appending
@@ -203,6 +290,38 @@ impl PageDirectory {
                 self.check(page)?;
                 self.owner_ack(page, from, Kind::Own, data, out);
             }
+            ToCoordinator::Write { req, page, offset, width, value } => {
+                self.check(page)?;
+                check_access(offset, width, 16)?;
+                let op = WriteOp::Store { offset, width, value };
+                self.submit(page, Request { from, req, kind: Kind::Write(op) }, out);
+            }
+            ToCoordinator::Rmw { req, page, offset, width, op, operand, expected } => {
+                self.check(page)?;
+                check_access(offset, width, 8)?;
+                let op = WriteOp::Rmw { offset, width, op, operand, expected };
+                self.submit(page, Request { from, req, kind: Kind::Write(op) }, out);
+            }
+            ToCoordinator::Advise { first, count, coherence } => {
+                let end = first.saturating_add(count).min(self.pages);
+                self.advice.push((first, end, coherence));
+                for r in 0..self.nprocs {
+                    out.push((r, ToProcess::Advice { first, count: end.saturating_sub(first), coherence }));
+                }
+                let mut touched: Vec<PageNo> =
+                    self.entries.keys().copied().filter(|p| (first..end).contains(p)).collect();
+                touched.sort_unstable();
+                for page in touched {
+                    let e = self.entry(page);
+                    e.policy = coherence;
+                    let to = match (coherence, e.mode) {
+                        (Coherence::Update, Mode::Invalidate) => Mode::Update,
+                        (Coherence::Invalidate, Mode::Update) => Mode::Invalidate,
+                        _ => continue,
+                    };
+                    self.submit(page, Request { from, req: 0, kind: Kind::Switch(to) }, out);
+                }
+            }
             ToCoordinator::Writeback { page, data } => {
                 self.check(page)?;
                 if let Some(e) = self.entries.get_mut(&page) {
@@ -234,7 +353,7 @@ impl PageDirectory {
             if e.owner == Some(rank) {
                 e.owner = None;
             }
-            e.queue.retain(|r| r.from != rank);
+            e.queue.retain(|r| r.from != rank || matches!(r.kind, Kind::Switch(_)));
             if let Some(txn) = e.busy.as_mut() {
                 if txn.request.from == rank {
                     txn.requester_gone = true;
@@ -269,6 +388,7 @@ impl PageDirectory {
                 home: e.home.clone(),
                 busy: e.busy.is_some(),
                 queued: e.queue.len(),
+                mode: e.mode,
             },
         }
     }
@@ -282,7 +402,7 @@ impl PageDirectory {
     }
 
     fn submit(&mut self, page: PageNo, request: Request, out: &mut Vec<(Rank, ToProcess)>) {
-        self.entries.entry(page).or_default().queue.push_back(request);
+        self.entry(page).queue.push_back(request);
         self.progress(page, out);
     }
 
@@ -297,7 +417,10 @@ impl PageDirectory {
     ) {
         let Some(e) = self.entries.get_mut(&page) else { return };
         let Some(txn) = e.busy.as_mut() else { return };
-        if txn.request.kind != kind || txn.owner_ack != Some(from) {
+        // A DowngradeAck answers a Fetch or a switch to update mode; a RecallAck an Own.
+        let downgrade = matches!(txn.request.kind, Kind::Fetch | Kind::Switch(Mode::Update));
+        let matches_kind = if kind == Kind::Fetch { downgrade } else { txn.request.kind == Kind::Own };
+        if !matches_kind || txn.owner_ack != Some(from) {
             return;
         }
         txn.owner_ack = None;
@@ -306,7 +429,7 @@ impl PageDirectory {
         e.owner = None;
         if let Some(d) = data {
             e.set_home(d.0);
-            if kind == Kind::Fetch {
+            if downgrade {
                 // Downgraded to ReadOnly, keeps a copy equal to the new home.
                 e.readers.insert(from);
             }
@@ -357,6 +480,13 @@ fn start(
             }
         }
         Kind::Own => {
+            if e.mode == Mode::Update {
+                // An ownership request on an update-mode page (an instruction the process could
+                // not replay, or a store inside a system call) switches it back (phase-2 rule 3;
+                // answering Retry instead livelocks).
+                e.mode = Mode::Invalidate;
+                stats.to_invalidate += 1;
+            }
             for &r in &e.readers {
                 if r != request.from {
                     out.push((r, ToProcess::Invalidate { page }));
@@ -372,8 +502,110 @@ fn start(
                 }
             }
         }
+        Kind::Write(op) => {
+            write(e, stats, page, request, op, out);
+            return;
+        }
+        Kind::Switch(Mode::Invalidate) => {
+            // U->I: nothing to tell anyone; readers keep their copies, the next Own
+            // invalidates them (phase-2 rule 5).
+            if e.mode == Mode::Update {
+                e.mode = Mode::Invalidate;
+                stats.to_invalidate += 1;
+            }
+            return;
+        }
+        Kind::Switch(Mode::Update) => {
+            if e.mode == Mode::Update {
+                return;
+            }
+            // I->U: downgrade the owner first, flip once it acknowledged (rule 5).
+            if let Some(o) = e.owner {
+                out.push((o, ToProcess::Downgrade { page }));
+                stats.downgrades += 1;
+                txn.owner_ack = Some(o);
+            }
+        }
     }
     e.busy = Some(txn);
+}
+
+fn check_access(offset: u16, width: u8, max_width: u8) -> Result<(), DirectoryError> {
+    let ok = matches!(width, 1 | 2 | 4 | 8 | 16)
+        && width <= max_width
+        && usize::from(offset) + usize::from(width) <= crate::PAGE_SIZE;
+    if ok {
+        Ok(())
+    } else {
+        Err(DirectoryError::Unexpected(format!("bad replayed access: {width} bytes at offset {offset}")))
+    }
+}
+
+/// Applies a replayed store or RMW (update mode) to the home copy, broadcasts it to the other
+/// readers and acknowledges it; or answers Retry (phase-2 rule 2 and rule 6).
+fn write(
+    e: &mut Entry,
+    stats: &mut DirectoryStats,
+    page: PageNo,
+    request: Request,
+    op: WriteOp,
+    out: &mut Vec<(Rank, ToProcess)>,
+) {
+    let Request { from, req, .. } = request;
+    if e.mode != Mode::Update || !e.readers.contains(&from) {
+        stats.retries += 1;
+        out.push((from, ToProcess::Retry { req, page }));
+        return;
+    }
+    let mut bytes = e.home.take().unwrap_or_else(|| vec![0; crate::PAGE_SIZE]);
+    if bytes.len() < crate::PAGE_SIZE {
+        bytes.resize(crate::PAGE_SIZE, 0);
+    }
+    let (offset, width) = match op {
+        WriteOp::Store { offset, width, .. } | WriteOp::Rmw { offset, width, .. } => {
+            (usize::from(offset), usize::from(width))
+        }
+    };
+    let mut cur = [0u8; 16];
+    cur[..width].copy_from_slice(&bytes[offset..offset + width]);
+    let old128 = u128::from_le_bytes(cur);
+    let old = old128 as u64;
+    let (new, stored) = match op {
+        WriteOp::Store { value, .. } => (value, true),
+        WriteOp::Rmw { width, op, operand, expected, .. } => {
+            let (new, stored) = op.execute(width, old, operand, expected);
+            (u128::from(new), stored)
+        }
+    };
+    if stored {
+        bytes[offset..offset + width].copy_from_slice(&new.to_le_bytes()[..width]);
+    }
+    e.set_home(bytes);
+    stats.replayed_writes += 1;
+    let value = if stored { new } else { old128 };
+    let (offset, width) = (offset as u16, width as u8);
+    if stored {
+        for &r in &e.readers {
+            if r != from {
+                out.push((r, ToProcess::Update { page, offset, width, value }));
+                stats.updates += 1;
+            }
+        }
+    }
+    out.push((from, ToProcess::WriteAck { req, page, offset, width, value, old }));
+    // Adaptive: a long run of writes by one process goes back to ownership.
+    if e.run_writer == Some(from) {
+        e.run_len += 1;
+    } else {
+        e.run_writer = Some(from);
+        e.run_len = 1;
+    }
+    if e.policy == Coherence::Adaptive && e.run_len >= WRITE_RUN {
+        e.mode = Mode::Invalidate;
+        stats.to_invalidate += 1;
+        e.run_len = 0;
+        e.alternations = 0;
+    }
 }
 
 /// Finishes a transaction whose acks have all arrived: updates the entry and replies.
@@ -397,9 +629,21 @@ fn complete(
                 stats.pages_sent += 1;
                 stats.bytes_sent += d.0.len() as u64;
             }
-            out.push((from, ToProcess::Data { req, page, data }));
+            out.push((from, ToProcess::Data { req, page, data, mode: e.mode }));
             e.readers.insert(from);
         }
+        Kind::Switch(_) => {
+            // I->U after the owner's DowngradeAck: it stays a reader (owner_ack added it).
+            e.owner = None;
+            e.mode = Mode::Update;
+            stats.to_update += 1;
+            e.run_writer = None;
+            e.run_len = 0;
+            for &r in &e.readers {
+                out.push((r, ToProcess::ModeHint { page, mode: Mode::Update }));
+            }
+        }
+        Kind::Write(_) => {}
         Kind::Own => {
             // Every other copy is gone. The requester's own copy is current if it is still
             // listed: nobody could have written the page since it got that copy.
@@ -424,6 +668,23 @@ fn complete(
             };
             stats.ownership_grants += 1;
             out.push((from, ToProcess::Grant { req, page, data }));
+            // Adaptive: ownership changing hands grant after grant means fine-grained sharing.
+            if e.last_grantee.is_some_and(|g| g != from) {
+                e.alternations += 1;
+            } else {
+                e.alternations = 0;
+            }
+            e.last_grantee = Some(from);
+            let to_update = match e.policy {
+                Coherence::Adaptive => e.alternations >= PINGPONG_GRANTS,
+                // Ownership was needed for one instruction the process could not replay.
+                Coherence::Update => true,
+                Coherence::Invalidate => false,
+            };
+            if to_update {
+                e.alternations = 0;
+                e.queue.push_back(Request { from, req: 0, kind: Kind::Switch(Mode::Update) });
+            }
         }
     }
 }
@@ -449,7 +710,7 @@ mod tests {
     fn fetch_of_untouched_page_is_zero_and_costs_nothing() {
         let mut d = PageDirectory::new(2, 4);
         let out = run(&mut d, 0, ToCoordinator::Fetch { req: 1, page: 3 });
-        assert_eq!(out, vec![(0, ToProcess::Data { req: 1, page: 3, data: None })]);
+        assert_eq!(out, vec![(0, ToProcess::Data { req: 1, page: 3, data: None, mode: Mode::Invalidate })]);
         assert_eq!(d.inspect(3).readers, vec![0]);
         assert_eq!(d.stored_pages(), 0);
         assert_eq!(d.stats().fetches, 1);
@@ -509,7 +770,7 @@ mod tests {
         let out = run(&mut d, 1, ToCoordinator::Fetch { req: 1, page: 0 });
         assert_eq!(out, vec![(0, ToProcess::Downgrade { page: 0 })]);
         let out = run(&mut d, 0, ToCoordinator::DowngradeAck { page: 0, data: Some(bytes(&[1])) });
-        assert_eq!(out, vec![(1, ToProcess::Data { req: 1, page: 0, data: Some(bytes(&[1])) })]);
+        assert_eq!(out, vec![(1, ToProcess::Data { req: 1, page: 0, data: Some(bytes(&[1])), mode: Mode::Invalidate })]);
         let v = d.inspect(0);
         assert_eq!((v.owner, v.readers), (None, vec![0, 1]));
     }
@@ -534,7 +795,7 @@ mod tests {
             ]
         );
         let out = run(&mut d, 1, ToCoordinator::DowngradeAck { page: 0, data: Some(bytes(&[6])) });
-        assert_eq!(out, vec![(2, ToProcess::Data { req: 1, page: 0, data: Some(bytes(&[6])) })]);
+        assert_eq!(out, vec![(2, ToProcess::Data { req: 1, page: 0, data: Some(bytes(&[6])), mode: Mode::Invalidate })]);
     }
 
     #[test]
@@ -570,7 +831,7 @@ mod tests {
         assert_eq!(run(&mut d, 1, ToCoordinator::Fetch { req: 1, page: 0 }).len(), 1);
         let mut out = Vec::new();
         d.handle_leave(0, &mut out);
-        assert_eq!(out, vec![(1, ToProcess::Data { req: 1, page: 0, data: Some(bytes(&[3])) })]);
+        assert_eq!(out, vec![(1, ToProcess::Data { req: 1, page: 0, data: Some(bytes(&[3])), mode: Mode::Invalidate })]);
         let v = d.inspect(0);
         assert_eq!((v.owner, v.readers, v.busy), (None, vec![1], false));
     }

@@ -34,7 +34,58 @@
 
 use std::collections::HashMap;
 
-use crate::wire::{GrantData, PageData, PageNo, ReqId, ToCoordinator, ToProcess};
+use crate::wire::{GrantData, Mode, PageData, PageNo, ReqId, RmwOp, ToCoordinator, ToProcess};
+
+/// What the caller of [`ProcessPages::handle_fault`] must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Nothing: a request is on its way (or the page is valid and the thread was woken).
+    Wait,
+    /// A store to an update-mode page this process holds read-only: decode the faulting
+    /// instruction and [`ProcessPages::replay`] it (or fall back to
+    /// [`ProcessPages::handle_fault_by_ownership`]).
+    Replay,
+}
+
+/// A store or RMW to replay at the coordinator (update mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayOp {
+    /// Store `width` bytes of `value` at `offset`.
+    Store {
+        /// Byte offset in the page.
+        offset: u16,
+        /// 1, 2, 4, 8 or 16.
+        width: u8,
+        /// Low `width` bytes are stored.
+        value: u128,
+    },
+    /// Atomic read-modify-write.
+    Rmw {
+        /// Byte offset in the page.
+        offset: u16,
+        /// 1, 2, 4 or 8.
+        width: u8,
+        /// The operation.
+        op: RmwOp,
+        /// Source operand (new value for CmpXchg).
+        operand: u64,
+        /// Comparand for CmpXchg.
+        expected: u64,
+    },
+}
+
+/// How a replayed write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Sequenced and applied locally; `old` is the value memory held before.
+    Done {
+        /// Previous value (RMW result).
+        old: u64,
+    },
+    /// Not applied: the page left update mode or this copy was invalidated. Re-execute the
+    /// instruction (it will fault again and take the ownership path).
+    Retry,
+}
 
 /// The kind of access that faulted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +122,9 @@ pub trait PageMemory {
     fn drop_page(&mut self, page: PageNo, want_contents: bool) -> Option<Vec<u8>>;
     /// Wake threads waiting on `page` without changing it (their fault is already resolved).
     fn wake(&mut self, page: PageNo);
+    /// Stores `width` bytes of `value` at `offset` of a ReadOnly (update-mode) page, with a
+    /// single store of that width so no reader sees a torn value (rule 7).
+    fn store(&mut self, page: PageNo, offset: u16, width: u8, value: u128);
 }
 
 /// Counters of one process's coherence activity.
@@ -78,6 +132,12 @@ pub trait PageMemory {
 pub struct PageStats {
     /// Fetches issued by read-ahead (also counted in `fetches`).
     pub prefetches: u64,
+    /// Stores and RMWs replayed at the coordinator (update mode).
+    pub replayed_writes: u64,
+    /// Replayed writes answered Retry.
+    pub write_retries: u64,
+    /// Other processes' replayed stores applied to our copies.
+    pub updates_applied: u64,
     /// Read faults handled.
     pub read_faults: u64,
     /// Write faults handled.
@@ -117,6 +177,8 @@ struct Pending {
 struct Slot {
     state: PageState,
     pending: Option<Pending>,
+    /// The mode this copy was installed in (learned from Data, Grant and Retry).
+    mode: Mode,
 }
 
 /// The process side of the INVALIDATE protocol for one region (see the module docs).
@@ -128,6 +190,15 @@ pub struct ProcessPages {
     in_flight: usize,
     stats: PageStats,
     readahead: ReadAhead,
+    /// Replayed writes in flight: request -> page.
+    writes: HashMap<ReqId, PageNo>,
+    /// Last known mode of pages, kept after their copies are dropped: a store to an Invalid
+    /// page believed in update mode fetches a read-only copy (and is then replayed) instead of
+    /// asking for ownership, which would switch the page back to invalidate mode.
+    hints: HashMap<PageNo, Mode>,
+    /// Advised policies, latest last.
+    advice: Vec<(PageNo, PageNo, Mode)>,
+    completions: Vec<(ReqId, WriteOutcome)>,
 }
 
 /// Sequential read-ahead: when read faults walk pages in order, fetch a growing window of the
@@ -163,6 +234,10 @@ impl ProcessPages {
             in_flight: 0,
             stats: PageStats::default(),
             readahead: ReadAhead::default(),
+            writes: HashMap::new(),
+            completions: Vec::new(),
+            hints: HashMap::new(),
+            advice: Vec::new(),
         }
     }
 
@@ -184,7 +259,58 @@ impl ProcessPages {
         access: Access,
         mem: &mut impl PageMemory,
         out: &mut Vec<ToCoordinator>,
+    ) -> FaultAction {
+        self.fault(page, access, false, mem, out)
+    }
+
+    /// A store the runtime cannot replay (an unsupported instruction, or a store inside a
+    /// system call): ask for ownership whatever the page's mode (the coordinator switches an
+    /// update-mode page back to invalidate mode for it).
+    pub fn handle_fault_by_ownership(
+        &mut self,
+        page: PageNo,
+        mem: &mut impl PageMemory,
+        out: &mut Vec<ToCoordinator>,
     ) {
+        self.stats.write_faults = self.stats.write_faults.saturating_sub(1);
+        self.fault(page, Access::Write, true, mem, out);
+    }
+
+    /// Sends a replayed store of a thread that faulted on an update-mode page. Returns its
+    /// request id, or `None` when the copy is no longer read-only in update mode (an
+    /// invalidation or a Retry came in since the fault, rule 6): the caller lets the thread
+    /// re-execute the instruction.
+    pub fn replay(&mut self, page: PageNo, op: ReplayOp, out: &mut Vec<ToCoordinator>) -> Option<ReqId> {
+        let slot = self.slots.get(&page).copied().unwrap_or_default();
+        if slot.state != PageState::ReadOnly || slot.mode != Mode::Update || slot.pending.is_some() {
+            return None;
+        }
+        let req = self.next_req;
+        self.next_req = self.next_req.wrapping_add(1);
+        self.writes.insert(req, page);
+        self.stats.replayed_writes += 1;
+        out.push(match op {
+            ReplayOp::Store { offset, width, value } => ToCoordinator::Write { req, page, offset, width, value },
+            ReplayOp::Rmw { offset, width, op, operand, expected } => {
+                ToCoordinator::Rmw { req, page, offset, width, op, operand, expected }
+            }
+        });
+        Some(req)
+    }
+
+    /// Replayed writes that ended since the last call.
+    pub fn take_completions(&mut self) -> Vec<(ReqId, WriteOutcome)> {
+        std::mem::take(&mut self.completions)
+    }
+
+    fn fault(
+        &mut self,
+        page: PageNo,
+        access: Access,
+        force_own: bool,
+        mem: &mut impl PageMemory,
+        out: &mut Vec<ToCoordinator>,
+    ) -> FaultAction {
         let slot = self.slots.get(&page).copied().unwrap_or_default();
         match access {
             Access::Read => self.stats.read_faults += 1,
@@ -197,18 +323,36 @@ impl ProcessPages {
         if resolved {
             // Another thread's request already brought the page in.
             mem.wake(page);
-            return;
+            return FaultAction::Wait;
         }
         if slot.pending.is_some() {
             // Its reply wakes this thread; it re-faults if still not allowed.
             if access == Access::Read {
                 self.read_ahead(page, out);
             }
-            return;
+            return FaultAction::Wait;
         }
+        if access == Access::Write
+            && !force_own
+            && slot.state == PageState::ReadOnly
+            && slot.mode == Mode::Update
+        {
+            return FaultAction::Replay;
+        }
+        // A store to an Invalid page believed in update mode: fetch a copy first; the store
+        // faults again on the read-only copy and is replayed.
+        let access = if access == Access::Write
+            && !force_own
+            && slot.state == PageState::Invalid
+            && self.hint(page) == Mode::Update
+        {
+            Access::Read
+        } else {
+            access
+        };
         let req = self.next_req;
         self.next_req = self.next_req.wrapping_add(1);
-        self.slots.insert(page, Slot { state: slot.state, pending: Some(Pending { req, access }) });
+        self.slots.insert(page, Slot { pending: Some(Pending { req, access }), ..slot });
         self.in_flight += 1;
         match access {
             Access::Read => {
@@ -221,6 +365,25 @@ impl ProcessPages {
                 out.push(ToCoordinator::Own { req, page });
             }
         }
+        FaultAction::Wait
+    }
+
+    fn hint(&self, page: PageNo) -> Mode {
+        if let Some(m) = self.hints.get(&page) {
+            return *m;
+        }
+        self.advice
+            .iter()
+            .rev()
+            .find(|(first, end, _)| (*first..*end).contains(&page))
+            .map_or(Mode::Invalidate, |a| a.2)
+    }
+
+    fn set_hint(&mut self, page: PageNo, mode: Mode) {
+        if self.hints.len() > 1 << 20 {
+            self.hints.clear(); // hints are only hints: bound their memory
+        }
+        self.hints.insert(page, mode);
     }
 
     /// Prefetches the pages after `page` when read faults are walking the region in order.
@@ -246,7 +409,8 @@ impl ProcessPages {
             }
             let req = self.next_req;
             self.next_req = self.next_req.wrapping_add(1);
-            self.slots.insert(q, Slot { state: PageState::Invalid, pending: Some(Pending { req, access: Access::Read }) });
+            let pending = Some(Pending { req, access: Access::Read });
+            self.slots.insert(q, Slot { state: PageState::Invalid, pending, mode: Mode::Invalidate });
             self.in_flight += 1;
             self.stats.fetches += 1;
             self.stats.prefetches += 1;
@@ -265,7 +429,7 @@ impl ProcessPages {
         out: &mut Vec<ToCoordinator>,
     ) -> Result<(), PagesError> {
         match msg {
-            ToProcess::Data { req, page, data } => {
+            ToProcess::Data { req, page, data, mode } => {
                 let slot = self.reply_slot(page, req, Access::Read, "Data")?;
                 match slot.state {
                     PageState::Invalid => {
@@ -279,7 +443,8 @@ impl ProcessPages {
                     }
                 }
                 self.stats.bytes_received += data.map_or(0, |d| d.0.len() as u64);
-                self.finish(page, PageState::ReadOnly);
+                self.finish(page, PageState::ReadOnly, mode);
+                self.set_hint(page, mode);
             }
             ToProcess::Grant { req, page, data } => {
                 let slot = self.reply_slot(page, req, Access::Write, "Grant")?;
@@ -308,7 +473,54 @@ impl ProcessPages {
                         }
                     }
                 }
-                self.finish(page, PageState::Writable);
+                self.finish(page, PageState::Writable, Mode::Invalidate);
+                self.set_hint(page, Mode::Invalidate);
+            }
+            ToProcess::ModeHint { page, mode } => {
+                if let Some(slot) = self.slots.get_mut(&page) {
+                    if slot.state == PageState::ReadOnly {
+                        slot.mode = mode;
+                    }
+                }
+                self.set_hint(page, mode);
+            }
+            ToProcess::Advice { first, count, coherence } => {
+                let mode = match coherence {
+                    crate::wire::Coherence::Update => Mode::Update,
+                    _ => Mode::Invalidate,
+                };
+                self.advice.push((first, first.saturating_add(count), mode));
+                // Advice overrides older per-page hints in its range.
+                self.hints.retain(|p, _| !(first..first.saturating_add(count)).contains(p));
+            }
+            ToProcess::Update { page, offset, width, value } => {
+                // Another process's replayed store; only a ReadOnly copy receives them (a copy
+                // dropped since is refetched from the home copy, which has it).
+                if self.state(page) == PageState::ReadOnly {
+                    mem.store(page, offset, width, value);
+                    self.stats.updates_applied += 1;
+                }
+            }
+            ToProcess::WriteAck { req, page, offset, width, value, old } => {
+                if self.writes.remove(&req) != Some(page) {
+                    return Err(PagesError::Protocol(format!("WriteAck for unknown write {req}")));
+                }
+                // Rule 4: applied locally only now; every earlier update has arrived before.
+                if self.state(page) == PageState::ReadOnly {
+                    mem.store(page, offset, width, value);
+                }
+                self.completions.push((req, WriteOutcome::Done { old }));
+            }
+            ToProcess::Retry { req, page } => {
+                if self.writes.remove(&req) != Some(page) {
+                    return Err(PagesError::Protocol(format!("Retry for unknown write {req}")));
+                }
+                if let Some(slot) = self.slots.get_mut(&page) {
+                    slot.mode = Mode::Invalidate;
+                }
+                self.set_hint(page, Mode::Invalidate);
+                self.stats.write_retries += 1;
+                self.completions.push((req, WriteOutcome::Retry));
             }
             ToProcess::Invalidate { page } => {
                 self.stats.invalidations += 1;
@@ -412,9 +624,9 @@ impl ProcessPages {
         self.stats
     }
 
-    /// No request is in flight.
+    /// No request and no replayed write is in flight.
     pub fn is_idle(&self) -> bool {
-        self.in_flight == 0
+        self.in_flight == 0 && self.writes.is_empty()
     }
 
     /// The slot of `page` if a `kind` request `req` is in flight for it.
@@ -435,8 +647,8 @@ impl ProcessPages {
     }
 
     /// The reply to the in-flight request of `page` was applied.
-    fn finish(&mut self, page: PageNo, state: PageState) {
-        self.slots.insert(page, Slot { state, pending: None });
+    fn finish(&mut self, page: PageNo, state: PageState, mode: Mode) {
+        self.slots.insert(page, Slot { state, pending: None, mode });
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
@@ -469,6 +681,16 @@ mod tests {
         fn make_writable(&mut self, page: PageNo) {
             self.pages.get_mut(&page).unwrap().0 = true;
             self.log.push(format!("make_writable {page}"));
+        }
+        fn store(&mut self, page: PageNo, offset: u16, width: u8, value: u128) {
+            let p = self.pages.get_mut(&page).unwrap();
+            assert!(!p.0, "updates go to read-only copies");
+            let (o, w) = (usize::from(offset), usize::from(width));
+            if p.1.len() < o + w {
+                p.1.resize(o + w, 0);
+            }
+            p.1[o..o + w].copy_from_slice(&value.to_le_bytes()[..w]);
+            self.log.push(format!("store {page} {offset} {width} {value}"));
         }
         fn write_protect(&mut self, page: PageNo) -> Vec<u8> {
             let p = self.pages.get_mut(&page).unwrap();
@@ -509,7 +731,7 @@ mod tests {
         assert!(fault(&mut p, &mut m, 3, Access::Write).is_empty());
         assert!(!p.is_idle());
         let data = Some(PageData(vec![1, 2, 3, 4]));
-        assert!(msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 3, data }).is_empty());
+        assert!(msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 3, data, mode: Mode::Invalidate }).is_empty());
         assert_eq!(p.state(3), PageState::ReadOnly);
         assert!(p.is_idle());
         assert_eq!(m.pages[&3], (false, vec![1, 2, 3, 4]));
@@ -526,6 +748,52 @@ mod tests {
         let s = p.stats();
         assert_eq!((s.read_faults, s.write_faults, s.fetches, s.ownership_requests), (3, 2, 1, 1));
         assert_eq!(s.bytes_received, 4);
+    }
+
+    #[test]
+    fn update_mode_stores_are_replayed_and_applied_on_ack() {
+        let (mut p, mut m) = (ProcessPages::new(), Mem::default());
+        fault(&mut p, &mut m, 5, Access::Read);
+        msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 5, data: None, mode: Mode::Update });
+        // A store to the read-only update-mode copy is to be replayed, not owned.
+        let mut out = Vec::new();
+        assert_eq!(p.handle_fault(5, Access::Write, &mut m, &mut out), FaultAction::Replay);
+        assert!(out.is_empty());
+        let op = ReplayOp::Store { offset: 8, width: 2, value: 0xBEEF };
+        let req = p.replay(5, op, &mut out).unwrap();
+        assert_eq!(out, vec![ToCoordinator::Write { req, page: 5, offset: 8, width: 2, value: 0xBEEF }]);
+        assert!(!p.is_idle());
+        // Another process's update lands first (FIFO), then our ack: both applied in order.
+        msg(&mut p, &mut m, ToProcess::Update { page: 5, offset: 0, width: 1, value: 7 });
+        msg(&mut p, &mut m, ToProcess::WriteAck { req, page: 5, offset: 8, width: 2, value: 0xBEEF, old: 0 });
+        assert_eq!(p.take_completions(), vec![(req, WriteOutcome::Done { old: 0 })]);
+        assert_eq!(&m.pages[&5].1[..10], &[7, 0, 0, 0, 0, 0, 0, 0, 0xEF, 0xBE]);
+        assert!(p.is_idle());
+        // A Retry switches our belief to invalidate mode: the re-executed store asks for Own.
+        let req = p.replay(5, op, &mut out).unwrap();
+        msg(&mut p, &mut m, ToProcess::Retry { req, page: 5 });
+        assert_eq!(p.take_completions(), vec![(req, WriteOutcome::Retry)]);
+        let mut out = Vec::new();
+        assert_eq!(p.handle_fault(5, Access::Write, &mut m, &mut out), FaultAction::Wait);
+        assert!(matches!(out[0], ToCoordinator::Own { page: 5, .. }));
+    }
+
+    #[test]
+    fn replay_refused_once_the_copy_is_gone() {
+        let (mut p, mut m) = (ProcessPages::new(), Mem::default());
+        fault(&mut p, &mut m, 1, Access::Read);
+        msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 1, data: None, mode: Mode::Update });
+        let mut out = Vec::new();
+        assert_eq!(p.handle_fault(1, Access::Write, &mut m, &mut out), FaultAction::Replay);
+        // An invalidation overtakes the decoding (rule 6): no Write is sent.
+        msg(&mut p, &mut m, ToProcess::Invalidate { page: 1 });
+        assert_eq!(p.replay(1, ReplayOp::Store { offset: 0, width: 8, value: 1 }, &mut out), None);
+        assert!(out.is_empty());
+        // Unsupported instructions ask for ownership whatever the mode.
+        fault(&mut p, &mut m, 1, Access::Read);
+        msg(&mut p, &mut m, ToProcess::Data { req: 2, page: 1, data: None, mode: Mode::Update });
+        p.handle_fault_by_ownership(1, &mut m, &mut out);
+        assert!(matches!(out[0], ToCoordinator::Own { page: 1, .. }));
     }
 
     #[test]
@@ -559,7 +827,7 @@ mod tests {
     fn grant_with_data_replaces_an_invalidated_copy() {
         let (mut p, mut m) = (ProcessPages::new(), Mem::default());
         fault(&mut p, &mut m, 0, Access::Read);
-        msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 0, data: None });
+        msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 0, data: None, mode: Mode::Invalidate });
         fault(&mut p, &mut m, 0, Access::Write);
         // Another writer's transaction invalidates us before our Own is served.
         assert_eq!(
@@ -581,7 +849,7 @@ mod tests {
     fn grant_with_data_over_a_read_only_copy_drops_it_first() {
         let (mut p, mut m) = (ProcessPages::new(), Mem::default());
         fault(&mut p, &mut m, 0, Access::Read);
-        msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 0, data: None });
+        msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 0, data: None, mode: Mode::Invalidate });
         fault(&mut p, &mut m, 0, Access::Write);
         msg(&mut p, &mut m, ToProcess::Grant { req: 2, page: 0, data: Some(GrantData::Zero) });
         assert_eq!(m.log[m.log.len() - 2..], ["drop 0".to_string(), "install 0 true".to_string()]);
@@ -623,7 +891,7 @@ mod tests {
         fault(&mut p, &mut m, 1, Access::Write);
         msg(&mut p, &mut m, ToProcess::Grant { req: 1, page: 1, data: Some(GrantData::Zero) });
         fault(&mut p, &mut m, 2, Access::Read);
-        msg(&mut p, &mut m, ToProcess::Data { req: 2, page: 2, data: None });
+        msg(&mut p, &mut m, ToProcess::Data { req: 2, page: 2, data: None, mode: Mode::Invalidate });
         let mut out = Vec::new();
         assert_eq!(p.release_all(&mut m, &mut out), 1);
         assert_eq!(out, vec![ToCoordinator::Writeback { page: 1, data: PageData(vec![0; 4]) }]);
@@ -637,12 +905,12 @@ mod tests {
         let (mut p, mut m) = (ProcessPages::new(), Mem::default());
         let mut out = Vec::new();
         assert!(p
-            .handle_message(ToProcess::Data { req: 1, page: 0, data: None }, &mut m, &mut out)
+            .handle_message(ToProcess::Data { req: 1, page: 0, data: None, mode: Mode::Invalidate }, &mut m, &mut out)
             .is_err());
         fault(&mut p, &mut m, 0, Access::Read);
         // Wrong request id, wrong kind of reply.
         assert!(p
-            .handle_message(ToProcess::Data { req: 9, page: 0, data: None }, &mut m, &mut out)
+            .handle_message(ToProcess::Data { req: 9, page: 0, data: None, mode: Mode::Invalidate }, &mut m, &mut out)
             .is_err());
         assert!(p
             .handle_message(ToProcess::Grant { req: 1, page: 0, data: None }, &mut m, &mut out)
@@ -671,6 +939,7 @@ mod tests {
             want.then(|| vec![2])
         }
         fn wake(&mut self, _: PageNo) {}
+        fn store(&mut self, _: PageNo, _: u16, _: u8, _: u128) {}
     }
 
     #[test]
@@ -693,7 +962,7 @@ mod tests {
                         p.release_all(&mut m, &mut out);
                         continue;
                     }
-                    2 => ToProcess::Data { req, page, data },
+                    2 => ToProcess::Data { req, page, data, mode: Mode::Invalidate },
                     3 => ToProcess::Grant { req, page, data: data.map(GrantData::Bytes) },
                     4 => ToProcess::Invalidate { page },
                     5 => ToProcess::Downgrade { page },

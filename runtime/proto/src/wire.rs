@@ -116,6 +116,48 @@ pub enum ToCoordinator {
     /// Leave the session. Answered by [`ToProcess::Detached`]. Owned pages must be written
     /// back before.
     Detach,
+    /// A store replayed for the coordinator to apply (update mode): `width` bytes of `value`
+    /// (little-endian) at byte `offset` of `page`. Answered by [`ToProcess::WriteAck`] or
+    /// [`ToProcess::Retry`]. Sent only while the process holds a read-only copy (rule 6).
+    Write {
+        /// Request id echoed in the reply.
+        req: ReqId,
+        /// The page.
+        page: PageNo,
+        /// Byte offset in the page.
+        offset: u16,
+        /// 1, 2, 4, 8 or 16 bytes.
+        width: u8,
+        /// The bytes to store (low `width` bytes).
+        value: u128,
+    },
+    /// An atomic read-modify-write the coordinator executes on the home copy (update mode).
+    /// Answered like [`ToCoordinator::Write`]; the ack carries the old value.
+    Rmw {
+        /// Request id echoed in the reply.
+        req: ReqId,
+        /// The page.
+        page: PageNo,
+        /// Byte offset in the page.
+        offset: u16,
+        /// 1, 2, 4 or 8 bytes.
+        width: u8,
+        /// The operation.
+        op: RmwOp,
+        /// Its source operand (the new value for `CmpXchg`).
+        operand: u64,
+        /// The comparand (`rax`) for `CmpXchg`.
+        expected: u64,
+    },
+    /// Set the coherence policy of `count` pages from `first` (see `Region::advise`).
+    Advise {
+        /// First page.
+        first: PageNo,
+        /// Number of pages.
+        count: u64,
+        /// The policy.
+        coherence: Coherence,
+    },
     /// Echo `payload` back (used to measure the round trip through the coordinator).
     Ping {
         /// Request id echoed in the reply.
@@ -177,6 +219,8 @@ pub enum ToProcess {
         page: PageNo,
         /// Its contents (`None`: all zero).
         data: Option<PageData>,
+        /// The page's coherence mode: in update mode stores are replayed, not owned.
+        mode: Mode,
     },
     /// Exclusive ownership of a page, answering [`ToCoordinator::Own`]. `data` is present when
     /// the process held no valid copy; when it is absent the process's read-only copy is current.
@@ -202,6 +246,60 @@ pub enum ToProcess {
     Recall {
         /// The page.
         page: PageNo,
+    },
+    /// Another process's replayed store to a page this process holds read-only: apply it with
+    /// one store of `width` bytes (rule 7: never torn).
+    Update {
+        /// The page.
+        page: PageNo,
+        /// Byte offset.
+        offset: u16,
+        /// 1, 2, 4, 8 or 16.
+        width: u8,
+        /// The stored bytes.
+        value: u128,
+    },
+    /// This process's replayed store or RMW was sequenced: apply `value` locally (one store of
+    /// `width`), then resume the thread; `old` is the value before (for RMWs).
+    WriteAck {
+        /// The request.
+        req: ReqId,
+        /// The page.
+        page: PageNo,
+        /// Byte offset.
+        offset: u16,
+        /// Width in bytes.
+        width: u8,
+        /// The bytes now in memory.
+        value: u128,
+        /// The value before (RMW result for the thread's registers).
+        old: u64,
+    },
+    /// The replayed store was not applied (the page left update mode, or this process no longer
+    /// holds a copy): redo it by ownership.
+    Retry {
+        /// The request.
+        req: ReqId,
+        /// The page.
+        page: PageNo,
+    },
+    /// A hint: `page` is now in `mode` (sent to its readers when it switches to update mode).
+    /// Processes use hints only to pick the cheaper request; the coordinator checks every
+    /// request against the real mode, so a stale hint costs a retry, never correctness.
+    ModeHint {
+        /// The page.
+        page: PageNo,
+        /// Its mode.
+        mode: Mode,
+    },
+    /// A hint: some process advised `coherence` for these pages (see `ModeHint`).
+    Advice {
+        /// First page.
+        first: PageNo,
+        /// Number of pages.
+        count: u64,
+        /// The policy.
+        coherence: Coherence,
     },
     /// The process left the session; the connection can be closed.
     Detached,
@@ -301,4 +399,84 @@ pub enum SessionFault {
     /// A process asked for something the protocol does not allow at this point.
     #[error("protocol violation: {0}")]
     Protocol(String),
+}
+
+/// Coherence mode of a page at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Mode {
+    /// Single writer / many readers: a store needs exclusive ownership.
+    #[default]
+    Invalidate,
+    /// Read-only everywhere; every store is replayed at the coordinator and broadcast.
+    Update,
+}
+
+/// The policy a process asks for a range of pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Coherence {
+    /// Always invalidate mode.
+    Invalidate,
+    /// Always update mode (stores the runtime cannot replay still fall back to ownership).
+    Update,
+    /// Switch by observed behaviour (the default).
+    #[default]
+    Adaptive,
+}
+
+/// An atomic read-modify-write executed at the coordinator (x86 `lock` semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RmwOp {
+    /// `lock add`
+    Add,
+    /// `lock sub`
+    Sub,
+    /// `lock and`
+    And,
+    /// `lock or`
+    Or,
+    /// `lock xor`
+    Xor,
+    /// `lock inc`
+    Inc,
+    /// `lock dec`
+    Dec,
+    /// `lock neg`
+    Neg,
+    /// `lock not`
+    Not,
+    /// `lock xadd`
+    Xadd,
+    /// `xchg` with memory (implicitly locked)
+    Xchg,
+    /// `lock cmpxchg`
+    CmpXchg,
+}
+
+impl RmwOp {
+    /// The new memory value for `old`, and whether memory is written (false only for a
+    /// failed `CmpXchg`). Values are truncated to `width` bytes.
+    pub fn execute(self, width: u8, old: u64, operand: u64, expected: u64) -> (u64, bool) {
+        let mask = if width >= 8 { u64::MAX } else { (1u64 << (u32::from(width) * 8)) - 1 };
+        let (old, operand, expected) = (old & mask, operand & mask, expected & mask);
+        let new = match self {
+            RmwOp::Add | RmwOp::Xadd => old.wrapping_add(operand),
+            RmwOp::Sub => old.wrapping_sub(operand),
+            RmwOp::And => old & operand,
+            RmwOp::Or => old | operand,
+            RmwOp::Xor => old ^ operand,
+            RmwOp::Inc => old.wrapping_add(1),
+            RmwOp::Dec => old.wrapping_sub(1),
+            RmwOp::Neg => 0u64.wrapping_sub(old),
+            RmwOp::Not => !old,
+            RmwOp::Xchg => operand,
+            RmwOp::CmpXchg => {
+                if old == expected {
+                    operand
+                } else {
+                    return (old, false);
+                }
+            }
+        };
+        (new & mask, true)
+    }
 }

@@ -1,34 +1,53 @@
-//! Deterministic simulation of the INVALIDATE coherence protocol: several single-threaded
-//! processes ([`ProcessPages`] + a simulated mapping implementing [`PageMemory`]) run litmus
-//! programs against one [`PageDirectory`], connected by two FIFO channels per process (P->C and
-//! C->P, ordering rule 2).
+//! Deterministic simulation of the coherence protocol (invalidate and update modes): several
+//! single-threaded processes ([`ProcessPages`] + a simulated mapping implementing
+//! [`PageMemory`]) run litmus programs against one [`PageDirectory`], connected by two FIFO
+//! channels per process (P->C and C->P, ordering rule 2).
 //!
 //! A seeded `SmallRng` picks, at each step, one enabled action: a process executes its next
-//! instruction (a load of an Invalid page or a store to a non-Writable page faults: the process
-//! calls `handle_fault` and blocks until the page is installed/upgraded/woken, then re-executes
-//! the instruction), the coordinator consumes the head of one P->C channel, or a process consumes
-//! the head of its C->P channel. A finished process may also write everything back
-//! (`release_all`) and, in some runs, detach (the coordinator then calls `handle_leave` and drops
-//! the process's later messages), which exercises the Writeback/Recall/Downgrade races.
+//! instruction (a load of an Invalid page or a store/RMW to a non-Writable page faults: the
+//! process calls `handle_fault` and blocks until the page is installed/upgraded/woken, then
+//! re-executes the instruction; when the fault answers `Replay` the process "decodes" the
+//! instruction as a separate step, so coordinator messages can overtake the decoding (rule 6),
+//! then calls `replay` and blocks until its write completes or is retried), the coordinator
+//! consumes the head of one P->C channel, a process consumes the head of its C->P channel, or
+//! (in some configurations, a bounded number of times) the coordinator switches a random page
+//! to a random mode. A finished process may also write everything back (`release_all`) and, in
+//! some runs, detach (the coordinator then calls `handle_leave` and drops the process's later
+//! messages), which exercises the Writeback/Recall/Downgrade races.
+//!
+//! Every program runs under several [`Config`]s: the directory's default policy (Invalidate,
+//! Update, Adaptive), per-page mixes set by `Advise` at start, with or without random switches.
 //!
 //! Checks: in every state, single-writer/multiple-readers (a Writable copy excludes every other
-//! valid copy), all ReadOnly copies of a page are equal, and the core's page states match the
-//! mapping; at quiescence, nothing is in flight, the directory matches the caches (owner holds
-//! the only copy, readers hold copies equal to the home), and the outcome (registers + final
-//! memory) is one of the outcomes of the program under sequential consistency, computed by
-//! enumerating every interleaving on a single memory. A run depends only on its seed: a failure
-//! reports the seed and the tail of the trace, and replays identically.
+//! valid copy), no Writable copy of a page the directory has in update mode and no owner of
+//! such a page, the ReadOnly copies of a page are equal as long as no Update/WriteAck for it was
+//! ever sent (afterwards they legitimately differ while updates are in flight), no Update or
+//! WriteAck reaches a copy that is not ReadOnly, and the core's page states match the mapping;
+//! a bounded number of Retries and steps per run (no retry livelock); at quiescence, nothing is
+//! in flight and nobody is stuck (deadlock), the directory matches the caches (owner holds the
+//! only copy, readers hold copies equal to the home), and the outcome (registers + final memory)
+//! is one of the outcomes of the program under sequential consistency, computed by enumerating
+//! every interleaving on a single memory. A run depends only on its program, configuration and
+//! seed: a failure reports all three and the tail of the trace, and replays identically.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use dsm_proto::pages::{FaultAction, ReplayOp, WriteOutcome};
 use dsm_proto::{
-    Access, PageDirectory, PageMemory, PageNo, PageState, ProcessPages, ToCoordinator, ToProcess,
+    Access, Coherence, Mode, PageDirectory, PageMemory, PageNo, PageState, ProcessPages, ReqId,
+    RmwOp, ToCoordinator, ToProcess,
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-/// Simulated page size: two words.
-const PAGE_BYTES: usize = 16;
-const SEEDS: u64 = 2000;
+/// Simulated page size: the directory sizes home copies it writes to `PAGE_SIZE`. Programs use
+/// the first two words.
+const PAGE_BYTES: usize = dsm_proto::PAGE_SIZE;
+/// Seeds per program and configuration.
+const SEEDS: u64 = 300;
+/// Replayed writes answered Retry in one run beyond which the run counts as a retry livelock.
+const MAX_RETRIES: u32 = 12;
+/// Steps after which a run that has not finished counts as a livelock.
+const MAX_STEPS: usize = 20_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Addr {
@@ -46,8 +65,18 @@ enum Instr {
     St(Addr, u64),
     /// Load into a register.
     Ld(Addr, usize),
+    /// Atomic fetch-and-add of 1 (`lock xadd`), the old value into a register.
+    Faa(Addr, usize),
 }
-use Instr::{Ld, St};
+use Instr::{Faa, Ld, St};
+
+impl Instr {
+    fn addr(self) -> Addr {
+        match self {
+            St(a, _) | Ld(a, _) | Faa(a, _) => a,
+        }
+    }
+}
 
 struct Program {
     name: &'static str,
@@ -57,19 +86,16 @@ struct Program {
 
 impl Program {
     fn addrs(&self) -> BTreeSet<Addr> {
-        self.procs
-            .iter()
-            .flatten()
-            .map(|i| match *i {
-                St(a, _) | Ld(a, _) => a,
-            })
-            .collect()
+        self.procs.iter().flatten().map(|i| i.addr()).collect()
     }
 
     fn nregs(&self, p: usize) -> usize {
         self.procs[p]
             .iter()
-            .filter_map(|i| if let Ld(_, r) = i { Some(r + 1) } else { None })
+            .filter_map(|i| match i {
+                Ld(_, r) | Faa(_, r) => Some(r + 1),
+                St(..) => None,
+            })
             .max()
             .unwrap_or(0)
     }
@@ -107,6 +133,14 @@ fn sc_outcomes(prog: &Program) -> BTreeSet<Outcome> {
                     regs[p][r] = mem[&a];
                     go(prog, pcs, mem, regs, acc);
                     regs[p][r] = old;
+                }
+                Faa(a, r) => {
+                    let (old_reg, old_mem) = (regs[p][r], mem[&a]);
+                    regs[p][r] = old_mem;
+                    mem.insert(a, old_mem + 1);
+                    go(prog, pcs, mem, regs, acc);
+                    mem.insert(a, old_mem);
+                    regs[p][r] = old_reg;
                 }
             }
             pcs[p] -= 1;
@@ -207,6 +241,28 @@ impl PageMemory for SimMem {
     fn wake(&mut self, page: PageNo) {
         self.wake_if(page);
     }
+
+    fn store(&mut self, page: PageNo, offset: u16, width: u8, value: u128) {
+        if self.expect(page, &[PageState::ReadOnly], "store") {
+            let (o, w) = (usize::from(offset), usize::from(width));
+            let bytes = &mut self.pages.get_mut(&page).unwrap().1;
+            if o + w > bytes.len() || !matches!(w, 1 | 2 | 4 | 8 | 16) {
+                self.errors.push(format!("store of {w} bytes at {o} on page {page}"));
+                return;
+            }
+            bytes[o..o + w].copy_from_slice(&value.to_le_bytes()[..w]);
+        }
+    }
+}
+
+/// What the (single) thread of a process is doing besides running or waiting for a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blocked {
+    No,
+    /// The store faulted with `Replay`: its next step decodes and replays the instruction.
+    Decode,
+    /// Waiting for the completion of this replayed write.
+    Write(ReqId),
 }
 
 struct Proc {
@@ -215,6 +271,7 @@ struct Proc {
     regs: Vec<u64>,
     pages: ProcessPages,
     mem: SimMem,
+    blocked: Blocked,
     to_c: VecDeque<ToCoordinator>,
     from_c: VecDeque<ToProcess>,
     released: bool,
@@ -228,6 +285,8 @@ enum Action {
     Deliver(usize),
     Recv(usize),
     Release(usize),
+    /// The coordinator switches a page (chosen when the action is picked).
+    Switch(PageNo, Mode),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -238,16 +297,57 @@ struct Opts {
     detach: bool,
 }
 
+/// The coherence configuration of a run.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    name: &'static str,
+    /// The directory's default policy.
+    default: Coherence,
+    /// `Advise` of one page each, sent by P0 before anything runs.
+    advise: &'static [(PageNo, Coherence)],
+    /// Random `request_switch` calls the scheduler may make.
+    switches: u32,
+}
+
+const fn config(
+    name: &'static str,
+    default: Coherence,
+    advise: &'static [(PageNo, Coherence)],
+    switches: u32,
+) -> Config {
+    Config { name, default, advise, switches }
+}
+
+const INVALIDATE: Config = config("invalidate", Coherence::Invalidate, &[], 0);
+
+/// Every configuration each litmus program runs under.
+const CONFIGS: &[Config] = &[
+    INVALIDATE,
+    config("update", Coherence::Update, &[], 0),
+    config("adaptive", Coherence::Adaptive, &[], 0),
+    config("page0 U, page1 I", Coherence::Invalidate, &[(0, Coherence::Update)], 0),
+    config("page0 I, page1 U", Coherence::Update, &[(0, Coherence::Invalidate)], 0),
+    config("page0 A, page1 U", Coherence::Adaptive, &[(1, Coherence::Update)], 0),
+    config("invalidate + switches", Coherence::Invalidate, &[], 4),
+    config("update + switches", Coherence::Update, &[], 4),
+    config("adaptive + switches", Coherence::Adaptive, &[(0, Coherence::Update)], 4),
+];
+
 struct Sim {
     dir: PageDirectory,
     procs: Vec<Proc>,
     pages: u64,
     opts: Opts,
+    switches_left: u32,
+    retries: u32,
+    /// Per page: an Update or WriteAck was ever sent (ReadOnly copies may then differ while
+    /// updates are in flight).
+    updated: Vec<bool>,
     trace: Option<Vec<String>>,
 }
 
 impl Sim {
-    fn new(prog: &Program, opts: Opts, trace: bool) -> Self {
+    fn new(prog: &Program, cfg: Config, opts: Opts, trace: bool) -> Self {
         let procs = prog
             .procs
             .iter()
@@ -259,19 +359,33 @@ impl Sim {
                 // Read-ahead on: prefetched copies must not break SC either.
                 pages: ProcessPages::new().with_read_ahead(prog.pages),
                 mem: SimMem::default(),
+                blocked: Blocked::No,
                 to_c: VecDeque::new(),
                 from_c: VecDeque::new(),
                 released: false,
                 gone: false,
             })
             .collect::<Vec<_>>();
-        Sim {
-            dir: PageDirectory::new(procs.len() as u32, prog.pages),
+        let mut dir =
+            PageDirectory::new(procs.len() as u32, prog.pages).with_default_policy(cfg.default);
+        let mut out = Vec::new();
+        for &(first, coherence) in cfg.advise {
+            dir.handle(0, ToCoordinator::Advise { first, count: 1, coherence }, &mut out)
+                .expect("advise");
+        }
+        let mut sim = Sim {
+            dir,
             procs,
             pages: prog.pages,
             opts,
+            switches_left: cfg.switches,
+            retries: 0,
+            updated: vec![false; prog.pages as usize],
             trace: trace.then(Vec::new),
-        }
+        };
+        sim.log(|| format!("C advise {:?} -> {out:?}", cfg.advise));
+        sim.route(out);
+        sim
     }
 
     fn log(&mut self, f: impl FnOnce() -> String) {
@@ -286,7 +400,8 @@ impl Sim {
             if p.gone {
                 continue;
             }
-            if p.pc < p.prog.len() && p.mem.waiting.is_none() {
+            let runnable = matches!(p.blocked, Blocked::No | Blocked::Decode);
+            if p.pc < p.prog.len() && p.mem.waiting.is_none() && runnable {
                 v.push(Action::Exec(i));
             }
             if !p.to_c.is_empty() {
@@ -298,6 +413,10 @@ impl Sim {
             if self.opts.release && !p.released && p.pc == p.prog.len() && p.pages.is_idle() {
                 v.push(Action::Release(i));
             }
+        }
+        if self.switches_left > 0 {
+            // Placeholder: `simulate` picks the page and the mode.
+            v.push(Action::Switch(0, Mode::Update));
         }
         v
     }
@@ -318,6 +437,13 @@ impl Sim {
                 }
                 self.log(|| format!("P{i} release_all: {n} written back"));
             }
+            Action::Switch(page, to) => {
+                self.switches_left = self.switches_left.saturating_sub(1);
+                let mut out = Vec::new();
+                self.dir.request_switch(page, to, &mut out);
+                self.log(|| format!("C switch page {page} to {to:?} -> {out:?}"));
+                self.route(out);
+            }
         }
         self.check_step()
     }
@@ -325,9 +451,28 @@ impl Sim {
     fn exec(&mut self, i: usize) {
         let p = &mut self.procs[i];
         let ins = p.prog[p.pc];
-        let (addr, access) = match ins {
-            St(a, _) => (a, Access::Write),
-            Ld(a, _) => (a, Access::Read),
+        let addr = ins.addr();
+        if p.blocked == Blocked::Decode {
+            // The faulting store/RMW was decoded: replay it (unless the copy is gone, rule 6).
+            let offset = (addr.word * 8) as u16;
+            let op = match ins {
+                St(_, value) => ReplayOp::Store { offset, width: 8, value: u128::from(value) },
+                // Both encodings of a fetch-and-add: the directory returns the old value.
+                _ => {
+                    let op = if (i + p.pc) % 2 == 0 { RmwOp::Xadd } else { RmwOp::Add };
+                    ReplayOp::Rmw { offset, width: 8, op, operand: 1, expected: 0 }
+                }
+            };
+            let mut out = Vec::new();
+            let req = p.pages.replay(addr.page, op, &mut out);
+            p.blocked = req.map_or(Blocked::No, Blocked::Write);
+            p.to_c.extend(out.iter().cloned());
+            self.log(|| format!("P{i} {ins:?} replays {op:?} -> {req:?} {out:?}"));
+            return;
+        }
+        let access = match ins {
+            Ld(..) => Access::Read,
+            St(..) | Faa(..) => Access::Write,
         };
         let state = p.mem.state(addr.page);
         let ok = match access {
@@ -337,20 +482,32 @@ impl Sim {
         if !ok {
             p.mem.waiting = Some(addr.page);
             let mut out = Vec::new();
-            p.pages.handle_fault(addr.page, access, &mut p.mem, &mut out);
+            let action = p.pages.handle_fault(addr.page, access, &mut p.mem, &mut out);
+            if action == FaultAction::Replay {
+                p.mem.waiting = None;
+                p.blocked = Blocked::Decode;
+            }
             p.to_c.extend(out.iter().cloned());
-            self.log(|| format!("P{i} {ins:?} faults ({state:?}) -> {out:?}"));
+            self.log(|| format!("P{i} {ins:?} faults ({state:?}) -> {action:?} {out:?}"));
             return;
         }
-        match ins {
-            St(a, v) => p.mem.write(a, v),
-            Ld(a, r) => p.regs[r] = p.mem.read(a),
-        }
-        p.pc += 1;
         let value = match ins {
-            Ld(_, r) => Some(p.regs[r]),
-            St(..) => None,
+            St(a, v) => {
+                p.mem.write(a, v);
+                None
+            }
+            Ld(a, r) => {
+                p.regs[r] = p.mem.read(a);
+                Some(p.regs[r])
+            }
+            Faa(a, r) => {
+                let old = p.mem.read(a);
+                p.mem.write(a, old + 1);
+                p.regs[r] = old;
+                Some(old)
+            }
         };
+        p.pc += 1;
         self.log(|| format!("P{i} {ins:?} done {value:?}"));
     }
 
@@ -383,6 +540,11 @@ impl Sim {
 
     fn route(&mut self, out: Vec<(u32, ToProcess)>) {
         for (to, m) in out {
+            if let ToProcess::Update { page, .. } | ToProcess::WriteAck { page, .. } = m {
+                if let Some(u) = self.updated.get_mut(page as usize) {
+                    *u = true;
+                }
+            }
             let p = &mut self.procs[to as usize];
             if !p.gone {
                 p.from_c.push_back(m);
@@ -393,13 +555,61 @@ impl Sim {
     fn recv(&mut self, i: usize) -> Result<(), String> {
         let p = &mut self.procs[i];
         let Some(msg) = p.from_c.pop_front() else { return Ok(()) };
+        // An Update/WriteAck is sent only to readers, and any later Invalidate/Grant follows
+        // it on the same stream: it must find the ReadOnly copy (or, for an Update, no copy if
+        // the process dropped it silently in release_all and is still listed as a reader).
+        if let ToProcess::Update { page, .. } | ToProcess::WriteAck { page, .. } = msg {
+            let s = p.mem.state(page);
+            let released = p.released && matches!(msg, ToProcess::Update { .. });
+            if s != PageState::ReadOnly && !(s == PageState::Invalid && released) {
+                return Err(format!("P{i}: {msg:?} reaches a copy in state {s:?}"));
+            }
+        }
         let text = self.trace.is_some().then(|| format!("{msg:?}"));
         let mut out = Vec::new();
         p.pages
             .handle_message(msg, &mut p.mem, &mut out)
             .map_err(|e| format!("P{i} protocol error: {e}"))?;
         p.to_c.extend(out.iter().cloned());
-        self.log(|| format!("P{i} <- {} -> {out:?}", text.unwrap_or_default()));
+        let mut done = Vec::new();
+        for (req, outcome) in p.pages.take_completions() {
+            if p.blocked != Blocked::Write(req) {
+                return Err(format!("P{i}: completion of write {req}, thread is {:?}", p.blocked));
+            }
+            p.blocked = Blocked::No;
+            let ins = p.prog[p.pc];
+            match outcome {
+                WriteOutcome::Retry => {
+                    // Re-execute: the store faults again and takes the ownership path.
+                    self.retries += 1;
+                    done.push(format!("{ins:?} retried"));
+                }
+                WriteOutcome::Done { old } => {
+                    // The WriteAck applied the store to our copy before completing it.
+                    let a = ins.addr();
+                    let (expect, reg) = match ins {
+                        St(_, v) => (v, None),
+                        Faa(_, r) => (old + 1, Some(r)),
+                        Ld(..) => return Err(format!("P{i}: write completion for a load")),
+                    };
+                    if p.mem.state(a.page) == PageState::ReadOnly && p.mem.read(a) != expect {
+                        return Err(format!(
+                            "P{i} {ins:?} completed but its copy holds {}",
+                            p.mem.read(a)
+                        ));
+                    }
+                    if let Some(r) = reg {
+                        p.regs[r] = old;
+                    }
+                    p.pc += 1;
+                    done.push(format!("{ins:?} done (old {old})"));
+                }
+            }
+        }
+        self.log(|| format!("P{i} <- {} -> {out:?} {done:?}", text.unwrap_or_default()));
+        if self.retries > MAX_RETRIES {
+            return Err(format!("retry livelock: {} Retries", self.retries));
+        }
         Ok(())
     }
 
@@ -411,6 +621,10 @@ impl Sim {
             }
         }
         for page in 0..self.pages {
+            let view = self.dir.inspect(page);
+            if view.mode == Mode::Update && view.owner.is_some() {
+                return Err(format!("page {page} in update mode has an owner: {view:?}"));
+            }
             let mut writers = 0;
             let mut valid = 0;
             let mut ro: Option<&Vec<u8>> = None;
@@ -428,13 +642,18 @@ impl Sim {
                 match s {
                     PageState::Invalid => {}
                     PageState::Writable => {
+                        if view.mode == Mode::Update {
+                            return Err(format!(
+                                "P{i} holds page {page} Writable in update mode: {view:?}"
+                            ));
+                        }
                         writers += 1;
                         valid += 1;
                     }
                     PageState::ReadOnly => {
                         valid += 1;
                         let bytes = &p.mem.pages[&page].1;
-                        if ro.is_some_and(|b| b != bytes) {
+                        if !self.updated[page as usize] && ro.is_some_and(|b| b != bytes) {
                             return Err(format!("page {page}: ReadOnly copies differ"));
                         }
                         ro = Some(bytes);
@@ -454,7 +673,10 @@ impl Sim {
     fn finish(&self, prog: &Program) -> Result<Outcome, String> {
         for (i, p) in self.procs.iter().enumerate() {
             if p.pc < p.prog.len() {
-                return Err(format!("deadlock: P{i} stuck at instruction {}", p.pc));
+                return Err(format!(
+                    "deadlock: P{i} stuck at instruction {} ({:?}, waiting {:?})",
+                    p.pc, p.blocked, p.mem.waiting
+                ));
             }
             if !p.gone && (!p.pages.is_idle() || !p.to_c.is_empty() || !p.from_c.is_empty()) {
                 return Err(format!("P{i} not quiescent"));
@@ -467,7 +689,12 @@ impl Sim {
             if v.busy || v.queued > 0 {
                 return Err(format!("page {page} still busy: {v:?}"));
             }
-            let home = v.home.clone().unwrap_or_else(|| zero.clone());
+            let mut home = v.home.clone().unwrap_or_else(|| zero.clone());
+            if home.len() < PAGE_BYTES {
+                // A Writeback of a short page (the directory stores what it gets).
+                return Err(format!("page {page}: home copy of {} bytes", home.len()));
+            }
+            home.truncate(PAGE_BYTES);
             let current = match v.owner {
                 Some(o) => {
                     let p = &self.procs[o as usize];
@@ -523,49 +750,109 @@ fn opts_for(seed: u64) -> Opts {
     }
 }
 
-/// Runs `prog` under `seed`; returns the outcome (or the failure) and the trace if asked.
-fn simulate(prog: &Program, seed: u64, trace: bool) -> (Result<Outcome, String>, Vec<String>) {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let mut sim = Sim::new(prog, opts_for(seed), trace);
-    let mut result = Ok(());
-    for _ in 0..10_000 {
-        let actions = sim.enabled();
-        if actions.is_empty() {
-            break;
-        }
-        let a = actions[rng.gen_range(0..actions.len())];
-        result = sim.step(a);
-        if result.is_err() {
-            break;
-        }
-    }
-    let result = result.and_then(|()| sim.finish(prog));
-    (result, sim.trace.unwrap_or_default())
+/// What a run did, for the coverage assertions.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    runs: u64,
+    replayed_writes: u64,
+    updates: u64,
+    retries: u64,
+    grants: u64,
+    to_update: u64,
+    to_invalidate: u64,
 }
 
-/// Runs `SEEDS` seeds of `prog`, asserting every outcome is SC; returns the outcomes seen.
+impl Totals {
+    fn add(&mut self, o: &Totals) {
+        self.runs += o.runs;
+        self.replayed_writes += o.replayed_writes;
+        self.updates += o.updates;
+        self.retries += o.retries;
+        self.grants += o.grants;
+        self.to_update += o.to_update;
+        self.to_invalidate += o.to_invalidate;
+    }
+}
+
+struct Run {
+    result: Result<Outcome, String>,
+    trace: Vec<String>,
+    totals: Totals,
+}
+
+/// Runs `prog` under `cfg` and `seed`; returns the outcome (or the failure) and the trace if
+/// asked.
+fn simulate(prog: &Program, cfg: Config, seed: u64, trace: bool) -> Run {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut sim = Sim::new(prog, cfg, opts_for(seed), trace);
+    let mut result = Err(format!("livelock: not finished after {MAX_STEPS} steps"));
+    for _ in 0..MAX_STEPS {
+        let actions = sim.enabled();
+        if actions.is_empty() {
+            result = sim.finish(prog);
+            break;
+        }
+        let a = match actions[rng.gen_range(0..actions.len())] {
+            Action::Switch(..) => {
+                let to = if rng.gen() { Mode::Update } else { Mode::Invalidate };
+                Action::Switch(rng.gen_range(0..prog.pages), to)
+            }
+            a => a,
+        };
+        if let Err(e) = sim.step(a) {
+            result = Err(e);
+            break;
+        }
+    }
+    let s = sim.dir.stats();
+    let totals = Totals {
+        runs: 1,
+        replayed_writes: s.replayed_writes,
+        updates: s.updates,
+        retries: s.retries,
+        grants: s.ownership_grants,
+        to_update: s.to_update,
+        to_invalidate: s.to_invalidate,
+    };
+    Run { result, trace: sim.trace.unwrap_or_default(), totals }
+}
+
+/// Runs `SEEDS` seeds of `prog` under every configuration, asserting every outcome is SC;
+/// returns the outcomes seen.
 fn check(prog: &Program) -> BTreeSet<Outcome> {
+    check_configs(prog, CONFIGS).0
+}
+
+fn check_configs(prog: &Program, configs: &[Config]) -> (BTreeSet<Outcome>, Vec<Totals>) {
     let sc = sc_outcomes(prog);
     let mut seen = BTreeSet::new();
-    for seed in 0..SEEDS {
-        let (result, _) = simulate(prog, seed, false);
-        let problem = match result {
-            Err(e) => e,
-            Ok(o) if !sc.contains(&o) => format!("non-SC outcome {o:?}"),
-            Ok(o) => {
-                seen.insert(o);
-                continue;
-            }
-        };
-        let (_, trace) = simulate(prog, seed, true);
-        let tail = trace[trace.len().saturating_sub(80)..].join("\n  ");
-        panic!(
-            "{}: seed {seed} ({:?}): {problem}\nSC outcomes: {sc:?}\ntrace (last steps):\n  {tail}",
-            prog.name,
-            opts_for(seed)
-        );
+    let mut all = Vec::new();
+    for &cfg in configs {
+        let mut totals = Totals::default();
+        for seed in 0..SEEDS {
+            let run = simulate(prog, cfg, seed, false);
+            totals.add(&run.totals);
+            let problem = match run.result {
+                Err(e) => e,
+                Ok(o) if !sc.contains(&o) => format!("non-SC outcome {o:?}"),
+                Ok(o) => {
+                    seen.insert(o);
+                    continue;
+                }
+            };
+            let trace = simulate(prog, cfg, seed, true).trace;
+            let tail = trace[trace.len().saturating_sub(80)..].join("\n  ");
+            panic!(
+                "{}: config {cfg:?}, seed {seed} ({:?}): {problem}\nSC outcomes: {sc:?}\n\
+                 replay: simulate(&prog, {cfg:?}, {seed}, true)\ntrace (last steps):\n  {tail}",
+                prog.name,
+                opts_for(seed)
+            );
+        }
+        eprintln!("{} [{}]: {totals:?}", prog.name, cfg.name);
+        all.push(totals);
     }
-    seen
+    (seen, all)
 }
 
 fn regs_seen(seen: &BTreeSet<Outcome>) -> BTreeSet<Vec<Vec<u64>>> {
@@ -698,13 +985,75 @@ fn three_processes_mixed_pages() {
 #[test]
 fn same_seed_replays_identically() {
     let prog = two_plus_two_w();
-    for seed in [0, 1, 2, 12345] {
-        let (a, ta) = simulate(&prog, seed, true);
-        let (b, tb) = simulate(&prog, seed, true);
-        assert_eq!(a, b, "seed {seed}");
-        assert!(!ta.is_empty());
-        assert_eq!(ta, tb, "seed {seed}");
+    for cfg in [CONFIGS[0], CONFIGS[1], CONFIGS[7], CONFIGS[8]] {
+        for seed in [0, 1, 2, 12345] {
+            let a = simulate(&prog, cfg, seed, true);
+            let b = simulate(&prog, cfg, seed, true);
+            assert_eq!(a.result, b.result, "{cfg:?} seed {seed}");
+            assert!(!a.trace.is_empty());
+            assert_eq!(a.trace, b.trace, "{cfg:?} seed {seed}");
+        }
     }
+}
+
+/// Three processes each fetch-and-add one word twice (`lock xadd`): the final value is the
+/// number of increments and the old values returned are all distinct.
+#[test]
+fn atomic_counter() {
+    let c = at(0, 0);
+    let prog = Program {
+        name: "counter",
+        pages: 1,
+        procs: vec![vec![Faa(c, 0), Faa(c, 1)]; 3],
+    };
+    let (seen, totals) = check_configs(&prog, CONFIGS);
+    for o in &seen {
+        assert_eq!(o.mem[&c], 6, "{o:?}");
+        let olds: BTreeSet<u64> = o.regs.iter().flatten().copied().collect();
+        assert_eq!(olds, (0..6).collect(), "{o:?}");
+    }
+    // Update mode executes the increments at the coordinator.
+    assert!(totals[1].replayed_writes > 0, "{:?}", totals[1]);
+}
+
+/// Message passing on one page in update mode, the flag raised by a fetch-and-add: a reader
+/// that sees the flag sees the data; plus a second message overwriting the first.
+#[test]
+fn message_passing_one_page_update_mode() {
+    let (data, flag) = (at(0, 0), at(0, 1));
+    let prog = Program {
+        name: "MP one page, RMW flag",
+        pages: 1,
+        procs: vec![vec![St(data, 7), Faa(flag, 0)], vec![Ld(flag, 0), Ld(data, 1)]],
+    };
+    let (seen, totals) = check_configs(&prog, CONFIGS);
+    assert!(!regs_seen(&seen).contains(&vec![vec![0], vec![1, 0]]));
+    assert!(totals[1].replayed_writes > 0 && totals[1].updates > 0, "{:?}", totals[1]);
+    let prog = Program {
+        name: "MP one page, two messages",
+        pages: 1,
+        procs: vec![
+            vec![St(data, 1), St(flag, 1), St(data, 2), St(flag, 2)],
+            vec![Ld(flag, 0), Ld(data, 1), Ld(flag, 2), Ld(data, 3)],
+        ],
+    };
+    check(&prog);
+}
+
+/// The configurations do exercise what they are meant to: replayed writes, updates, retries,
+/// and mode switches both ways.
+#[test]
+fn update_mode_is_exercised() {
+    let (_, totals) = check_configs(&sb(Y0), CONFIGS);
+    let mut all = Totals::default();
+    for t in &totals {
+        all.add(t);
+    }
+    eprintln!("SB same page, all configs: {all:?}");
+    assert_eq!(totals[0].replayed_writes, 0);
+    assert!(totals[1].replayed_writes > 0 && totals[1].updates > 0, "{:?}", totals[1]);
+    assert!(all.retries > 0, "{all:?}");
+    assert!(all.to_update > 0 && all.to_invalidate > 0, "{all:?}");
 }
 
 /// A scripted run: P0 owns X's page and has stored 1; P1 reads X, so the directory sends P0 a
@@ -714,7 +1063,7 @@ fn same_seed_replays_identically() {
 fn leave_with_downgrade_pending_completes_with_home_copy() {
     for written_back in [false, true] {
         let prog = Program { name: "leave", pages: 1, procs: vec![vec![St(X, 1)], vec![Ld(X, 0)]] };
-        let mut sim = Sim::new(&prog, Opts { release: false, detach: false }, true);
+        let mut sim = Sim::new(&prog, INVALIDATE, Opts { release: false, detach: false }, true);
         let step = |sim: &mut Sim, a: Action| sim.step(a).unwrap();
         step(&mut sim, Action::Exec(0)); // write fault -> Own
         step(&mut sim, Action::Deliver(0)); // Grant

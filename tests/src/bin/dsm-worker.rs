@@ -8,9 +8,23 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 struct Args {
+    /// Coherence policy rank 0 advises for the whole region before the scenario starts.
+    #[arg(long, global = true, value_parser = parse_coherence)]
+    coherence: Option<dsm::Coherence>,
     #[command(subcommand)]
     scenario: Scenario,
 }
+
+fn parse_coherence(s: &str) -> Result<dsm::Coherence, String> {
+    match s {
+        "invalidate" => Ok(dsm::Coherence::Invalidate),
+        "update" => Ok(dsm::Coherence::Update),
+        "adaptive" => Ok(dsm::Coherence::Adaptive),
+        other => Err(format!("unknown coherence '{other}' (invalidate, update, adaptive)")),
+    }
+}
+
+static COHERENCE: std::sync::OnceLock<Option<dsm::Coherence>> = std::sync::OnceLock::new();
 
 #[derive(Subcommand)]
 enum Scenario {
@@ -65,6 +79,17 @@ enum Scenario {
         #[arg(long, default_value_t = 2000)]
         iterations: usize,
     },
+    /// A compare_exchange spin lock protecting a plain (non-atomic) counter; rank 0 checks it.
+    Spinlock {
+        #[arg(long, default_value_t = 1000)]
+        iters: u64,
+    },
+    /// Every rank hammers stores on its own word of one shared page `stores` times (neighbours
+    /// on one page must all make progress).
+    Neighbours {
+        #[arg(long, default_value_t = 2000)]
+        stores: u64,
+    },
     /// Attach a huge region, touch a few pages, report the resident memory.
     Huge {
         #[arg(long, default_value_t = 8)]
@@ -78,6 +103,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    COHERENCE.set(args.coherence).expect("set once");
     match run(args.scenario) {
         Ok(()) => {}
         Err(e) => {
@@ -97,6 +123,8 @@ fn run(scenario: Scenario) -> Result<(), dsm::Error> {
         Scenario::Bulk { mib } => return region_run(&config, |r| bulk(r, mib)),
         Scenario::Huge { touch } => return region_run(&config, |r| huge(r, touch)),
         Scenario::Litmus { test, iterations } => return region_run(&config, |r| litmus(r, &test, iterations)),
+        Scenario::Spinlock { iters } => return region_run(&config, |r| spinlock(r, iters)),
+        Scenario::Neighbours { stores } => return region_run(&config, |r| neighbours(r, stores)),
         _ => {}
     }
     let s = dsm::Session::attach(&config)?;
@@ -157,9 +185,19 @@ fn run(scenario: Scenario) -> Result<(), dsm::Error> {
     s.detach()
 }
 
+fn advise(region: &dsm::Region) -> Result<(), dsm::Error> {
+    if let Some(c) = COHERENCE.get().copied().flatten() {
+        if region.rank() == 0 {
+            region.advise(0, region.len(), c)?;
+        }
+    }
+    Ok(())
+}
+
 fn counter(config: &dsm::Config, adds: u64) -> Result<(), dsm::Error> {
     use std::sync::atomic::{AtomicU64, Ordering};
     let region = dsm::Region::attach(config)?;
+    advise(&region)?;
     let rank = region.rank();
     println!("attached rank {rank} of {} pid {}", region.nprocs(), std::process::id());
     let c: &[AtomicU64] = region.as_slice(0, 1).expect("fits");
@@ -183,6 +221,7 @@ type Check = Result<(), String>;
 fn region_run(config: &dsm::Config, f: impl FnOnce(&dsm::Region) -> Check) -> Result<(), dsm::Error> {
     let region = dsm::Region::attach(config)?;
     println!("attached rank {} of {} pid {}", region.rank(), region.nprocs(), std::process::id());
+    advise(&region)?;
     if let Err(e) = f(&region) {
         eprintln!("error: rank {}: {e}", region.rank());
         std::process::exit(4);
@@ -498,5 +537,58 @@ fn litmus(region: &dsm::Region, test: &str, iterations: usize) -> Check {
     if !bad.is_empty() {
         return Err(format!("{test}: {} non-SC outcomes (first in round {})", bad.len(), bad[0]));
     }
+    Ok(())
+}
+
+fn spinlock(region: &dsm::Region, iters: u64) -> Check {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let lock: &[AtomicU64] = region.as_slice(0, 1).map_err(|e| e.to_string())?;
+    let counter = region.as_ptr().wrapping_add(64).cast::<u64>();
+    region.barrier().map_err(|e| e.to_string())?;
+    for _ in 0..iters {
+        let mut spins = 0u32;
+        while lock[0].compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            spins += 1;
+            if spins % 64 == 0 {
+                std::thread::yield_now();
+            }
+            std::hint::spin_loop();
+        }
+        // SAFETY: test code; the lock serializes every access to this word across processes.
+        unsafe {
+            let v = std::ptr::read_volatile(counter);
+            std::ptr::write_volatile(counter, v + 1);
+        }
+        lock[0].store(0, Ordering::Release);
+    }
+    region.barrier().map_err(|e| e.to_string())?;
+    // SAFETY: after the barrier nobody writes any more.
+    let total = unsafe { std::ptr::read_volatile(counter) };
+    let expect = iters * u64::from(region.nprocs());
+    println!("rank {} spinlock total {total} expected {expect} stats {:?}", region.rank(), region.stats().map_err(|e| e.to_string())?);
+    if total != expect {
+        return Err(format!("counter {total}, expected {expect}"));
+    }
+    Ok(())
+}
+
+fn neighbours(region: &dsm::Region, stores: u64) -> Check {
+    let rank = region.rank() as usize;
+    let n = region.nprocs() as usize;
+    let base = region.as_ptr().cast::<u64>();
+    region.barrier().map_err(|e| e.to_string())?;
+    for i in 1..=stores {
+        // SAFETY: test code; word `rank` of page 0 is inside the region.
+        unsafe { std::ptr::write_volatile(base.add(rank), i) };
+    }
+    region.barrier().map_err(|e| e.to_string())?;
+    for r in 0..n {
+        // SAFETY: as above.
+        let v = unsafe { std::ptr::read_volatile(base.add(r)) };
+        if v != stores {
+            return Err(format!("rank {r}'s word is {v}, expected {stores}"));
+        }
+    }
+    println!("rank {rank} neighbours done stats {:?}", region.stats().map_err(|e| e.to_string())?);
     Ok(())
 }

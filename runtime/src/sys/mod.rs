@@ -18,6 +18,8 @@ use std::ptr::NonNull;
 
 use userfaultfd::{FeatureFlags, RegisterMode, Uffd, UffdBuilder};
 
+pub mod replay;
+
 use crate::error::Error;
 
 /// Page size of the region.
@@ -116,6 +118,31 @@ impl Mapping {
         // processes' writes cannot land here (only our runtime installs pages).
         unsafe { std::ptr::copy_nonoverlapping(self.ptr().add(off), out.as_mut_ptr(), PAGE) };
         out
+    }
+
+    /// Stores `width` bytes of `value` at `offset` of page `page` through this mapping (the
+    /// alias) with one store instruction of that width, so no reader sees a torn value
+    /// (ordering rule 7).
+    pub fn store(&self, page: u64, offset: usize, width: u8, value: u128) {
+        let off = page as usize * PAGE + offset;
+        assert!(offset + usize::from(width) <= PAGE && off + PAGE - offset <= self.len, "store outside the page");
+        // SAFETY: the target lies inside one page of the live alias mapping (checked above),
+        // which is never registered with userfaultfd. Unaligned accesses are fine on x86; each
+        // arm compiles to a single mov/movups of that width.
+        unsafe {
+            let p = self.ptr().add(off);
+            match width {
+                1 => std::ptr::write_volatile(p, value as u8),
+                2 => std::ptr::write_unaligned(p.cast::<u16>(), value as u16),
+                4 => std::ptr::write_unaligned(p.cast::<u32>(), value as u32),
+                8 => std::ptr::write_unaligned(p.cast::<u64>(), value as u64),
+                16 => std::arch::x86_64::_mm_storeu_si128(
+                    p.cast(),
+                    std::mem::transmute::<u128, std::arch::x86_64::__m128i>(value),
+                ),
+                _ => unreachable!("widths are checked by the decoder and the directory"),
+            }
+        }
     }
 
     /// Gives page `page` back to the kernel: a hole in the memfd, zapped from every mapping.
@@ -253,6 +280,13 @@ impl AsRawFd for UffdFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0
     }
+}
+
+/// Registers a raw fd the caller keeps open (an eventfd) with the current tokio reactor.
+pub fn async_fd(fd: RawFd) -> std::io::Result<tokio::io::unix::AsyncFd<UffdFd>> {
+    // SAFETY: the caller keeps the fd open for the AsyncFd's whole life (the runtime thread drops
+    // the AsyncFd at the end of its loop while RegionIo still owns the eventfd).
+    unsafe { tokio::io::unix::AsyncFd::register(UffdFd(fd)) }.map_err(|e| e.into_parts().1)
 }
 
 impl Fault {
