@@ -861,6 +861,7 @@ impl Driver {
                 } else {
                     replay::signal_thread(tid, addr as u64, efd)
                 };
+                tracing::trace!("replay: page {page} thread {tid} slot {slot:?}");
                 match slot {
                     Some(i) => {
                         r.replays.insert(i, (page, Instant::now()));
@@ -888,7 +889,9 @@ impl Driver {
         for i in ready {
             let Some((page, _)) = r.replays.remove(&i) else { continue };
             let mut mem = Mem { maps: &r.maps };
-            match TABLE[i].take_request() {
+            let request = TABLE[i].take_request();
+            tracing::trace!("replay request on page {page} slot {i}: {request:?}");
+            match request {
                 Request::Decoded(d) => {
                     let base = r.maps.view.addr() as u64 + page * PAGE as u64;
                     let offset = d.effect.addr().wrapping_sub(base);
@@ -909,7 +912,12 @@ impl Driver {
                     r.pages.handle_fault_by_ownership(page, &mut mem, &mut out);
                     TABLE[i].complete(Outcome::Retry);
                 }
-                Request::Spurious | Request::Empty => TABLE[i].complete(Outcome::Retry),
+                Request::Spurious | Request::Empty => {
+                    // The thread was not at a store to the fault address (woken meanwhile, or
+                    // an instruction the decoder misread): ownership always makes progress.
+                    r.pages.handle_fault_by_ownership(page, &mut mem, &mut out);
+                    TABLE[i].complete(Outcome::Retry);
+                }
             }
         }
         for m in &out {

@@ -6,7 +6,8 @@
 //! | `DSM_SERVER_NAME` | name in the coordinator's certificate | the host part of the address |
 //! | `DSM_SESSION` | session name | required |
 //! | `DSM_SIZE` | region size (`4096`, `64MiB`, `1GiB`) | required |
-//! | `DSM_NPROCS` | number of processes | required |
+//! | `DSM_NPROCS` | number of processes (else `OMPI_COMM_WORLD_SIZE`, else `PMI_SIZE`) | required |
+//! | `DSM_RANK` | launch-order rank hint (else `OMPI_COMM_WORLD_RANK`, `PMI_RANK`); informational: ranks are assigned in attach order | - |
 //! | `DSM_CERT_DIR` | directory with `ca.pem`, `client.pem`, `client.key` | `~/.config/dsm/certs` |
 //! | `DSM_ATTACH_TIMEOUT` | how long to wait for all processes (`30s`) | `60s` |
 //! | `DSM_IDLE_TIMEOUT` | declare the coordinator lost after this silence | `10s` |
@@ -17,6 +18,22 @@ use std::time::Duration;
 use dsm_proto::units::{parse_duration, parse_size};
 
 use crate::error::{Error, Result};
+
+/// Variables giving the process count, in order of precedence: ours, Open MPI's, then the PMI
+/// ones of MPICH / Intel MPI / Slurm (`mpirun -n 4 ./prog` works when `DSM_COORDINATOR` is set).
+pub const NPROCS_VARS: [&str; 3] = ["DSM_NPROCS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"];
+
+/// Variables giving a launch-order rank hint, in order of precedence. Informational only: ranks
+/// are assigned by the coordinator in attach order, whatever these say.
+pub const RANK_HINT_VARS: [&str; 3] = ["DSM_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"];
+
+/// The launcher's rank hint for this process (see [`RANK_HINT_VARS`]), if any. The rank a
+/// process actually gets ([`crate::Region::rank`]) is assigned in attach order and may differ.
+pub fn rank_hint() -> Option<u32> {
+    RANK_HINT_VARS
+        .iter()
+        .find_map(|name| std::env::var(name).ok().and_then(|v| v.trim().parse().ok()))
+}
 
 /// Default coordinator port.
 pub const DEFAULT_PORT: u16 = 4770;
@@ -175,8 +192,12 @@ impl ConfigBuilder {
             }
         }
         if self.nprocs.is_none() {
-            if let Some(v) = var("DSM_NPROCS") {
-                self.nprocs = Some(v.trim().parse().map_err(|e| bad("DSM_NPROCS", e))?);
+            // DSM_NPROCS first, then the MPI launchers' world size (`mpirun -n 4 ./prog`).
+            for name in NPROCS_VARS {
+                if let Some(v) = var(name) {
+                    self.nprocs = Some(v.trim().parse().map_err(|e| bad(name, e))?);
+                    break;
+                }
             }
         }
         if self.cert_dir.is_none() {

@@ -43,7 +43,7 @@ use rand::{rngs::SmallRng, Rng, SeedableRng};
 /// the first two words.
 const PAGE_BYTES: usize = dsm_proto::PAGE_SIZE;
 /// Seeds per program and configuration.
-const SEEDS: u64 = 300;
+const SEEDS: u64 = 2000;
 /// Replayed writes answered Retry in one run beyond which the run counts as a retry livelock.
 const MAX_RETRIES: u32 = 12;
 /// Steps after which a run that has not finished counts as a livelock.
@@ -333,6 +333,16 @@ const CONFIGS: &[Config] = &[
     config("adaptive + switches", Coherence::Adaptive, &[(0, Coherence::Update)], 4),
 ];
 
+/// One decoded store in 8 is an instruction the decoder does not support: the process takes
+/// `handle_fault_by_ownership` instead of replaying it.
+struct Fallback(SmallRng);
+
+impl Fallback {
+    fn next(&mut self) -> bool {
+        self.0.gen_ratio(1, 8)
+    }
+}
+
 struct Sim {
     dir: PageDirectory,
     procs: Vec<Proc>,
@@ -340,6 +350,8 @@ struct Sim {
     opts: Opts,
     switches_left: u32,
     retries: u32,
+    /// Decides which decoded stores the (simulated) decoder cannot replay.
+    fallback: Fallback,
     /// Per page: an Update or WriteAck was ever sent (ReadOnly copies may then differ while
     /// updates are in flight).
     updated: Vec<bool>,
@@ -380,6 +392,7 @@ impl Sim {
             opts,
             switches_left: cfg.switches,
             retries: 0,
+            fallback: Fallback(SmallRng::seed_from_u64(0)),
             updated: vec![false; prog.pages as usize],
             trace: trace.then(Vec::new),
         };
@@ -452,6 +465,16 @@ impl Sim {
         let p = &mut self.procs[i];
         let ins = p.prog[p.pc];
         let addr = ins.addr();
+        if p.blocked == Blocked::Decode && self.fallback.next() {
+            // The decoder does not support the instruction: ownership whatever the mode.
+            p.blocked = Blocked::No;
+            p.mem.waiting = Some(addr.page);
+            let mut out = Vec::new();
+            p.pages.handle_fault_by_ownership(addr.page, &mut p.mem, &mut out);
+            p.to_c.extend(out.iter().cloned());
+            self.log(|| format!("P{i} {ins:?} cannot be replayed -> {out:?}"));
+            return;
+        }
         if p.blocked == Blocked::Decode {
             // The faulting store/RMW was decoded: replay it (unless the copy is gone, rule 6).
             let offset = (addr.word * 8) as u16;
@@ -785,6 +808,7 @@ struct Run {
 fn simulate(prog: &Program, cfg: Config, seed: u64, trace: bool) -> Run {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut sim = Sim::new(prog, cfg, opts_for(seed), trace);
+    sim.fallback = Fallback(SmallRng::seed_from_u64(!seed));
     let mut result = Err(format!("livelock: not finished after {MAX_STEPS} steps"));
     for _ in 0..MAX_STEPS {
         let actions = sim.enabled();

@@ -27,6 +27,9 @@ pub const PAGE: usize = dsm_proto::PAGE_SIZE;
 
 /// `UFFD_FEATURE_WP_HUGETLBFS_SHMEM`: write-protect faults on shmem (memfd), Linux 5.19+.
 const FEATURE_WP_SHMEM: u64 = 1 << 12;
+/// `UFFD_FEATURE_EXACT_ADDRESS` (Linux 5.18+): report the exact faulting address, not the page
+/// (the replay decoder checks the instruction's operand against it).
+const FEATURE_EXACT_ADDRESS: u64 = 1 << 11;
 /// `UFFDIO_COPY_MODE_WP`: install the copied page write-protected.
 const COPY_MODE_WP: u64 = 1 << 1;
 
@@ -181,7 +184,7 @@ impl Fault {
         let features = FeatureFlags::PAGEFAULT_FLAG_WP
             | FeatureFlags::MISSING_SHMEM
             | FeatureFlags::THREAD_ID
-            | FeatureFlags::from_bits_retain(FEATURE_WP_SHMEM);
+            | FeatureFlags::from_bits_retain(FEATURE_WP_SHMEM | FEATURE_EXACT_ADDRESS);
         let build = |user_mode_only: bool| {
             UffdBuilder::new()
                 .close_on_exec(true)
