@@ -78,7 +78,7 @@ enum Phase {
     /// Waiting for processes; connections in join order.
     Pending(Vec<(ConnId, String)>),
     /// All processes joined; members indexed by rank.
-    Running(Running),
+    Running(Box<Running>),
 }
 
 #[derive(Debug)]
@@ -292,14 +292,14 @@ impl Registry {
                 ToProcess::Attached { rank, nprocs: s.nprocs, size: s.size },
             ));
         }
-        s.phase = Phase::Running(Running {
+        s.phase = Phase::Running(Box::new(Running {
             barrier: Barrier { epoch: 0, arrived: vec![false; members.len()], count: 0 },
             members,
             semaphores: HashMap::new(),
             lost: None,
             stats: SessionStats::default(),
             directory: PageDirectory::new(s.nprocs, s.size / dsm_proto::PAGE_SIZE as u64),
-        });
+        }));
     }
 
     /// Removes `session` if every member has detached or been lost.

@@ -175,7 +175,7 @@ impl Region {
     pub fn as_slice<T: Pod>(&self, offset: usize, len: usize) -> Result<&[T], ViewError> {
         let size = std::mem::size_of::<T>();
         let align = std::mem::align_of::<T>();
-        if offset % align != 0 {
+        if !offset.is_multiple_of(align) {
             return Err(ViewError::Misaligned { offset, align });
         }
         let end = len.checked_mul(size).and_then(|b| b.checked_add(offset));

@@ -85,7 +85,7 @@ pub fn check_region_size(size: u64) -> Result<(), SizeError> {
     if size == 0 {
         return Err(SizeError::Zero);
     }
-    if size % PAGE_SIZE as u64 != 0 {
+    if !size.is_multiple_of(PAGE_SIZE as u64) {
         return Err(SizeError::NotPageMultiple { size });
     }
     if size > MAX_REGION_SIZE {

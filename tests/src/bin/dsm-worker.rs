@@ -247,7 +247,7 @@ fn spin_pingpong(region: &dsm::Region, rounds: u64) -> Check {
             // Hot neighbour data on the same page as the turn word.
             words[1 + rank as usize].fetch_add(1, Ordering::Relaxed);
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             }
         }
@@ -393,7 +393,7 @@ fn bulk(region: &dsm::Region, mib: usize) -> Check {
 
 fn resident_mib() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096 >> 20
+    (statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096) >> 20
 }
 
 fn huge(region: &dsm::Region, touch: usize) -> Check {
@@ -549,7 +549,7 @@ fn spinlock(region: &dsm::Region, iters: u64) -> Check {
         let mut spins = 0u32;
         while lock[0].compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             }
             std::hint::spin_loop();
