@@ -442,12 +442,13 @@ impl PageDirectory {
     fn progress(&mut self, page: PageNo, out: &mut Vec<(Rank, ToProcess)>) {
         let Some(e) = self.entries.get_mut(&page) else { return };
         let stats = &mut self.stats;
+        let nprocs = self.nprocs;
         loop {
             match &e.busy {
                 Some(txn) if !txn.done() => return,
                 Some(_) => {
                     if let Some(txn) = e.busy.take() {
-                        complete(e, stats, page, &txn, out);
+                        complete(e, stats, nprocs, page, &txn, out);
                     }
                 }
                 None => {}
@@ -612,6 +613,7 @@ fn write(
 fn complete(
     e: &mut Entry,
     stats: &mut DirectoryStats,
+    nprocs: u32,
     page: PageNo,
     txn: &Txn,
     out: &mut Vec<(Rank, ToProcess)>,
@@ -639,7 +641,10 @@ fn complete(
             stats.to_update += 1;
             e.run_writer = None;
             e.run_len = 0;
-            for &r in &e.readers {
+            // Tell every process, not only the readers: a process that last held the page
+            // through a Grant still believes invalidate mode, and its next store would ask for
+            // ownership and flip the page straight back.
+            for r in 0..nprocs {
                 out.push((r, ToProcess::ModeHint { page, mode: Mode::Update }));
             }
         }
@@ -906,5 +911,320 @@ mod tests {
                 }
             }
         }
+    }
+
+    // ---- update mode ----
+
+    /// `out` without the mode hints (ModeHint, Advice): the tests check the protocol messages.
+    fn no_hints(out: Out) -> Out {
+        out.into_iter()
+            .filter(|(_, m)| !matches!(m, ToProcess::ModeHint { .. } | ToProcess::Advice { .. }))
+            .collect()
+    }
+
+    fn write(req: ReqId, offset: u16, width: u8, value: u128) -> ToCoordinator {
+        ToCoordinator::Write { req, page: 0, offset, width, value }
+    }
+
+    fn rmw(req: ReqId, op: RmwOp, operand: u64, expected: u64) -> ToCoordinator {
+        ToCoordinator::Rmw { req, page: 0, offset: 8, width: 4, op, operand, expected }
+    }
+
+    fn ack(req: ReqId, offset: u16, width: u8, value: u128, old: u64) -> ToProcess {
+        ToProcess::WriteAck { req, page: 0, offset, width, value, old }
+    }
+
+    /// A one-page directory in update mode whose readers are `readers`.
+    fn update_page(nprocs: u32, readers: &[Rank]) -> PageDirectory {
+        let mut d = PageDirectory::new(nprocs, 1).with_default_policy(Coherence::Update);
+        for &r in readers {
+            let out = run(&mut d, r, ToCoordinator::Fetch { req: 1, page: 0 });
+            assert!(matches!(out[..], [(_, ToProcess::Data { mode: Mode::Update, .. })]));
+        }
+        assert_eq!(d.inspect(0).mode, Mode::Update);
+        d
+    }
+
+    #[test]
+    fn update_write_applies_to_home_and_broadcasts_to_other_readers() {
+        let mut d = update_page(4, &[0, 1, 2]);
+        let out = run(&mut d, 1, write(7, 8, 2, 0xBEEF));
+        let update = ToProcess::Update { page: 0, offset: 8, width: 2, value: 0xBEEF };
+        // The other readers only (not 3, which holds no copy), then the writer's ack.
+        assert_eq!(out, vec![(0, update.clone()), (2, update), (1, ack(7, 8, 2, 0xBEEF, 0))]);
+        let home = d.inspect(0).home.unwrap();
+        assert_eq!(home.len(), crate::PAGE_SIZE);
+        assert_eq!(home[8..10], [0xEF, 0xBE]);
+        assert!(home.iter().enumerate().all(|(i, &b)| b == 0 || i == 8 || i == 9));
+        // A 16-byte store; `old` holds the low 8 bytes it replaced.
+        let out = run(&mut d, 0, write(8, 8, 16, u128::MAX));
+        assert_eq!(out.last(), Some(&(0, ack(8, 8, 16, u128::MAX, 0xBEEF))));
+        let v = d.inspect(0);
+        assert_eq!(
+            (v.owner, v.readers, v.busy, v.mode),
+            (None, vec![0, 1, 2], false, Mode::Update)
+        );
+        let s = d.stats();
+        assert_eq!((s.replayed_writes, s.updates, s.retries), (2, 4, 0));
+        // Storing zeros back makes the page all zero again: nothing stored.
+        run(&mut d, 0, write(9, 8, 16, 0));
+        assert_eq!(d.stored_pages(), 0);
+    }
+
+    #[test]
+    fn write_in_invalidate_mode_or_from_a_non_reader_is_retried() {
+        let mut d = PageDirectory::new(2, 1).with_default_policy(Coherence::Invalidate);
+        run(&mut d, 0, ToCoordinator::Fetch { req: 1, page: 0 });
+        assert_eq!(
+            run(&mut d, 0, write(2, 0, 8, 5)),
+            vec![(0, ToProcess::Retry { req: 2, page: 0 })]
+        );
+        let out = run(&mut d, 0, rmw(3, RmwOp::Add, 1, 0));
+        assert_eq!(out, vec![(0, ToProcess::Retry { req: 3, page: 0 })]);
+        assert_eq!((d.inspect(0).home, d.stats().retries, d.stats().replayed_writes), (None, 2, 0));
+        // Update mode, but 1 holds no copy (rule 6).
+        let mut d = update_page(2, &[0]);
+        assert_eq!(
+            run(&mut d, 1, write(4, 0, 8, 5)),
+            vec![(1, ToProcess::Retry { req: 4, page: 0 })]
+        );
+        assert_eq!(d.inspect(0).home, None);
+        // Bad accesses are errors, not retries.
+        let mut out = Vec::new();
+        for (offset, width) in [(0, 3), (4095, 2), (0, 32)] {
+            let msg = ToCoordinator::Write { req: 5, page: 0, offset, width, value: 1 };
+            assert!(matches!(d.handle(0, msg, &mut out), Err(DirectoryError::Unexpected(_))));
+        }
+        let msg = ToCoordinator::Rmw {
+            req: 6,
+            page: 0,
+            offset: 0,
+            width: 16,
+            op: RmwOp::Add,
+            operand: 1,
+            expected: 0,
+        };
+        assert!(d.handle(0, msg, &mut out).is_err());
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn rmw_returns_the_old_value_and_stores_the_new_bytes() {
+        let mut d = update_page(2, &[0, 1]);
+        run(&mut d, 1, write(1, 8, 4, 10));
+        // Add: old 10, new 15, broadcast.
+        let out = run(&mut d, 0, rmw(2, RmwOp::Add, 5, 0));
+        let update = |value| (1, ToProcess::Update { page: 0, offset: 8, width: 4, value });
+        assert_eq!(out, vec![update(15), (0, ack(2, 8, 4, 15, 10))]);
+        assert_eq!(d.inspect(0).home.unwrap()[8..12], 15u32.to_le_bytes());
+        // CmpXchg that succeeds: old 15 == expected, memory becomes 20.
+        let out = run(&mut d, 0, rmw(3, RmwOp::CmpXchg, 20, 15));
+        assert_eq!(out, vec![update(20), (0, ack(3, 8, 4, 20, 15))]);
+        // CmpXchg that fails: memory unchanged, nothing broadcast, the ack carries the current
+        // value as old (what lands in rax).
+        let out = run(&mut d, 1, rmw(4, RmwOp::CmpXchg, 99, 7));
+        assert_eq!(out, vec![(1, ack(4, 8, 4, 20, 20))]);
+        assert_eq!(d.inspect(0).home.unwrap()[8..12], 20u32.to_le_bytes());
+        // The width truncates: 4-byte add wraps around without touching the next bytes.
+        run(&mut d, 0, write(5, 8, 8, 0x1_FFFF_FFFF));
+        let out = run(&mut d, 0, rmw(6, RmwOp::Xadd, 1, 0));
+        assert_eq!(out.last(), Some(&(0, ack(6, 8, 4, 0, 0xFFFF_FFFF))));
+        assert_eq!(d.inspect(0).home.unwrap()[8..16], [0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(d.stats().replayed_writes, 6);
+    }
+
+    #[test]
+    fn own_on_an_update_page_switches_to_invalidate_and_invalidates_the_others() {
+        // Adaptive page switched to update mode by hand (an Update-policy page switches back
+        // after the grant; see below).
+        let mut d = PageDirectory::new(3, 1).with_default_policy(Coherence::Adaptive);
+        for r in 0..3 {
+            run(&mut d, r, ToCoordinator::Fetch { req: 1, page: 0 });
+        }
+        let mut out = Vec::new();
+        d.request_switch(0, Mode::Update, &mut out);
+        assert_eq!(no_hints(out), vec![]);
+        assert_eq!(d.inspect(0).mode, Mode::Update);
+        run(&mut d, 2, write(2, 0, 8, 3));
+        let out = run(&mut d, 0, ToCoordinator::Own { req: 3, page: 0 });
+        assert_eq!(
+            out,
+            vec![(1, ToProcess::Invalidate { page: 0 }), (2, ToProcess::Invalidate { page: 0 })]
+        );
+        assert_eq!(d.inspect(0).mode, Mode::Invalidate);
+        assert_eq!(d.stats().to_invalidate, 1);
+        // A write queued behind the Own is answered Retry once the page is in invalidate mode.
+        assert!(run(&mut d, 2, write(4, 0, 8, 9)).is_empty());
+        run(&mut d, 1, ToCoordinator::InvalidateAck { page: 0 });
+        let out = run(&mut d, 2, ToCoordinator::InvalidateAck { page: 0 });
+        assert_eq!(
+            out,
+            vec![
+                (0, ToProcess::Grant { req: 3, page: 0, data: None }),
+                (2, ToProcess::Retry { req: 4, page: 0 }),
+            ]
+        );
+        let v = d.inspect(0);
+        assert_eq!((v.owner, v.readers), (Some(0), vec![]));
+        // The replayed store before the Own is in the home copy (the new owner's copy has it).
+        assert_eq!(v.home.map(|h| h[0]), Some(3));
+
+        // Policy Update: the Own is served, then the page goes back to update mode by
+        // downgrading the new owner.
+        let mut d = update_page(2, &[0, 1]);
+        assert_eq!(run(&mut d, 1, ToCoordinator::Own { req: 2, page: 0 }).len(), 1);
+        let out = run(&mut d, 0, ToCoordinator::InvalidateAck { page: 0 });
+        assert_eq!(
+            out,
+            vec![
+                (1, ToProcess::Grant { req: 2, page: 0, data: None }),
+                (1, ToProcess::Downgrade { page: 0 }),
+            ]
+        );
+        assert_eq!(d.inspect(0).mode, Mode::Invalidate);
+        let out = run(&mut d, 1, ToCoordinator::DowngradeAck { page: 0, data: Some(bytes(&[4])) });
+        assert!(no_hints(out).is_empty());
+        let v = d.inspect(0);
+        assert_eq!((v.owner, v.readers, v.mode, v.busy), (None, vec![1], Mode::Update, false));
+    }
+
+    #[test]
+    fn switch_to_update_downgrades_the_owner_first() {
+        let mut d = PageDirectory::new(2, 1).with_default_policy(Coherence::Invalidate);
+        run(&mut d, 0, ToCoordinator::Own { req: 1, page: 0 });
+        let mut out = Vec::new();
+        d.request_switch(0, Mode::Update, &mut out);
+        assert_eq!(out, vec![(0, ToProcess::Downgrade { page: 0 })]);
+        // Not flipped yet: the owner may still be storing.
+        let v = d.inspect(0);
+        assert_eq!((v.mode, v.owner, v.busy), (Mode::Invalidate, Some(0), true));
+        // Requests queue behind the switch.
+        assert!(run(&mut d, 1, ToCoordinator::Fetch { req: 1, page: 0 }).is_empty());
+        let out = run(&mut d, 0, ToCoordinator::DowngradeAck { page: 0, data: Some(bytes(&[6])) });
+        // The former owner stays a reader (and is told the mode); the fetcher gets Data in
+        // update mode.
+        assert!(out.contains(&(0, ToProcess::ModeHint { page: 0, mode: Mode::Update })));
+        assert_eq!(
+            no_hints(out),
+            vec![(
+                1,
+                ToProcess::Data { req: 1, page: 0, data: Some(bytes(&[6])), mode: Mode::Update }
+            )]
+        );
+        let v = d.inspect(0);
+        assert_eq!((v.mode, v.owner, v.readers, v.busy), (Mode::Update, None, vec![0, 1], false));
+        assert_eq!(d.stats().to_update, 1);
+        // The former owner's replayed store is accepted.
+        assert_eq!(run(&mut d, 0, write(2, 0, 1, 7)).len(), 2);
+        // Back to invalidate: immediate, silent; readers keep their copies.
+        let mut out = Vec::new();
+        d.request_switch(0, Mode::Invalidate, &mut out);
+        assert!(out.is_empty());
+        let v = d.inspect(0);
+        assert_eq!((v.mode, v.readers), (Mode::Invalidate, vec![0, 1]));
+        // A switch to the current mode is a no-op; out-of-range pages are ignored.
+        d.request_switch(0, Mode::Invalidate, &mut out);
+        d.request_switch(9, Mode::Update, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(d.stats().to_invalidate, 1);
+        // Without an owner the switch to update mode is immediate.
+        d.request_switch(0, Mode::Update, &mut out);
+        assert_eq!(d.inspect(0).mode, Mode::Update);
+        assert!(no_hints(out).is_empty());
+    }
+
+    #[test]
+    fn adaptive_ping_pong_switches_to_update_and_a_write_run_switches_back() {
+        let mut d = PageDirectory::new(2, 1).with_default_policy(Coherence::Adaptive);
+        let mut grants = 0;
+        let mut last = Vec::new();
+        // Ownership alternates between 0 and 1; the first grant does not count as a change.
+        for k in 0..=PINGPONG_GRANTS {
+            let (r, other) = (k % 2, 1 - k % 2);
+            let out = run(&mut d, r, ToCoordinator::Own { req: k.into(), page: 0 });
+            let out = if k == 0 {
+                out
+            } else {
+                assert_eq!(out, vec![(other, ToProcess::Recall { page: 0 })]);
+                run(
+                    &mut d,
+                    other,
+                    ToCoordinator::RecallAck { page: 0, data: Some(bytes(&[k as u8])) },
+                )
+            };
+            assert!(matches!(out[0], (g, ToProcess::Grant { .. }) if g == r), "{out:?}");
+            grants += 1;
+            assert_eq!(d.inspect(0).mode, Mode::Invalidate);
+            if k < PINGPONG_GRANTS {
+                assert_eq!(out.len(), 1, "no switch after {grants} grants: {out:?}");
+            }
+            last = out;
+        }
+        // The grant that made PINGPONG_GRANTS changes of hands queues the switch: Downgrade.
+        let owner = PINGPONG_GRANTS % 2;
+        assert_eq!(last[1], (owner, ToProcess::Downgrade { page: 0 }));
+        run(&mut d, owner, ToCoordinator::DowngradeAck { page: 0, data: Some(bytes(&[1])) });
+        let v = d.inspect(0);
+        assert_eq!((v.mode, v.owner, v.readers), (Mode::Update, None, vec![owner]));
+        run(&mut d, 1 - owner, ToCoordinator::Fetch { req: 99, page: 0 });
+        // Writes by both processes: no run.
+        let w = |d: &mut PageDirectory, from: Rank, req: ReqId| {
+            run(d, from, write(req, 0, 8, req.into()))
+        };
+        for req in 0..3 * u64::from(WRITE_RUN) {
+            let out = w(&mut d, (req % 2) as Rank, req);
+            assert!(matches!(out.last(), Some((_, ToProcess::WriteAck { .. }))));
+        }
+        assert_eq!(d.inspect(0).mode, Mode::Update);
+        // WRITE_RUN writes in a row by one process switch back after the last one.
+        for req in 1..u64::from(WRITE_RUN) {
+            w(&mut d, 0, 1000 + req);
+            assert_eq!(d.inspect(0).mode, Mode::Update, "after {req} writes");
+        }
+        let out = w(&mut d, 0, 2000);
+        assert!(
+            matches!(out.last(), Some((0, ToProcess::WriteAck { .. }))),
+            "the last write is applied"
+        );
+        assert_eq!(d.inspect(0).mode, Mode::Invalidate);
+        assert_eq!(w(&mut d, 0, 2001), vec![(0, ToProcess::Retry { req: 2001, page: 0 })]);
+        let s = d.stats();
+        assert_eq!((s.to_update, s.to_invalidate), (1, 1));
+    }
+
+    #[test]
+    fn advise_switches_touched_pages_both_ways() {
+        let mut d = PageDirectory::new(2, 3).with_default_policy(Coherence::Invalidate);
+        run(&mut d, 0, ToCoordinator::Fetch { req: 1, page: 0 });
+        run(&mut d, 1, ToCoordinator::Own { req: 1, page: 1 });
+        let advise = |coherence| ToCoordinator::Advise { first: 0, count: 2, coherence };
+        let out = run(&mut d, 0, advise(Coherence::Update));
+        // Page 0 (a reader only) flips at once; page 1 downgrades its owner first.
+        assert_eq!(no_hints(out), vec![(1, ToProcess::Downgrade { page: 1 })]);
+        assert_eq!((d.inspect(0).mode, d.inspect(1).mode), (Mode::Update, Mode::Invalidate));
+        run(&mut d, 1, ToCoordinator::DowngradeAck { page: 1, data: None });
+        assert_eq!(d.inspect(1).mode, Mode::Update);
+        assert_eq!(d.inspect(1).readers, Vec::<Rank>::new(), "no data: no copy left");
+        // Untouched page 2 keeps the default; a page touched later in the range gets the advice.
+        assert_eq!(
+            run(&mut d, 1, ToCoordinator::Fetch { req: 2, page: 2 })[0].1,
+            ToProcess::Data { req: 2, page: 2, data: None, mode: Mode::Invalidate }
+        );
+        run(&mut d, 0, advise(Coherence::Invalidate));
+        assert_eq!((d.inspect(0).mode, d.inspect(1).mode), (Mode::Invalidate, Mode::Invalidate));
+        assert_eq!(
+            run(&mut d, 0, write(5, 0, 8, 1)),
+            vec![(0, ToProcess::Retry { req: 5, page: 0 })]
+        );
+        // Advice before the first touch: the page is created in update mode.
+        let mut d = PageDirectory::new(2, 3).with_default_policy(Coherence::Invalidate);
+        run(&mut d, 0, ToCoordinator::Advise { first: 2, count: 9, coherence: Coherence::Update });
+        let out = run(&mut d, 0, ToCoordinator::Fetch { req: 1, page: 2 });
+        assert_eq!(
+            out,
+            vec![(0, ToProcess::Data { req: 1, page: 2, data: None, mode: Mode::Update })]
+        );
+        let s = d.stats();
+        assert_eq!((s.to_update, s.to_invalidate), (0, 0));
     }
 }

@@ -287,6 +287,8 @@ enum Action {
     Release(usize),
     /// The coordinator switches a page (chosen when the action is picked).
     Switch(PageNo, Mode),
+    /// A process sends `Advise` for one page (counts as a switch).
+    Advise(usize, PageNo, Coherence),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -320,7 +322,8 @@ const fn config(
 
 const INVALIDATE: Config = config("invalidate", Coherence::Invalidate, &[], 0);
 
-/// Every configuration each litmus program runs under.
+/// Every configuration each litmus program runs under. With switches, the scheduler may also
+/// have a process send an `Advise` for one page mid-run (a third of the switches).
 const CONFIGS: &[Config] = &[
     INVALIDATE,
     config("update", Coherence::Update, &[], 0),
@@ -450,6 +453,11 @@ impl Sim {
                 }
                 self.log(|| format!("P{i} release_all: {n} written back"));
             }
+            Action::Advise(i, first, coherence) => {
+                self.switches_left = self.switches_left.saturating_sub(1);
+                self.procs[i].to_c.push_back(ToCoordinator::Advise { first, count: 1, coherence });
+                self.log(|| format!("P{i} advises page {first} {coherence:?}"));
+            }
             Action::Switch(page, to) => {
                 self.switches_left = self.switches_left.saturating_sub(1);
                 let mut out = Vec::new();
@@ -482,7 +490,7 @@ impl Sim {
                 St(_, value) => ReplayOp::Store { offset, width: 8, value: u128::from(value) },
                 // Both encodings of a fetch-and-add: the directory returns the old value.
                 _ => {
-                    let op = if (i + p.pc) % 2 == 0 { RmwOp::Xadd } else { RmwOp::Add };
+                    let op = if (i + p.pc).is_multiple_of(2) { RmwOp::Xadd } else { RmwOp::Add };
                     ReplayOp::Rmw { offset, width: 8, op, operand: 1, expected: 0 }
                 }
             };
@@ -818,8 +826,15 @@ fn simulate(prog: &Program, cfg: Config, seed: u64, trace: bool) -> Run {
         }
         let a = match actions[rng.gen_range(0..actions.len())] {
             Action::Switch(..) => {
-                let to = if rng.gen() { Mode::Update } else { Mode::Invalidate };
-                Action::Switch(rng.gen_range(0..prog.pages), to)
+                let page = rng.gen_range(0..prog.pages);
+                let i = rng.gen_range(0..prog.procs.len());
+                if rng.gen_ratio(1, 3) && !sim.procs[i].gone {
+                    let policies = [Coherence::Invalidate, Coherence::Update, Coherence::Adaptive];
+                    Action::Advise(i, page, policies[rng.gen_range(0..3)])
+                } else {
+                    let to = if rng.gen() { Mode::Update } else { Mode::Invalidate };
+                    Action::Switch(page, to)
+                }
             }
             a => a,
         };
@@ -868,9 +883,10 @@ fn check_configs(prog: &Program, configs: &[Config]) -> (BTreeSet<Outcome>, Vec<
             let tail = trace[trace.len().saturating_sub(80)..].join("\n  ");
             panic!(
                 "{}: config {cfg:?}, seed {seed} ({:?}): {problem}\nSC outcomes: {sc:?}\n\
-                 replay: simulate(&prog, {cfg:?}, {seed}, true)\ntrace (last steps):\n  {tail}",
+                 replay: simulate(&prog, CONFIGS[{k}], {seed}, true)\ntrace (last steps):\n  {tail}",
                 prog.name,
-                opts_for(seed)
+                opts_for(seed),
+                k = CONFIGS.iter().position(|c| c.name == cfg.name).unwrap_or(usize::MAX),
             );
         }
         eprintln!("{} [{}]: {totals:?}", prog.name, cfg.name);
@@ -1025,11 +1041,7 @@ fn same_seed_replays_identically() {
 #[test]
 fn atomic_counter() {
     let c = at(0, 0);
-    let prog = Program {
-        name: "counter",
-        pages: 1,
-        procs: vec![vec![Faa(c, 0), Faa(c, 1)]; 3],
-    };
+    let prog = Program { name: "counter", pages: 1, procs: vec![vec![Faa(c, 0), Faa(c, 1)]; 3] };
     let (seen, totals) = check_configs(&prog, CONFIGS);
     for o in &seen {
         assert_eq!(o.mem[&c], 6, "{o:?}");
