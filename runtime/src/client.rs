@@ -912,6 +912,20 @@ impl Driver {
                     r.pages.handle_fault_by_ownership(page, &mut mem, &mut out);
                     TABLE[i].complete(Outcome::Retry);
                 }
+                Request::Straddles { addr, width } => {
+                    // Both pages must be writable at once for the instruction to retire: ask
+                    // for ownership of every page the operand touches, in one go.
+                    let base = r.maps.view.addr() as u64;
+                    let first = addr.saturating_sub(base) / PAGE as u64;
+                    let last = (addr + u64::from(width) - 1).saturating_sub(base) / PAGE as u64;
+                    debug!("store straddling pages {first}..={last}: by ownership");
+                    for p in first..=last.min(r.pages_count - 1) {
+                        if r.pages.state(p) != dsm_proto::pages::PageState::Writable {
+                            r.pages.handle_fault_by_ownership(p, &mut mem, &mut out);
+                        }
+                    }
+                    TABLE[i].complete(Outcome::Retry);
+                }
                 Request::Spurious | Request::Empty => {
                     // The thread was not at a store to the fault address (woken meanwhile, or
                     // an instruction the decoder misread): ownership always makes progress.

@@ -682,8 +682,10 @@ fn complete(
             e.last_grantee = Some(from);
             let to_update = match e.policy {
                 Coherence::Adaptive => e.alternations >= PINGPONG_GRANTS,
-                // Ownership was needed for one instruction the process could not replay.
-                Coherence::Update => true,
+                // Ownership was needed for an instruction the process could not replay. Switch
+                // back once another process wants the page, not at once: an instruction
+                // touching two pages (a straddling store) needs both writable at the same time.
+                Coherence::Update => e.alternations >= 1,
                 Coherence::Invalidate => false,
             };
             if to_update {
@@ -1069,23 +1071,28 @@ mod tests {
         // The replayed store before the Own is in the home copy (the new owner's copy has it).
         assert_eq!(v.home.map(|h| h[0]), Some(3));
 
-        // Policy Update: the Own is served, then the page goes back to update mode by
-        // downgrading the new owner.
+        // Policy Update: the Own is served and the owner keeps the page (an instruction may need
+        // two pages writable at once); once another process asks for it, the page goes back to
+        // update mode by downgrading that new owner.
         let mut d = update_page(2, &[0, 1]);
         assert_eq!(run(&mut d, 1, ToCoordinator::Own { req: 2, page: 0 }).len(), 1);
         let out = run(&mut d, 0, ToCoordinator::InvalidateAck { page: 0 });
+        assert_eq!(out, vec![(1, ToProcess::Grant { req: 2, page: 0, data: None })]);
+        assert_eq!(d.inspect(0).mode, Mode::Invalidate);
+        let out = run(&mut d, 0, ToCoordinator::Own { req: 3, page: 0 });
+        assert_eq!(out, vec![(1, ToProcess::Recall { page: 0 })]);
+        let out = run(&mut d, 1, ToCoordinator::RecallAck { page: 0, data: Some(bytes(&[4])) });
         assert_eq!(
             out,
             vec![
-                (1, ToProcess::Grant { req: 2, page: 0, data: None }),
-                (1, ToProcess::Downgrade { page: 0 }),
+                (0, ToProcess::Grant { req: 3, page: 0, data: Some(GrantData::Bytes(bytes(&[4]))) }),
+                (0, ToProcess::Downgrade { page: 0 }),
             ]
         );
-        assert_eq!(d.inspect(0).mode, Mode::Invalidate);
-        let out = run(&mut d, 1, ToCoordinator::DowngradeAck { page: 0, data: Some(bytes(&[4])) });
+        let out = run(&mut d, 0, ToCoordinator::DowngradeAck { page: 0, data: Some(bytes(&[5])) });
         assert!(no_hints(out).is_empty());
         let v = d.inspect(0);
-        assert_eq!((v.owner, v.readers, v.mode, v.busy), (None, vec![1], Mode::Update, false));
+        assert_eq!((v.owner, v.readers, v.mode, v.busy), (None, vec![0], Mode::Update, false));
     }
 
     #[test]

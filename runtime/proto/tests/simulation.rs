@@ -384,6 +384,13 @@ impl Sim {
         let mut dir =
             PageDirectory::new(procs.len() as u32, prog.pages).with_default_policy(cfg.default);
         let mut out = Vec::new();
+        if cfg.default == Coherence::Update {
+            // What a real session does to get this default: P0 advises the whole region, and
+            // every process hears the advice before it runs (it precedes the start barrier).
+            for r in 0..procs.len() as u32 {
+                out.push((r, ToProcess::Advice { first: 0, count: prog.pages, coherence: Coherence::Update }));
+            }
+        }
         for &(first, coherence) in cfg.advise {
             dir.handle(0, ToCoordinator::Advise { first, count: 1, coherence }, &mut out)
                 .expect("advise");

@@ -54,6 +54,13 @@ pub enum Request {
     Decoded(Decoded),
     /// An instruction the emulator does not replay: fall back to ownership.
     Unsupported,
+    /// A store whose operand crosses into the next page: own every page it touches.
+    Straddles {
+        /// Operand address.
+        addr: u64,
+        /// Operand width.
+        width: u8,
+    },
     /// The thread was not at a store to the fault address (it was woken meanwhile): nothing to do.
     Spurious,
 }
@@ -313,6 +320,7 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mu
     let request = match decode::decode(bytes, &regs, fault) {
         Ok(d) => Request::Decoded(d),
         Err(decode::Unsupported::AddressMismatch { .. }) => Request::Spurious,
+        Err(decode::Unsupported::Straddles { addr, width }) => Request::Straddles { addr, width },
         Err(_) => Request::Unsupported,
     };
     let decoded = match &request {

@@ -38,6 +38,20 @@
 //!   waits until `turn % 2 == r`, then increments it); 2000 hand-offs after 100 warm-up ones; one
 //!   hand-off is half the time between two consecutive turns of the parent.
 //!
+//! * `replay.store`: one 8-byte `write_volatile` store to a page advised
+//!   [`dsm::Coherence::Update`] in a one-process session (the page was read first, so it is
+//!   present and read-only): each store faults, is decoded on the faulting thread, replayed at
+//!   the coordinator and resumed past. Floor `quinn.rtt_64b`.
+//! * `counter.invalidate.2p`, `counter.invalidate.4p`, `counter.update.2p`,
+//!   `counter.update.4p`, `counter.adaptive.4p`: `AtomicU64::fetch_add` on one shared word with
+//!   the region advised Invalidate / Update / Adaptive; every process does `COUNTER_OPS` of them
+//!   between two barriers; operations per second of all processes together, the elapsed time
+//!   taken by the parent between the barriers (the final total is checked). The update figures'
+//!   floor is the invalidate figure of the same process count (target >= 3); the adaptive
+//!   figure's floor is the better of the two fixed modes with 4 processes (target >= 0.8).
+//! * `pingpong.update`, `pingpong.adaptive`: `pingpong.handoff` with the region advised Update /
+//!   Adaptive.
+//!
 //! A FILTER (substring) selects which figures are printed and which non-floor figures are
 //! measured; floors are always measured so that ratios stay valid. Ratios are value / floor;
 //! latency figures have a maximum ratio as target, throughput figures a minimum one. A ratio
@@ -85,6 +99,11 @@ const TOUCH_BYTES: u64 = 256 << 20;
 const SPIN_WARMUP: u64 = 100;
 const SPIN_ROUNDS: u64 = 2000;
 const SPIN_SIZE: u64 = 64 << 10;
+/// `replay.store`: timed replayed stores after warm-up ones.
+const REPLAY_WARMUP: usize = 100;
+const REPLAY_ROUNDS: usize = 2000;
+/// `counter.*`: fetch_adds per process.
+const COUNTER_OPS: usize = 3000;
 
 /// DSM benchmarks, as ratios to floors measured in the same run.
 #[derive(Parser)]
@@ -113,6 +132,8 @@ enum WorkerKind {
     Fill,
     /// Region: take part in `rounds` hand-offs of the turn word at offset 0.
     Spin,
+    /// Region: barrier, `rounds` fetch_adds on the word at offset 0, barrier.
+    Counter,
 }
 
 impl WorkerKind {
@@ -122,6 +143,7 @@ impl WorkerKind {
             WorkerKind::Semaphore => "semaphore",
             WorkerKind::Fill => "fill",
             WorkerKind::Spin => "spin",
+            WorkerKind::Counter => "counter",
         }
     }
 }
@@ -240,6 +262,11 @@ fn worker(kind: WorkerKind, rounds: usize) -> Result<()> {
             spin_turns(&r, rounds as u64, |_| {})?;
             r.detach().context("detaching")
         }
+        WorkerKind::Counter => {
+            let r = dsm::Region::attach(&config).context("attaching the region")?;
+            counter_ops(&r, rounds)?;
+            r.detach().context("detaching")
+        }
     }
 }
 
@@ -316,8 +343,55 @@ fn bench(args: &Args) -> Result<()> {
             Some(Target::AtLeast(0.5)),
         ));
     }
+    if selected("replay.store") {
+        let v = median_us(&replay_store(&env).context("measuring replay.store")?);
+        figures.push(Figure::over(&figures, "replay.store", v, "us", "quinn.rtt_64b", Some(Target::AtMost(1.5))));
+    }
+    // The counter figures: invalidate ones are measured whenever a figure over them is selected.
+    let want = |names: &[&str]| names.iter().any(|n| selected(n));
+    let counters: [(&'static str, u32, dsm::Coherence, bool); 5] = [
+        ("counter.invalidate.2p", 2, dsm::Coherence::Invalidate, want(&["counter.invalidate.2p", "counter.update.2p"])),
+        (
+            "counter.invalidate.4p",
+            4,
+            dsm::Coherence::Invalidate,
+            want(&["counter.invalidate.4p", "counter.update.4p", "counter.adaptive.4p"]),
+        ),
+        ("counter.update.2p", 2, dsm::Coherence::Update, want(&["counter.update.2p"])),
+        ("counter.update.4p", 4, dsm::Coherence::Update, want(&["counter.update.4p", "counter.adaptive.4p"])),
+        ("counter.adaptive.4p", 4, dsm::Coherence::Adaptive, want(&["counter.adaptive.4p"])),
+    ];
+    for (name, nprocs, coherence, measure) in counters {
+        if !measure {
+            continue;
+        }
+        let v = counter_rate(&env, nprocs, coherence).with_context(|| format!("measuring {name}"))?;
+        let figure = match coherence {
+            dsm::Coherence::Invalidate => Figure { name, value: v, unit: "ops/s", floor: None, ratio: None, target: None },
+            dsm::Coherence::Update => {
+                let floor = if nprocs == 2 { "counter.invalidate.2p" } else { "counter.invalidate.4p" };
+                Figure::over(&figures, name, v, "ops/s", floor, Some(Target::AtLeast(3.0)))
+            }
+            _ => {
+                let value_of = |n: &str| figures.iter().find(|f| f.name == n).map_or(f64::NAN, |f| f.value);
+                let floor = if value_of("counter.update.4p") >= value_of("counter.invalidate.4p") {
+                    "counter.update.4p"
+                } else {
+                    "counter.invalidate.4p"
+                };
+                Figure::over(&figures, name, v, "ops/s", floor, Some(Target::AtLeast(0.8)))
+            }
+        };
+        figures.push(figure);
+    }
+    for (name, coherence) in [("pingpong.update", dsm::Coherence::Update), ("pingpong.adaptive", dsm::Coherence::Adaptive)] {
+        if selected(name) {
+            let v = median_us(&spin_handoff(&env, Some(coherence)).with_context(|| format!("measuring {name}"))?);
+            figures.push(Figure::over(&figures, name, v, "us", "quinn.rtt_64b", Some(Target::AtMost(3.0))));
+        }
+    }
     if selected("pingpong.handoff") {
-        let v = median_us(&spin_handoff(&env).context("measuring pingpong.handoff")?);
+        let v = median_us(&spin_handoff(&env, None).context("measuring pingpong.handoff")?);
         figures.push(Figure::over(
             &figures,
             "pingpong.handoff",
@@ -626,10 +700,14 @@ fn spin_turns(r: &dsm::Region, total: u64, mut on_turn: impl FnMut(u64)) -> Resu
 
 /// `pingpong.handoff`: half the time between consecutive turns of this process, after the
 /// warm-up hand-offs.
-fn spin_handoff(env: &TestEnv) -> Result<Vec<Duration>> {
+/// With `coherence`, the parent advises the whole region so before the first barrier.
+fn spin_handoff(env: &TestEnv, coherence: Option<dsm::Coherence>) -> Result<Vec<Duration>> {
     let session = session_name("bench-spin");
     let total = SPIN_WARMUP + SPIN_ROUNDS;
     with_helpers(env, &session, 2, SPIN_SIZE, WorkerKind::Spin, total as usize, |r: &dsm::Region| {
+        if let Some(c) = coherence {
+            r.advise(0, r.len(), c).context("advising the region")?;
+        }
         let mut turns: Vec<(u64, Instant)> = Vec::with_capacity(total as usize / 2 + 1);
         spin_turns(r, total, |t| turns.push((t, Instant::now())))?;
         Ok(turns
@@ -637,6 +715,66 @@ fn spin_handoff(env: &TestEnv) -> Result<Vec<Duration>> {
             .filter(|w| w[0].0 >= SPIN_WARMUP)
             .map(|w| (w[1].1 - w[0].1) / 2)
             .collect())
+    })
+}
+
+/// `replay.store`: individually timed 8-byte stores to an update-mode page of a one-process
+/// region (the page is read first, so every store is a write-protect fault that is replayed).
+fn replay_store(env: &TestEnv) -> Result<Vec<Duration>> {
+    let r: dsm::Region = attach(env, &session_name("bench-replay"), 1, SIZE)?;
+    r.advise(0, r.len(), dsm::Coherence::Update).context("advising the region")?;
+    let word = r.as_slice::<u64>(0, 1)?.as_ptr().cast_mut();
+    // SAFETY: inside the region (bounds-checked above).
+    unsafe { std::ptr::read_volatile(word) };
+    let before = r.stats().context("stats")?.replayed_writes;
+    let mut samples = Vec::with_capacity(REPLAY_ROUNDS);
+    for i in 0..REPLAY_WARMUP + REPLAY_ROUNDS {
+        let t = Instant::now();
+        // SAFETY: as above.
+        unsafe { std::ptr::write_volatile(word, i as u64 + 1) };
+        let took = t.elapsed();
+        if i >= REPLAY_WARMUP {
+            samples.push(took);
+        }
+    }
+    let stats = r.stats().context("stats")?;
+    // SAFETY: as above.
+    let last = unsafe { std::ptr::read_volatile(word) };
+    ensure!(last == (REPLAY_WARMUP + REPLAY_ROUNDS) as u64, "the word holds {last} after the stores");
+    let replayed = stats.replayed_writes - before;
+    ensure!(
+        replayed >= (REPLAY_WARMUP + REPLAY_ROUNDS) as u64,
+        "only {replayed} of {} stores were replayed ({stats:?})",
+        REPLAY_WARMUP + REPLAY_ROUNDS
+    );
+    r.detach().context("detaching")?;
+    Ok(samples)
+}
+
+/// Barrier, `ops` fetch_adds on the word at offset 0, barrier; returns the time between the
+/// barriers and checks the final total.
+fn counter_ops(r: &dsm::Region, ops: usize) -> Result<Duration> {
+    let word = &r.as_slice::<AtomicU64>(0, 1)?[0];
+    r.barrier().context("barrier before the fetch_adds")?;
+    let t = Instant::now();
+    for _ in 0..ops {
+        word.fetch_add(1, Ordering::SeqCst);
+    }
+    r.barrier().context("barrier after the fetch_adds")?;
+    let took = t.elapsed();
+    let total = word.load(Ordering::SeqCst);
+    let expect = ops as u64 * u64::from(r.nprocs());
+    ensure!(total == expect, "the counter is {total}, expected {expect}");
+    Ok(took)
+}
+
+/// `counter.*`: fetch_adds per second of `nprocs` processes on one word advised `coherence`.
+fn counter_rate(env: &TestEnv, nprocs: u32, coherence: dsm::Coherence) -> Result<f64> {
+    let session = session_name("bench-counter");
+    with_helpers(env, &session, nprocs, SIZE, WorkerKind::Counter, COUNTER_OPS, |r: &dsm::Region| {
+        r.advise(0, r.len(), coherence).context("advising the region")?;
+        let took = counter_ops(r, COUNTER_OPS)?;
+        Ok((COUNTER_OPS * nprocs as usize) as f64 / took.as_secs_f64())
     })
 }
 

@@ -1,0 +1,128 @@
+//! Write replay (update mode) across real processes: the differential test of every replayable
+//! store form through the real fault / signal / coordinator path (`dsm-replay-diff`), and the
+//! `dsm-worker` scenarios under update and adaptive coherence, also through a lossy link.
+
+use std::time::Duration;
+
+use dsm_tests::{lossy_relay, run_workers, session_name, TestEnv, Workers};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_dsm-worker");
+const REPLAY_DIFF: &str = env!("CARGO_BIN_EXE_dsm-replay-diff");
+const TIMEOUT: Duration = Duration::from_secs(150);
+
+fn run_exe(exe: &str, addr: std::net::SocketAddr, env: &TestEnv, args: &[&str], size: u64, n: u32) -> Workers {
+    let name = session_name(args.iter().find(|a| !a.starts_with('-') && !matches!(**a, "update" | "adaptive" | "invalidate")).unwrap_or(&"replay"));
+    run_workers(std::path::Path::new(exe), args, &env.worker_env(addr, &name, size, n), n as usize, TIMEOUT)
+}
+
+fn run(env: &TestEnv, args: &[&str], size: u64, n: u32) -> Workers {
+    run_exe(WORKER, env.addr(), env, args, size, n)
+}
+
+fn count(w: &Workers, needle: &str) -> usize {
+    w.seen.iter().filter(|l| !l.stderr && l.text.contains(needle)).count()
+}
+
+/// `replayed_writes: N` of every stats line containing `marker`.
+fn replayed(w: &Workers, marker: &str) -> Vec<u64> {
+    w.seen
+        .iter()
+        .filter(|l| l.text.contains(marker) && l.text.contains("replayed_writes"))
+        .map(|l| {
+            let rest = &l.text[l.text.find("replayed_writes: ").unwrap() + "replayed_writes: ".len()..];
+            rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn differential_every_store_form_through_the_real_replay_path() {
+    let env = TestEnv::new();
+    let w = run_exe(REPLAY_DIFF, env.addr(), &env, &["replay-diff"], 64 * 4096, 2);
+    let summary = w.seen.iter().find(|l| l.text.starts_with("replay-diff: ") && l.text.contains("cases ok in"));
+    assert!(summary.is_some(), "{}", w.transcript());
+    assert_eq!(count(&w, "matches"), 1, "rank 1 did not confirm the checksum:\n{}", w.transcript());
+    eprintln!("{}", summary.unwrap().text);
+}
+
+#[test]
+fn counter_update_4_processes() {
+    let env = TestEnv::new();
+    let w = run(&env, &["--coherence", "update", "counter", "--adds", "10000"], 4096, 4);
+    assert_eq!(count(&w, "total 40000 expected 40000"), 4, "{}", w.transcript());
+    let r = replayed(&w, "total 40000");
+    assert!(r.len() == 4 && r.iter().all(|&n| n > 0), "replayed_writes {r:?}:\n{}", w.transcript());
+}
+
+#[test]
+fn spinlock_update_4_processes() {
+    let env = TestEnv::new();
+    let w = run(&env, &["--coherence", "update", "spinlock", "--iters", "300"], 4096, 4);
+    assert_eq!(count(&w, "spinlock total 1200 expected 1200"), 4, "{}", w.transcript());
+}
+
+#[test]
+fn neighbours_in_every_mode() {
+    let env = TestEnv::new();
+    for mode in ["invalidate", "update", "adaptive"] {
+        let w = run(&env, &["--coherence", mode, "neighbours"], 4096, 2);
+        assert_eq!(count(&w, "neighbours done"), 2, "{mode}:\n{}", w.transcript());
+        if mode == "update" {
+            let r = replayed(&w, "neighbours done");
+            assert!(r.iter().all(|&n| n > 0), "{mode}: replayed_writes {r:?}");
+        }
+    }
+}
+
+#[test]
+fn pipe_read_into_an_update_page_is_served_by_ownership() {
+    let env = TestEnv::new();
+    let w = run(&env, &["--coherence", "update", "pipe-read"], 1 << 20, 2);
+    assert_eq!(count(&w, " ok stats"), 2, "{}", w.transcript());
+}
+
+#[test]
+fn bulk_memcpy_update_falls_back_to_ownership() {
+    let env = TestEnv::new();
+    let w = run(&env, &["--coherence", "update", "bulk", "--mib", "8"], 8 << 20, 2);
+    assert_eq!(count(&w, " ok stats"), 2, "{}", w.transcript());
+}
+
+fn litmus(env: &TestEnv, addr: std::net::SocketAddr, mode: &str, test: &str, procs: u32, iterations: usize) {
+    let size = ((1 + iterations * 4) * 4096 + iterations * procs as usize * 16 + 8192) as u64;
+    let iters = iterations.to_string();
+    let w = run_exe(WORKER, addr, env, &["--coherence", mode, "litmus", "--test", test, "--iterations", &iters], size, procs);
+    let summary = w.seen.iter().find(|l| l.text.starts_with(&format!("litmus {test}:")));
+    assert!(summary.is_some(), "{mode} {test}: no summary from rank 0:\n{}", w.transcript());
+    eprintln!("{mode}: {}", summary.unwrap().text);
+}
+
+const LITMUS: [(&str, u32); 6] = [("SB", 2), ("MP", 2), ("LB", 2), ("2+2W", 2), ("CoRR", 2), ("IRIW", 4)];
+
+#[test]
+fn litmus_update() {
+    let env = TestEnv::new();
+    for (test, procs) in LITMUS {
+        litmus(&env, env.addr(), "update", test, procs, 500);
+    }
+}
+
+#[test]
+fn litmus_adaptive() {
+    let env = TestEnv::new();
+    for (test, procs) in LITMUS {
+        litmus(&env, env.addr(), "adaptive", test, procs, 500);
+    }
+}
+
+#[test]
+fn update_through_a_lossy_link() {
+    let env = TestEnv::new();
+    let relay = lossy_relay(env.addr(), 17);
+    let w = run_exe(WORKER, relay.local_addr(), &env, &["--coherence", "update", "counter", "--adds", "500"], 4096, 2);
+    assert_eq!(count(&w, "total 1000 expected 1000"), 2, "{}", w.transcript());
+    for test in ["SB", "MP"] {
+        litmus(&env, relay.local_addr(), "update", test, 2, 50);
+    }
+    assert!(relay.stats().dropped > 0);
+}
