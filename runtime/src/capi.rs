@@ -385,7 +385,7 @@ mod tests {
         let c = config_from(2, Some("s"), Some("::1"), Some("5000"), 1).unwrap_or_else(|f| panic!("{}", f.what));
         assert_eq!(c.coordinator(), "[::1]:5000");
         assert_eq!(c.size(), 4096);
-        let e = config_from(2, Some("s"), Some("h"), Some("port"), 1).err().expect("bad port");
+        let Err(e) = config_from(2, Some("s"), Some("h"), Some("port"), 1) else { panic!("bad port accepted") };
         assert!(e.what.contains("d_port"), "{}", e.what);
     }
 

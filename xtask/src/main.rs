@@ -3,6 +3,7 @@
 mod bench;
 mod certs;
 mod demo;
+mod install;
 mod itest;
 mod prereq;
 mod procs;
@@ -22,7 +23,10 @@ use clap::{Parser, Subcommand};
     cargo xtask itest --procs 4 --loss 0.05 --delay 10ms --jitter 5ms   # suites through a lossy link\n  \
     cargo xtask bench                     # benchmarks, as ratios to floors measured in the same run\n  \
     cargo xtask bench --json barrier      # only barrier figures (floors are always measured), as JSON lines\n  \
-    cargo xtask demo                      # build and run every example (4 processes each) on a local coordinator"
+    cargo xtask demo                      # build and run every example (4 processes each) on a local coordinator\n  \
+    sudo cargo xtask install              # libdsm.a/.so, dsm/dsm.h, dsm.pc, dsm-coordinator, dsm under /usr/local\n  \
+    cargo xtask install --prefix ~/.local # ... or under another prefix\n  \
+    cargo xtask uninstall --prefix ~/.local   # remove exactly those files"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,6 +47,15 @@ enum Cmd {
     Demo(demo::Args),
     /// Run the multi-process suites against a coordinator process, optionally through the lossy relay.
     Itest(itest::Args),
+    /// Build in release mode and install the C library, header, pkg-config file, coordinator and launcher.
+    #[command(after_help = "Examples:\n  sudo cargo xtask install\n  cargo xtask install --prefix ~/.local\n  \
+        cargo xtask install --prefix /tmp/dsm --profile dev\n\n\
+        Installs PREFIX/lib/libdsm.a, PREFIX/lib/libdsm.so, PREFIX/include/dsm/dsm.h,\n\
+        PREFIX/lib/pkgconfig/dsm.pc, PREFIX/bin/dsm-coordinator and PREFIX/bin/dsm, nothing else.")]
+    Install(install::Args),
+    /// Remove exactly the files `cargo xtask install` installed under the prefix.
+    #[command(after_help = "Examples:\n  sudo cargo xtask uninstall\n  cargo xtask uninstall --prefix ~/.local")]
+    Uninstall(install::UninstallArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +73,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Itest(a) => itest::run(a),
+        Cmd::Install(a) => install::install(a),
+        Cmd::Uninstall(a) => install::uninstall(a),
     }
 }
 
