@@ -31,11 +31,18 @@ fn profile() -> (String, PathBuf) {
     (profile, target)
 }
 
-/// Builds libdsm.a, the `dsm` launcher and the Rust examples once per run (quick when up to date;
-/// the very first run builds the dependencies once more); returns their directory.
+/// The directory holding libdsm.a, the `dsm` launcher and the Rust examples. `cargo test
+/// --workspace` (what `cargo xtask test` runs) builds them next to this test; only when they are
+/// missing (a filtered `cargo test -p dsm-tests`) are they built here, in a target directory of
+/// their own (`<target>/capi-tests`: the outer cargo holds the lock on its own, and its feature
+/// unification differs).
 fn artifacts() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        let outer = sibling_binary("libdsm.a").parent().expect("target/<profile>").to_path_buf();
+        if ["libdsm.a", "dsm", "dsm-coordinator", "pi"].iter().all(|f| outer.join(f).is_file()) {
+            return outer;
+        }
         let (profile, target) = profile();
         let status = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "--profile", &profile])
@@ -313,12 +320,28 @@ fn a_mismatched_map_size_gives_a_clear_error_from_dsm_init_and_dsm_last_error() 
 
 #[test]
 fn install_and_uninstall_into_a_temporary_prefix_touch_exactly_the_listed_files() {
-    let (profile, target) = profile();
-    artifacts();
+    let (profile, own_target) = profile();
+    let built = artifacts();
+    // The artifacts' target directory (`<target>/<profile>` -> `<target>`), for --no-build.
+    let target = built.parent().expect("target dir").to_path_buf();
     let prefix = tempfile::tempdir().unwrap();
+    // `cargo xtask test` built xtask itself; run it directly (a nested cargo would wait for the
+    // outer one's lock). Otherwise build it in a target directory of its own.
+    let mut xtask_bin = target.join(if profile == "dev" { "debug" } else { &profile }).join("xtask");
+    if !xtask_bin.is_file() {
+        let own = own_target.clone();
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--profile", &profile, "-p", "xtask"])
+            .env("CARGO_TARGET_DIR", &own)
+            .current_dir(root())
+            .status()
+            .expect("run cargo build -p xtask");
+        assert!(status.success(), "building xtask failed");
+        xtask_bin = own.join(if profile == "dev" { "debug" } else { &profile }).join("xtask");
+    }
     let xtask = |args: &[&str]| {
-        let o = Command::new(env!("CARGO"))
-            .args(["run", "--quiet", "-p", "xtask", "--"])
+        let mut cmd = Command::new(&xtask_bin);
+        let o = cmd
             .args(args)
             .env("CARGO_TARGET_DIR", &target)
             .arg("--prefix")
@@ -345,7 +368,7 @@ fn install_and_uninstall_into_a_temporary_prefix_touch_exactly_the_listed_files(
         out
     };
     // The profile and target dir of `artifacts()`: already built, so the install's build is quick.
-    xtask(&["install", "--profile", &profile]);
+    xtask(&["install", "--profile", &profile, "--no-build"]);
     let mut expected = vec![
         "bin/dsm",
         "bin/dsm-coordinator",
