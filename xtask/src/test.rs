@@ -13,6 +13,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     prereq::ensure()?;
+    // The binaries and libdsm.a that multi-process tests run (`dsm`, `dsm-coordinator`, the
+    // examples, the C library): `cargo test` alone builds test harnesses, not these.
+    run_cmd(cargo().args(["build", "--workspace", "--exclude", "xtask"]))?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "xtask"]);
     if !args.cargo_args.is_empty() {
