@@ -73,18 +73,26 @@ fn counting_semaphore_counts_in_process() {
 fn mismatched_size_and_count_are_clear_errors() {
     let env = TestEnv::new();
     let name = session_name("mismatch");
+    // The first process declares (8192 bytes, 2 processes). Which attach reaches the coordinator
+    // first is a race, so both sides retry: the first process if the probe declared the session
+    // before it (it is refused), the probe (with a short attach timeout, which frees the name)
+    // until it is the one refused for the mismatch.
     let first = std::thread::spawn({
         let cfg = env.config(&name, 2 * PAGE, 2).attach_timeout(Duration::from_secs(30)).build().unwrap();
-        move || dsm::Session::attach(&cfg)
+        move || loop {
+            match dsm::Session::attach(&cfg) {
+                Err(dsm::Error::Refused(_)) => continue,
+                other => break other,
+            }
+        }
     });
-    // Wait until the session is declared (the first attach is pending) before the others try.
-    let probe = env.config(&name, PAGE, 2).build().unwrap();
+    let probe = env.config(&name, PAGE, 2).attach_timeout(Duration::from_millis(200)).build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let err = loop {
         match dsm::Session::attach(&probe) {
             Err(dsm::Error::Refused(r)) => break r,
-            Err(dsm::Error::AttachTimeout { .. }) | Ok(_) => panic!("size mismatch not detected"),
-            Err(e) => assert!(Instant::now() < deadline, "unexpected error: {e}"),
+            Ok(_) => panic!("size mismatch not detected"),
+            Err(e) => assert!(Instant::now() < deadline, "no size mismatch within 20 s; last: {e}"),
         }
     };
     let text = err.to_string();
