@@ -543,30 +543,12 @@ impl PageMemory for Mem<'_> {
 
 /// The wire form of a decoded store at byte `offset` of its page.
 fn replay_op(effect: &crate::decode::Effect, offset: u16) -> ReplayOp {
-    use crate::decode::{Effect, RmwOp as D};
-    use dsm_proto::RmwOp as W;
+    use crate::decode::Effect;
     match *effect {
         Effect::Store { width, value, .. } => ReplayOp::Store { offset, width, value },
-        Effect::Rmw { width, op, operand, expected, .. } => ReplayOp::Rmw {
-            offset,
-            width,
-            op: match op {
-                D::Add => W::Add,
-                D::Sub => W::Sub,
-                D::And => W::And,
-                D::Or => W::Or,
-                D::Xor => W::Xor,
-                D::Inc => W::Inc,
-                D::Dec => W::Dec,
-                D::Neg => W::Neg,
-                D::Not => W::Not,
-                D::Xadd => W::Xadd,
-                D::Xchg => W::Xchg,
-                D::CmpXchg => W::CmpXchg,
-            },
-            operand,
-            expected,
-        },
+        Effect::Rmw { width, op, operand, expected, .. } => {
+            ReplayOp::Rmw { offset, width, op, operand, expected }
+        }
     }
 }
 

@@ -65,34 +65,9 @@ pub struct Regs {
     pub gs_base: u64,
 }
 
-/// The operation of an atomic read-modify-write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RmwOp {
-    /// `lock add`
-    Add,
-    /// `lock sub`
-    Sub,
-    /// `lock and`
-    And,
-    /// `lock or`
-    Or,
-    /// `lock xor`
-    Xor,
-    /// `lock inc` (operand unused)
-    Inc,
-    /// `lock dec` (operand unused)
-    Dec,
-    /// `lock neg` (operand unused)
-    Neg,
-    /// `lock not` (operand unused)
-    Not,
-    /// `lock xadd`: memory += operand, the register receives the old value.
-    Xadd,
-    /// `xchg`: memory = operand, the register receives the old value.
-    Xchg,
-    /// `lock cmpxchg`: if memory == expected then memory = operand, else rax receives the old value.
-    CmpXchg,
-}
+/// The operation of an atomic read-modify-write: the wire type, so the coordinator executes
+/// exactly what the decoder classified.
+pub use dsm_proto::RmwOp;
 
 /// The memory effect of a decoded store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -441,28 +416,7 @@ pub fn decode(bytes: &[u8], regs: &Regs, fault_addr: u64) -> Result<Decoded, Uns
 /// only for a failed cmpxchg, whose new value is then the old one). The coordinator executes
 /// RMWs with this. All values are masked to `width`.
 pub fn rmw_result(op: RmwOp, width: u8, old: u64, operand: u64, expected: u64) -> (u64, bool) {
-    let m = mask(width);
-    let (old, operand) = (old & m, operand & m);
-    let new = match op {
-        RmwOp::Add | RmwOp::Xadd => old.wrapping_add(operand),
-        RmwOp::Sub => old.wrapping_sub(operand),
-        RmwOp::And => old & operand,
-        RmwOp::Or => old | operand,
-        RmwOp::Xor => old ^ operand,
-        RmwOp::Inc => old.wrapping_add(1),
-        RmwOp::Dec => old.wrapping_sub(1),
-        RmwOp::Neg => old.wrapping_neg(),
-        RmwOp::Not => !old,
-        RmwOp::Xchg => operand,
-        RmwOp::CmpXchg => {
-            return if old == expected & m {
-                (operand, true)
-            } else {
-                (old, false)
-            };
-        }
-    };
-    (new & m, true)
+    op.execute(width, old, operand, expected)
 }
 
 fn parity_flag(result: u64) -> u64 {

@@ -21,24 +21,9 @@ pub struct Args {
     /// Rounds per litmus test (default 2000, or 100 through a lossy link).
     #[arg(long)]
     iterations: Option<usize>,
-    /// Relay: probability of dropping a datagram.
-    #[arg(long, default_value_t = 0.0)]
-    loss: f64,
-    /// Relay: one-way delay.
-    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
-    delay: Duration,
-    /// Relay: jitter around the delay.
-    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
-    jitter: Duration,
-    /// Relay: probability of reordering a datagram.
-    #[arg(long, default_value_t = 0.0)]
-    reorder: f64,
-    /// Relay: probability of duplicating a datagram.
-    #[arg(long, default_value_t = 0.0)]
-    duplicate: f64,
-    /// Relay seed.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// The lossy link between the processes and the coordinator (none by default).
+    #[command(flatten)]
+    link: crate::relay::LinkArgs,
     /// Only suites whose name contains this.
     filter: Option<String>,
     /// Per-suite timeout.
@@ -59,15 +44,7 @@ fn litmus_size(iterations: usize, procs: u32) -> u64 {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     prereq::ensure()?;
-    let link = dsm_relay::LinkConfig {
-        loss: a.loss,
-        delay: a.delay,
-        jitter: a.jitter,
-        reorder: a.reorder,
-        duplicate: a.duplicate,
-        seed: a.seed,
-    };
-    link.validate()?;
+    let link = a.link.link()?;
     let lossy = !link.is_passthrough();
     let iterations = a.iterations.unwrap_or(if lossy { 100 } else { 2000 });
     let n = a.procs;

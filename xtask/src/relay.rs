@@ -16,36 +16,51 @@ pub struct Args {
     /// The coordinator's address.
     #[arg(long)]
     to: SocketAddr,
+    #[command(flatten)]
+    link: LinkArgs,
+}
+
+/// The link a relay simulates (shared by `relay` and `itest`).
+#[derive(clap::Args, Clone)]
+pub struct LinkArgs {
     /// Probability of dropping a datagram (0..1).
     #[arg(long, default_value_t = 0.0)]
-    loss: f64,
+    pub loss: f64,
     /// One-way delay (e.g. 10ms).
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
-    delay: Duration,
+    pub delay: Duration,
     /// Uniform jitter around the delay (at most the delay).
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
-    jitter: Duration,
+    pub jitter: Duration,
     /// Probability of holding a datagram back so later ones overtake it.
     #[arg(long, default_value_t = 0.0)]
-    reorder: f64,
+    pub reorder: f64,
     /// Probability of sending a datagram twice.
     #[arg(long, default_value_t = 0.0)]
-    duplicate: f64,
+    pub duplicate: f64,
     /// Seed of the random decisions.
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub seed: u64,
+}
+
+impl LinkArgs {
+    /// The relay's link configuration, validated.
+    pub fn link(&self) -> anyhow::Result<dsm_relay::LinkConfig> {
+        let link = dsm_relay::LinkConfig {
+            loss: self.loss,
+            delay: self.delay,
+            jitter: self.jitter,
+            reorder: self.reorder,
+            duplicate: self.duplicate,
+            seed: self.seed,
+        };
+        link.validate()?;
+        Ok(link)
+    }
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let link = dsm_relay::LinkConfig {
-        loss: a.loss,
-        delay: a.delay,
-        jitter: a.jitter,
-        reorder: a.reorder,
-        duplicate: a.duplicate,
-        seed: a.seed,
-    };
-    link.validate()?;
+    let link = a.link.link()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let relay = dsm_relay::start(dsm_relay::RelayConfig { listen: a.listen, to: a.to, link }).await?;
