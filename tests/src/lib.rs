@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 pub use dsm_coordinator::CoordinatorThread;
 
+pub mod native;
+
 /// A coordinator on 127.0.0.1 with its own certificates in a temporary directory.
 pub struct TestEnv {
     pub certs: tempfile::TempDir,
