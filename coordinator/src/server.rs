@@ -140,7 +140,7 @@ impl Coordinator {
     }
 
     /// A function that returns the status lines, usable after [`run`](Self::run) took `self`.
-    pub fn status_handle(&self) -> impl Fn() -> Vec<String> + Send + 'static {
+    pub fn status_handle(&self) -> impl Fn() -> Vec<String> + Send + Sync + 'static {
         let shared = Arc::clone(&self.shared);
         move || shared.lock().registry.status()
     }
@@ -315,6 +315,7 @@ async fn write_loop(
 /// coordinator down and joins the thread.
 pub struct CoordinatorThread {
     addr: SocketAddr,
+    status: Box<dyn Fn() -> Vec<String> + Send + Sync>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -323,6 +324,11 @@ impl CoordinatorThread {
     /// The address the coordinator listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// One line per session (see [`Coordinator::status`]).
+    pub fn status(&self) -> Vec<String> {
+        (self.status)()
     }
 }
 
@@ -357,7 +363,8 @@ pub fn spawn(config: Config) -> Result<CoordinatorThread, ServeError> {
                     return;
                 }
             };
-            let _ = ready_tx.send(coordinator.local_addr().map_err(ServeError::Io));
+            let status: Box<dyn Fn() -> Vec<String> + Send + Sync> = Box::new(coordinator.status_handle());
+            let _ = ready_tx.send(coordinator.local_addr().map(|a| (a, status)).map_err(ServeError::Io));
             coordinator
                 .run(async move {
                     let _ = stop_rx.await;
@@ -365,8 +372,8 @@ pub fn spawn(config: Config) -> Result<CoordinatorThread, ServeError> {
                 .await;
         });
     })?;
-    let addr = ready_rx
+    let (addr, status) = ready_rx
         .recv()
         .map_err(|_| ServeError::Io(std::io::Error::other("coordinator thread died")))??;
-    Ok(CoordinatorThread { addr, stop: Some(stop_tx), thread: Some(thread) })
+    Ok(CoordinatorThread { addr, status, stop: Some(stop_tx), thread: Some(thread) })
 }

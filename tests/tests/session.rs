@@ -73,27 +73,21 @@ fn counting_semaphore_counts_in_process() {
 fn mismatched_size_and_count_are_clear_errors() {
     let env = TestEnv::new();
     let name = session_name("mismatch");
-    // The first process declares (8192 bytes, 2 processes). Which attach reaches the coordinator
-    // first is a race, so both sides retry: the first process if the probe declared the session
-    // before it (it is refused), the probe (with a short attach timeout, which frees the name)
-    // until it is the one refused for the mismatch.
+    // The first process declares (8192 bytes, 2 processes); the others try once the coordinator
+    // shows the session waiting (its status view), so there is no race about who declares.
     let first = std::thread::spawn({
-        let cfg = env.config(&name, 2 * PAGE, 2).attach_timeout(Duration::from_secs(30)).build().unwrap();
-        move || loop {
-            match dsm::Session::attach(&cfg) {
-                Err(dsm::Error::Refused(_)) => continue,
-                other => break other,
-            }
-        }
+        let cfg = env.config(&name, 2 * PAGE, 2).attach_timeout(Duration::from_secs(60)).build().unwrap();
+        move || dsm::Session::attach(&cfg)
     });
-    let probe = env.config(&name, PAGE, 2).attach_timeout(Duration::from_millis(200)).build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let err = loop {
-        match dsm::Session::attach(&probe) {
-            Err(dsm::Error::Refused(r)) => break r,
-            Ok(_) => panic!("size mismatch not detected"),
-            Err(e) => assert!(Instant::now() < deadline, "no size mismatch within 20 s; last: {e}"),
-        }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.coordinator.status().iter().any(|l| l.contains(&name) && l.contains("waiting, 1 of 2")) {
+        assert!(Instant::now() < deadline, "the first attach never showed up: {:?}", env.coordinator.status());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let probe = env.config(&name, PAGE, 2).build().unwrap();
+    let err = match dsm::Session::attach(&probe) {
+        Err(dsm::Error::Refused(r)) => r,
+        other => panic!("size mismatch not detected: {other:?}"),
     };
     let text = err.to_string();
     assert!(text.contains("8192") && text.contains("4096") && text.contains(&name), "{text}");
