@@ -53,6 +53,9 @@ enum Scenario {
     Counter {
         #[arg(long, default_value_t = 10000)]
         adds: u64,
+        /// Microseconds to sleep after each add (0: back to back).
+        #[arg(long, default_value_t = 0)]
+        gap_us: u64,
     },
     /// Busy-wait ring on one shared word, `rounds` hand-offs; each rank also bumps its own
     /// word on the same page while it waits (hot neighbours).
@@ -116,7 +119,7 @@ fn main() {
 fn run(scenario: Scenario) -> Result<(), dsm::Error> {
     let config = dsm::Config::from_env()?;
     match scenario {
-        Scenario::Counter { adds } => return counter(&config, adds),
+        Scenario::Counter { adds, gap_us } => return counter(&config, adds, gap_us),
         Scenario::SpinPingpong { rounds } => return region_run(&config, |r| spin_pingpong(r, rounds)),
         Scenario::PipeRead => return region_run(&config, pipe_read),
         Scenario::Threads => return region_run(&config, threads),
@@ -194,7 +197,7 @@ fn advise(region: &dsm::Region) -> Result<(), dsm::Error> {
     Ok(())
 }
 
-fn counter(config: &dsm::Config, adds: u64) -> Result<(), dsm::Error> {
+fn counter(config: &dsm::Config, adds: u64, gap_us: u64) -> Result<(), dsm::Error> {
     use std::sync::atomic::{AtomicU64, Ordering};
     let region = dsm::Region::attach(config)?;
     advise(&region)?;
@@ -204,6 +207,9 @@ fn counter(config: &dsm::Config, adds: u64) -> Result<(), dsm::Error> {
     region.barrier()?;
     for _ in 0..adds {
         c[0].fetch_add(1, Ordering::SeqCst);
+        if gap_us > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(gap_us));
+        }
     }
     region.barrier()?;
     let total = c[0].load(Ordering::SeqCst);
