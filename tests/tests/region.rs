@@ -68,3 +68,21 @@ fn counter_and_ping_pong_through_a_lossy_link() {
     assert_eq!(oks(&w), 2, "{}", w.transcript());
     assert!(relay.stats().dropped > 0);
 }
+
+#[test]
+fn a_dead_owners_pages_fall_back_to_the_last_acknowledged_copy() {
+    let env = TestEnv::with_idle_timeout(Duration::from_secs(2));
+    let name = session_name("owner-dies");
+    let mut w = dsm_tests::Workers::spawn(std::path::Path::new(WORKER), &["owner-dies"], &env.worker_env(env.addr(), &name, 4096, 2), 2);
+    let victim = w
+        .wait_line(Duration::from_secs(60), |l| l.text.starts_with("victim ready"))
+        .unwrap_or_else(|| panic!("no victim:\n{}", w.transcript()));
+    w.wait_line(Duration::from_secs(30), |l| l.text == "entering barrier")
+        .unwrap_or_else(|| panic!("survivor never reached the barrier:\n{}", w.transcript()));
+    w.children[victim.worker].kill().unwrap();
+    let codes = w.wait_all(Duration::from_secs(60));
+    let survivor = 1 - victim.worker;
+    assert_eq!(codes[survivor], Some(0), "{}", w.transcript());
+    assert!(w.seen.iter().any(|l| l.text.contains("barrier failed") && l.text.contains("rank 1 lost")), "{}", w.transcript());
+    assert!(w.seen.iter().any(|l| l.text == "after the loss the word reads 1"), "{}", w.transcript());
+}

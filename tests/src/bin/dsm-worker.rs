@@ -93,6 +93,10 @@ enum Scenario {
         #[arg(long, default_value_t = 2000)]
         stores: u64,
     },
+    /// Rank 1 writes a word that rank 0 then reads (acknowledged), writes it again (owning the
+    /// page) and hangs to be killed; rank 0, once its barrier reports the loss, reads the word
+    /// back: the coordinator's last copy (the acknowledged value), never a hang.
+    OwnerDies,
     /// Attach a huge region, touch a few pages, report the resident memory.
     Huge {
         #[arg(long, default_value_t = 8)]
@@ -127,6 +131,7 @@ fn run(scenario: Scenario) -> Result<(), dsm::Error> {
         Scenario::Huge { touch } => return region_run(&config, |r| huge(r, touch)),
         Scenario::Litmus { test, iterations } => return region_run(&config, |r| litmus(r, &test, iterations)),
         Scenario::Spinlock { iters } => return region_run(&config, |r| spinlock(r, iters)),
+        Scenario::OwnerDies => return region_run(&config, owner_dies),
         Scenario::Neighbours { stores } => return region_run(&config, |r| neighbours(r, stores)),
         _ => {}
     }
@@ -596,5 +601,37 @@ fn neighbours(region: &dsm::Region, stores: u64) -> Check {
         }
     }
     println!("rank {rank} neighbours done stats {:?}", region.stats().map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn owner_dies(region: &dsm::Region) -> Check {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let w: &[AtomicU64] = region.as_slice(0, 1).map_err(|e| e.to_string())?;
+    if region.rank() == 1 {
+        w[0].store(1, Ordering::SeqCst);
+    }
+    region.barrier().map_err(|e| e.to_string())?;
+    if region.rank() == 0 {
+        let v = w[0].load(Ordering::SeqCst);
+        if v != 1 {
+            return Err(format!("read {v} before the loss, expected 1"));
+        }
+    }
+    region.barrier().map_err(|e| e.to_string())?;
+    if region.rank() == 1 {
+        w[0].store(2, Ordering::SeqCst); // owned again, never acknowledged to anyone
+        println!("victim ready pid {}", std::process::id());
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    }
+    println!("entering barrier");
+    match region.barrier() {
+        Err(e) => println!("barrier failed: {e}"),
+        Ok(()) => return Err("the barrier passed although rank 1 is gone".into()),
+    }
+    let v = w[0].load(Ordering::SeqCst);
+    println!("after the loss the word reads {v}");
+    if v != 1 {
+        return Err(format!("after the loss the word reads {v}, expected the acknowledged 1"));
+    }
     Ok(())
 }
