@@ -1040,5 +1040,3 @@ impl Driver {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send(_: Arc<Client>) {}
