@@ -260,6 +260,10 @@ impl ProcessPages {
         mem: &mut impl PageMemory,
         out: &mut Vec<ToCoordinator>,
     ) -> FaultAction {
+        match access {
+            Access::Read => self.stats.read_faults += 1,
+            Access::Write => self.stats.write_faults += 1,
+        }
         self.fault(page, access, false, mem, out)
     }
 
@@ -272,7 +276,7 @@ impl ProcessPages {
         mem: &mut impl PageMemory,
         out: &mut Vec<ToCoordinator>,
     ) {
-        self.stats.write_faults = self.stats.write_faults.saturating_sub(1);
+        // The same fault the thread already raised (counted by handle_fault), served another way.
         self.fault(page, Access::Write, true, mem, out);
     }
 
@@ -312,10 +316,6 @@ impl ProcessPages {
         out: &mut Vec<ToCoordinator>,
     ) -> FaultAction {
         let slot = self.slots.get(&page).copied().unwrap_or_default();
-        match access {
-            Access::Read => self.stats.read_faults += 1,
-            Access::Write => self.stats.write_faults += 1,
-        }
         let resolved = match access {
             Access::Read => slot.state != PageState::Invalid,
             Access::Write => slot.state == PageState::Writable,
