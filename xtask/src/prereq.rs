@@ -1,9 +1,13 @@
 //! Build prerequisites a fresh machine lacks, checked (and installed as root on Debian) before
 //! anything builds the runtime.
 //!
-//! The `userfaultfd` crate generates its bindings with bindgen, which needs libclang.
+//! The `userfaultfd` crate generates its bindings with bindgen, which loads libclang through
+//! clang-sys. Detection follows what clang-sys actually loads: `libclang.so`, `libclang-*.so`,
+//! `libclang.so.*` and `libclang-*.so.*` in the usual library directories (and
+//! `/usr/lib/llvm-*/lib`), or the directory named by `LIBCLANG_PATH`. `libclang-cpp*` is the
+//! C++ interface, which bindgen cannot use: a fresh Debian machine ships it without libclang.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 struct Prereq {
@@ -13,25 +17,55 @@ struct Prereq {
     present: fn() -> bool,
 }
 
-fn libclang_present() -> bool {
-    if std::env::var_os("LIBCLANG_PATH").is_some() {
+/// Whether `name` is a file name clang-sys would load as libclang.
+fn is_libclang_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("libclang") else { return false };
+    // `libclang.so`, `libclang.so.13`, ...
+    if rest == ".so" || rest.starts_with(".so.") {
         return true;
     }
-    ["/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu"].iter().any(|d| {
-        let Ok(entries) = std::fs::read_dir(d) else { return false };
-        entries.flatten().any(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("libclang") && name.contains(".so")
-                || (e.path().is_dir() && name.starts_with("llvm-") && has_libclang(&e.path()))
-        })
-    })
+    // `libclang-14.so`, `libclang-14.so.1`, ... but never `libclang-cpp.so.14`.
+    let Some(version) = rest.strip_prefix('-') else { return false };
+    let Some((version, tail)) = version.split_once(".so") else { return false };
+    !version.is_empty()
+        && version.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && (tail.is_empty() || tail.starts_with('.'))
 }
 
-fn has_libclang(llvm: &Path) -> bool {
-    std::fs::read_dir(llvm.join("lib"))
-        .map(|es| es.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libclang.so")))
+fn dir_has_libclang(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|es| es.flatten().any(|e| is_libclang_name(&e.file_name().to_string_lossy())))
         .unwrap_or(false)
+}
+
+/// The directories searched under `root` ("/" on a real machine): the standard library
+/// directories and every `lib/llvm-*/lib`.
+fn candidate_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = ["usr/lib", "usr/lib64", "usr/local/lib", "usr/lib/x86_64-linux-gnu", "lib", "lib64"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(root.join("usr/lib")) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("llvm-") {
+                dirs.push(e.path().join("lib"));
+            }
+        }
+    }
+    dirs
+}
+
+fn libclang_under(root: &Path, libclang_path: Option<&Path>) -> bool {
+    if let Some(dir) = libclang_path {
+        // clang-sys takes LIBCLANG_PATH as a directory (or the file itself).
+        return dir_has_libclang(dir) || dir.file_name().is_some_and(|n| is_libclang_name(&n.to_string_lossy()));
+    }
+    candidate_dirs(root).iter().any(|d| dir_has_libclang(d))
+}
+
+fn libclang_present() -> bool {
+    let env = std::env::var_os("LIBCLANG_PATH").map(PathBuf::from);
+    libclang_under(Path::new("/"), env.as_deref())
 }
 
 const PREREQS: &[Prereq] = &[Prereq {
@@ -75,4 +109,51 @@ pub fn ensure() -> anyhow::Result<()> {
         anyhow::ensure!((p.present)(), "{} is still missing after installing {}", p.what, p.debian_package);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[&str]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for f in files {
+            let p = root.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"").unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn names_clang_sys_loads() {
+        for yes in ["libclang.so", "libclang.so.1", "libclang-14.so", "libclang-14.so.1", "libclang-14.0.6.so.14"] {
+            assert!(is_libclang_name(yes), "{yes} should count");
+        }
+        for no in ["libclang-cpp.so.14", "libclang-cpp.so", "libclangBasic.a", "libclang.a", "libclang-14.a", "libclang-.so"] {
+            assert!(!is_libclang_name(no), "{no} should not count");
+        }
+    }
+
+    #[test]
+    fn only_libclang_cpp_is_missing() {
+        let root = tree(&["usr/lib/x86_64-linux-gnu/libclang-cpp.so.14", "usr/lib/llvm-14/lib/libclang-cpp.so.14"]);
+        assert!(!libclang_under(root.path(), None));
+    }
+
+    #[test]
+    fn versioned_libclang_is_present() {
+        let root = tree(&["usr/lib/x86_64-linux-gnu/libclang-14.so.1"]);
+        assert!(libclang_under(root.path(), None));
+        let root = tree(&["usr/lib/llvm-14/lib/libclang.so.1"]);
+        assert!(libclang_under(root.path(), None));
+    }
+
+    #[test]
+    fn libclang_path_is_checked_not_trusted() {
+        let empty = tree(&["x/readme"]);
+        assert!(!libclang_under(empty.path(), Some(&empty.path().join("x"))));
+        let lib = tree(&["x/libclang-14.so.1"]);
+        assert!(libclang_under(lib.path(), Some(&lib.path().join("x"))));
+    }
 }
