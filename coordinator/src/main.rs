@@ -15,15 +15,15 @@ use tracing::info;
 #[command(
     version,
     after_help = "Examples:\n  \
-    dsm-coordinator --listen 127.0.0.1:4770\n  \
-    dsm-coordinator --listen [::]:4770 --cert-dir /etc/dsm/certs\n  \
-    RUST_LOG=dsm_coordinator=debug dsm-coordinator --listen 0.0.0.0:4770 --idle-timeout 5s\n\n\
+    dsm-coordinator --listen 127.0.0.1:4200\n  \
+    dsm-coordinator --listen [::]:4200 --cert-dir /etc/dsm/certs\n  \
+    RUST_LOG=dsm_coordinator=debug dsm-coordinator --listen 0.0.0.0:4200 --idle-timeout 5s\n\n\
     Certificates come from --cert-dir, else $DSM_CERT_DIR, else ~/.config/dsm/certs;\n\
     create dev certificates with `cargo xtask certs`."
 )]
 struct Args {
     /// UDP address to listen on.
-    #[arg(long, default_value = "127.0.0.1:4770")]
+    #[arg(long, default_value = "127.0.0.1:4200")]
     listen: SocketAddr,
     /// Directory holding ca.pem, coordinator.pem and coordinator.key.
     #[arg(long, env = "DSM_CERT_DIR")]

@@ -60,8 +60,10 @@ struct Member {
     state: MemberState,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Semaphore {
+    /// The count it was created with (fixed by the first use of its name).
+    initial: u32,
     count: u64,
     waiters: VecDeque<(Rank, ReqId)>,
 }
@@ -98,6 +100,9 @@ struct Session {
     size: u64,
     nprocs: u32,
     phase: Phase,
+    /// Attaches for this name that arrived while this session was ending (running, with some
+    /// members already gone): they form the next session of the name once this one ends.
+    next: Vec<(ConnId, AttachRequest)>,
 }
 
 /// Where a connection belongs.
@@ -105,6 +110,8 @@ struct Session {
 enum ConnState {
     /// Joined `session`, waiting for it to start.
     Pending { session: String },
+    /// Waiting for the ending session of that name to end, to join the next one.
+    Queued { session: String },
     /// Member of a running session with this rank.
     Member { session: String, rank: Rank },
 }
@@ -182,7 +189,7 @@ impl Registry {
                 ToCoordinator::Attach(req) => self.handle_attach(conn, req, out),
                 _ => refuse(conn, Refusal::NotAttached, out),
             },
-            Some(ConnState::Pending { .. }) => {
+            Some(ConnState::Pending { .. } | ConnState::Queued { .. }) => {
                 // Nothing but waiting is allowed before the session starts.
                 out.push(Output::Send(
                     conn,
@@ -204,7 +211,7 @@ impl Registry {
                     return;
                 }
                 run.handle(rank, msg, out);
-                self.reap(&session);
+                self.reap(&session, out);
             }
         }
     }
@@ -213,6 +220,11 @@ impl Registry {
     pub fn handle_disconnect(&mut self, conn: ConnId, detail: &str, out: &mut Outbox) {
         let Some(state) = self.conns.remove(&conn) else { return };
         match state {
+            ConnState::Queued { session } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.next.retain(|(c, _)| *c != conn);
+                }
+            }
             ConnState::Pending { session } => {
                 let Some(s) = self.sessions.get_mut(&session) else { return };
                 let Phase::Pending(members) = &mut s.phase else { return };
@@ -232,7 +244,7 @@ impl Registry {
                 if run.members[rank as usize].state == MemberState::Active {
                     run.lose(rank, detail, out);
                 }
-                self.reap(&session);
+                self.reap(&session, out);
             }
         }
     }
@@ -251,7 +263,17 @@ impl Registry {
             size: req.size,
             nprocs: req.nprocs,
             phase: Phase::Pending(Vec::new()),
+            next: Vec::new(),
         });
+        if let Phase::Running(run) = &s.phase {
+            if run.members.iter().any(|m| m.state != MemberState::Active) {
+                // The session is ending (a process in a loop of sessions, attaching again while
+                // the last detaches of the previous round are in flight): wait for its end.
+                self.conns.insert(conn, ConnState::Queued { session: req.session.clone() });
+                s.next.push((conn, req));
+                return;
+            }
+        }
         if s.size != req.size {
             let r = Refusal::SizeMismatch {
                 session: req.session,
@@ -302,8 +324,9 @@ impl Registry {
         }));
     }
 
-    /// Removes `session` if every member has detached or been lost.
-    fn reap(&mut self, session: &str) {
+    /// Removes `session` if every member has detached or been lost; attaches queued behind it
+    /// start the next session of the name.
+    fn reap(&mut self, session: &str, out: &mut Outbox) {
         let Some(s) = self.sessions.get(session) else { return };
         let Phase::Running(run) = &s.phase else { return };
         if run.members.iter().any(|m| m.state == MemberState::Active) {
@@ -324,13 +347,17 @@ impl Registry {
             stats,
             lost,
         });
-        self.sessions.remove(session);
+        let next = self.sessions.remove(session).map(|s| s.next).unwrap_or_default();
+        for (conn, req) in next {
+            self.conns.remove(&conn);
+            self.handle_attach(conn, req, out);
+        }
     }
 
     /// The label a member attached with (for logs).
     pub fn label(&self, conn: ConnId) -> Option<String> {
         match self.conns.get(&conn)? {
-            ConnState::Pending { .. } => None,
+            ConnState::Pending { .. } | ConnState::Queued { .. } => None,
             ConnState::Member { session, rank } => match &self.sessions.get(session)?.phase {
                 Phase::Running(r) => Some(r.members[*rank as usize].label.clone()),
                 Phase::Pending(_) => None,
@@ -381,8 +408,8 @@ impl Running {
     fn handle(&mut self, rank: Rank, msg: ToCoordinator, out: &mut Outbox) {
         match msg {
             ToCoordinator::Barrier { epoch } => self.handle_barrier(rank, epoch, out),
-            ToCoordinator::SemaphoreWait { req, name } => self.handle_wait(rank, req, name, out),
-            ToCoordinator::SemaphorePost { req, name } => self.handle_post(rank, req, name, out),
+            ToCoordinator::SemaphoreWait { req, name, initial } => self.handle_wait(rank, req, name, initial, out),
+            ToCoordinator::SemaphorePost { req, name, initial } => self.handle_post(rank, req, name, initial, out),
             ToCoordinator::Detach => self.handle_detach(rank, out),
             ToCoordinator::Attach(_) => {
                 let e = SessionFault::Protocol("attach sent twice on one connection".into());
@@ -443,16 +470,38 @@ impl Running {
         }
     }
 
-    fn handle_wait(&mut self, rank: Rank, req: ReqId, name: String, out: &mut Outbox) {
+    /// The semaphore `name`, created with `initial` on its first use. A use asking for another
+    /// initial count than the one it was created with is refused (never silently ignored).
+    fn semaphore(
+        semaphores: &mut HashMap<String, Semaphore>,
+        name: String,
+        initial: u32,
+    ) -> Result<&mut Semaphore, SessionFault> {
         if let Err(e) = check_semaphore_name(&name) {
-            return self.fail(rank, Some(req), SessionFault::BadName(e), out);
+            return Err(SessionFault::BadName(e));
         }
+        let sem = semaphores.entry(name.clone()).or_insert_with(|| Semaphore {
+            initial,
+            count: u64::from(initial),
+            waiters: VecDeque::new(),
+        });
+        if sem.initial != initial {
+            return Err(SessionFault::SemaphoreInitialMismatch { name, declared: sem.initial, requested: initial });
+        }
+        Ok(sem)
+    }
+
+    fn handle_wait(&mut self, rank: Rank, req: ReqId, name: String, initial: u32, out: &mut Outbox) {
         let lost = self.lost_fault();
-        let sem = self.semaphores.entry(name).or_default();
+        let conn = self.conn(rank);
+        let sem = match Self::semaphore(&mut self.semaphores, name, initial) {
+            Ok(sem) => sem,
+            Err(e) => return self.fail(rank, Some(req), e, out),
+        };
         if sem.count > 0 {
             sem.count -= 1;
+            out.push(Output::Send(conn, ToProcess::SemaphoreAcquired { req }));
             self.stats.semaphore_waits += 1;
-            out.push(Output::Send(self.conn(rank), ToProcess::SemaphoreAcquired { req }));
         } else if let Some(fault) = lost {
             // The lost process may have been the one to post: waiting could hang forever.
             self.fail(rank, Some(req), fault, out);
@@ -461,17 +510,19 @@ impl Running {
         }
     }
 
-    fn handle_post(&mut self, rank: Rank, req: ReqId, name: String, out: &mut Outbox) {
-        if let Err(e) = check_semaphore_name(&name) {
-            return self.fail(rank, Some(req), SessionFault::BadName(e), out);
+    fn handle_post(&mut self, rank: Rank, req: ReqId, name: String, initial: u32, out: &mut Outbox) {
+        let sem = match Self::semaphore(&mut self.semaphores, name, initial) {
+            Ok(sem) => sem,
+            Err(e) => return self.fail(rank, Some(req), e, out),
+        };
+        let woken = sem.waiters.pop_front();
+        if woken.is_none() {
+            sem.count += 1;
         }
         self.stats.semaphore_posts += 1;
-        let sem = self.semaphores.entry(name).or_default();
-        if let Some((waiter, wreq)) = sem.waiters.pop_front() {
+        if let Some((waiter, wreq)) = woken {
             self.stats.semaphore_waits += 1;
             out.push(Output::Send(self.conn(waiter), ToProcess::SemaphoreAcquired { req: wreq }));
-        } else {
-            sem.count += 1;
         }
         out.push(Output::Send(self.conn(rank), ToProcess::SemaphorePosted { req }));
     }
@@ -631,8 +682,8 @@ mod tests {
     fn counting_semaphore_releases_waiters_in_order() {
         let mut r = Registry::new();
         start(&mut r, "s", &[1, 2, 3]);
-        let w = |req| ToCoordinator::SemaphoreWait { req, name: "sem".into() };
-        let p = |req| ToCoordinator::SemaphorePost { req, name: "sem".into() };
+        let w = |req| ToCoordinator::SemaphoreWait { req, name: "sem".into(), initial: 0 };
+        let p = |req| ToCoordinator::SemaphorePost { req, name: "sem".into(), initial: 0 };
         assert!(send(&mut r, 1, w(11)).is_empty());
         assert!(send(&mut r, 2, w(21)).is_empty());
         let out = send(&mut r, 3, p(31));
@@ -655,7 +706,7 @@ mod tests {
         let mut r = Registry::new();
         start(&mut r, "s", &[1]);
         let name = "x".repeat(dsm_proto::MAX_SEMAPHORE_NAME + 1);
-        let out = send(&mut r, 1, ToCoordinator::SemaphorePost { req: 1, name });
+        let out = send(&mut r, 1, ToCoordinator::SemaphorePost { req: 1, name, initial: 0 });
         assert!(matches!(out[0], Output::Send(1, ToProcess::Failed { req: Some(1), error: SessionFault::BadName(_) })));
     }
 
@@ -664,7 +715,7 @@ mod tests {
         let mut r = Registry::new();
         start(&mut r, "s", &[1, 2, 3, 4]);
         send(&mut r, 1, ToCoordinator::Barrier { epoch: 0 });
-        send(&mut r, 2, ToCoordinator::SemaphoreWait { req: 5, name: "x".into() });
+        send(&mut r, 2, ToCoordinator::SemaphoreWait { req: 5, name: "x".into(), initial: 0 });
         let mut out = Vec::new();
         r.handle_disconnect(4, "timed out", &mut out);
         let fault = SessionFault::RankLost { rank: 3, detail: "timed out".into() };
@@ -711,5 +762,72 @@ mod tests {
         let mut r = Registry::new();
         let out = send(&mut r, 1, ToCoordinator::Barrier { epoch: 0 });
         assert_eq!(out[0], Output::Send(1, ToProcess::Refused(Refusal::NotAttached)));
+    }
+
+    #[test]
+    fn the_first_use_of_a_semaphore_fixes_its_initial_count() {
+        let mut r = Registry::new();
+        start(&mut r, "s", &[1, 2]);
+        let w = |req, initial| ToCoordinator::SemaphoreWait { req, name: "m".into(), initial };
+        let p = |req, initial| ToCoordinator::SemaphorePost { req, name: "m".into(), initial };
+        // Created at 1: a mutex. The first wait passes, the second blocks until a post.
+        assert_eq!(send(&mut r, 1, w(1, 1)), vec![Output::Send(1, ToProcess::SemaphoreAcquired { req: 1 })]);
+        assert!(send(&mut r, 2, w(2, 1)).is_empty());
+        let out = send(&mut r, 1, p(3, 1));
+        assert!(out.contains(&Output::Send(2, ToProcess::SemaphoreAcquired { req: 2 })), "{out:?}");
+        // Another initial count for the same name is a clear error, for waits and posts alike.
+        let mismatch = SessionFault::SemaphoreInitialMismatch { name: "m".into(), declared: 1, requested: 0 };
+        let out = send(&mut r, 2, w(4, 0));
+        assert_eq!(out, vec![Output::Send(2, ToProcess::Failed { req: Some(4), error: mismatch.clone() })]);
+        let out = send(&mut r, 2, p(5, 0));
+        assert_eq!(out, vec![Output::Send(2, ToProcess::Failed { req: Some(5), error: mismatch })]);
+        // A post created at 0 lets exactly one wait through.
+        let q = |req| ToCoordinator::SemaphorePost { req, name: "z".into(), initial: 0 };
+        let v = |req| ToCoordinator::SemaphoreWait { req, name: "z".into(), initial: 0 };
+        assert!(send(&mut r, 1, v(6)).is_empty());
+        let out = send(&mut r, 2, q(7));
+        assert!(out.contains(&Output::Send(1, ToProcess::SemaphoreAcquired { req: 6 })), "{out:?}");
+    }
+
+    #[test]
+    fn an_attach_while_the_session_of_that_name_ends_joins_the_next_one() {
+        let mut r = Registry::new();
+        start(&mut r, "s", &[1, 2]);
+        send(&mut r, 1, ToCoordinator::Detach);
+        // Rank 1 is still attached: the session is ending, not over. The new attach waits.
+        let out = attach(&mut r, 3, "s", 4096, 2);
+        assert!(out.is_empty(), "{out:?}");
+        // Messages other than the attach are still a protocol violation while queued.
+        assert!(attach(&mut r, 5, "s", 4096, 2).is_empty());
+        let out = send(&mut r, 5, ToCoordinator::Barrier { epoch: 0 });
+        assert!(out.iter().any(|o| matches!(o, Output::Close(5, _))), "{out:?}");
+        r.handle_disconnect(5, "closed after a protocol violation", &mut Vec::new());
+        let out = attach(&mut r, 4, "s", 4096, 2);
+        assert!(out.is_empty(), "{out:?}");
+        // The last detach ends the session; the queued attaches form the next one and start it.
+        let out = send(&mut r, 2, ToCoordinator::Detach);
+        assert!(out.contains(&Output::Send(2, ToProcess::Detached)));
+        assert!(out.contains(&Output::Send(3, ToProcess::Attached { rank: 0, nprocs: 2, size: 4096 })), "{out:?}");
+        assert!(out.contains(&Output::Send(4, ToProcess::Attached { rank: 1, nprocs: 2, size: 4096 })), "{out:?}");
+        assert_eq!(r.take_ended().len(), 1);
+        assert_eq!(r.session_count(), 1);
+        // A queued attach may declare a new shape; one that leaves before the end is dropped.
+        start(&mut r, "t", &[10, 11]);
+        send(&mut r, 10, ToCoordinator::Detach);
+        assert!(attach(&mut r, 12, "t", 8192, 1).is_empty());
+        assert!(attach(&mut r, 13, "t", 8192, 1).is_empty());
+        let mut out = Vec::new();
+        r.handle_disconnect(12, "closed", &mut out);
+        let out = send(&mut r, 11, ToCoordinator::Detach);
+        assert!(out.contains(&Output::Send(13, ToProcess::Attached { rank: 0, nprocs: 1, size: 8192 })), "{out:?}");
+        assert!(!out.iter().any(|o| matches!(o, Output::Send(12, _))), "{out:?}");
+    }
+
+    #[test]
+    fn a_running_session_with_every_member_active_still_refuses_extra_attaches() {
+        let mut r = Registry::new();
+        start(&mut r, "s", &[1, 2]);
+        let out = attach(&mut r, 3, "s", 4096, 2);
+        assert!(matches!(out[0], Output::Send(3, ToProcess::Refused(Refusal::SessionFull { .. }))));
     }
 }

@@ -76,8 +76,7 @@ int main(int argc, char **argv) {
     }
     partial *= h;
 
-    dsm_barrier();
-    if (gid == 0) dsm_post_sem("pi-lock");
+    /* A fresh semaphore starts at 1, as in the original: a mutex, no initial post needed. */
     dsm_wait_sem("pi-lock");
     *sum += partial;
     dsm_post_sem("pi-lock");

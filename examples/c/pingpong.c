@@ -4,7 +4,8 @@
  * Busy-wait version (default): process r spins on a volatile word in the shared map until
  * turn % nproc == r, then increments it; plain loads and stores, kept coherent by DSM.
  * Semaphore version (-S): process r waits on semaphore "pp-r", increments the word, posts
- * "pp-(r+1)".
+ * "pp-(r+1)". Semaphores start at 1 (as in the original), so every process but 0 first takes
+ * the initial count of its own semaphore: then only process 0 may move first.
  *
  *   ./pingpong -n 2 [-r ROUNDS] [-S]     forks, then every process calls dsm_init
  *   dsm run -n 4 -- ./pingpong -S        one process per launch (count from DSM_NPROCS)
@@ -73,9 +74,9 @@ int main(int argc, char **argv) {
     snprintf(mine_sem, sizeof mine_sem, "pp-%llu", (unsigned long long)gid);
     snprintf(next_sem, sizeof next_sem, "pp-%llu", (unsigned long long)((gid + 1) % n));
 
+    if (use_sem && gid != 0) dsm_wait_sem(mine_sem);
     dsm_barrier();
     double start = now();
-    if (use_sem && gid == 0 && rounds > 0) dsm_post_sem("pp-0");
     for (uint64_t mine = gid; mine < rounds; mine += n) {
         if (use_sem) {
             dsm_wait_sem(mine_sem);

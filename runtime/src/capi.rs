@@ -29,11 +29,14 @@ pub struct DsmCfg {
     pub sid_name: *const c_char,
     /// Coordinator host or IP (NULL: `DSM_COORDINATOR`, else 127.0.0.1).
     pub d_addr: *const c_char,
-    /// Coordinator port as text (NULL: the port of `DSM_COORDINATOR`, else 4770).
+    /// Coordinator port as text (NULL: the port of `DSM_COORDINATOR`, else 4200).
     pub d_port: *const c_char,
     /// Region size in bytes, rounded up to pages (0: `DSM_SIZE`).
     pub map_size: usize,
 }
+
+/// Initial count of a semaphore created by the C API (the original's server sets `value = 1`).
+pub const C_SEMAPHORE_INITIAL: u32 = 1;
 
 /// The attached region of this process (between `dsm_init` and `dsm_exit`). Barriers and
 /// semaphores take the read lock, so several threads may block in them at once.
@@ -210,7 +213,9 @@ unsafe fn sem(name: *const c_char, post: bool) -> Result<(), Failure> {
     let name = unsafe { opt_str(name, "semaphore name")? }
         .ok_or_else(|| config_failure("the semaphore name is NULL"))?;
     with_region(|r| {
-        let s = r.semaphore(name)?;
+        // As in the original system, a semaphore is created with count 1 on first use: a fresh
+        // one is a mutex, and programs written for it rely on that.
+        let s = r.semaphore_with_count(name, C_SEMAPHORE_INITIAL)?;
         if post {
             s.post()
         } else {
@@ -249,7 +254,7 @@ pub unsafe extern "C" fn dsm_try_init(cfg: *const DsmCfg) -> *mut c_void {
     call("dsm_init", false, std::ptr::null_mut(), || unsafe { init_cfg(cfg) })
 }
 
-/// [`dsm_init`] at the default coordinator (`DSM_COORDINATOR`, else `127.0.0.1:4770`).
+/// [`dsm_init`] at the default coordinator (`DSM_COORDINATOR`, else `127.0.0.1:4200`).
 ///
 /// # Safety
 /// `sid` is null or a NUL-terminated string.
@@ -299,7 +304,7 @@ pub extern "C" fn dsm_try_barrier() -> c_int {
     call("dsm_barrier", false, -1, || with_region(Region::barrier).map(|()| 0))
 }
 
-/// Increments the named semaphore (created at 0 on first use). Exits on failure.
+/// Increments the named semaphore (created at 1 on first use). Exits on failure.
 ///
 /// # Safety
 /// `name` is a NUL-terminated string.
@@ -319,7 +324,8 @@ pub unsafe extern "C" fn dsm_try_post_sem(name: *const c_char) -> c_int {
     call("dsm_post_sem", false, -1, || unsafe { sem(name, true) }.map(|()| 0))
 }
 
-/// Decrements the named semaphore, blocking while it is zero. Exits on failure.
+/// Decrements the named semaphore (created at 1 on first use: a fresh one is a mutex),
+/// blocking while it is zero. Exits on failure.
 ///
 /// # Safety
 /// `name` is a NUL-terminated string.

@@ -48,9 +48,10 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 /// A request from an application thread to the runtime thread.
 pub(crate) enum Command {
     Barrier(Reply<()>),
-    SemaphoreWait(String, Reply<()>),
-    /// Fire and forget: ordered after everything this thread sent before, like a store.
-    SemaphorePost(String),
+    SemaphoreWait { name: String, initial: u32, reply: Reply<()> },
+    /// Ordered after everything this thread sent before, like a store; without a reply it is
+    /// fire and forget.
+    SemaphorePost { name: String, initial: u32, reply: Option<Reply<()>> },
     Ping(Vec<u8>, Reply<Vec<u8>>),
     Detach(Reply<()>),
     Stats(Reply<RegionStats>),
@@ -320,6 +321,7 @@ async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
         barrier_epoch: 0,
         detach: None,
         dead: None,
+        failed_post: None,
         region: None,
         uffd: None,
         efd: None,
@@ -389,6 +391,8 @@ pub(crate) struct Driver {
     detach: Option<Reply<()>>,
     /// Set once the connection failed; every later request gets this error.
     dead: Option<Error>,
+    /// The failure of a fire-and-forget post, returned by the next barrier or semaphore wait.
+    failed_post: Option<Error>,
     /// The region whose faults this driver services, if any.
     region: Option<RegionIo>,
     uffd: Option<AsyncFd<UffdFd>>,
@@ -708,10 +712,15 @@ impl Driver {
         if let Some(e) = &self.dead {
             let e = e.clone();
             match cmd {
-                Command::Barrier(r) | Command::SemaphoreWait(_, r) => {
+                Command::Barrier(r) | Command::SemaphoreWait { reply: r, .. } => {
                     let _ = r.send(Err(e));
                 }
-                Command::SemaphorePost(name) => debug!("post of '{name}' after the connection failed: {e}"),
+                Command::SemaphorePost { name, reply, .. } => match reply {
+                    Some(r) => {
+                        let _ = r.send(Err(e));
+                    }
+                    None => debug!("post of '{name}' after the connection failed: {e}"),
+                },
                 Command::Detach(r) => {
                     // Nothing left to detach from; the session is over for us either way.
                     let _ = r.send(Ok(()));
@@ -728,22 +737,33 @@ impl Driver {
         }
         match cmd {
             Command::Barrier(reply) => {
+                if let Some(e) = self.failed_post.take() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 let epoch = self.barrier_epoch;
                 self.barrier_epoch += 1;
                 self.barrier = Some(reply);
                 self.queue(&ToCoordinator::Barrier { epoch });
             }
-            Command::SemaphoreWait(name, reply) => {
+            Command::SemaphoreWait { name, initial, reply } => {
+                if let Some(e) = self.failed_post.take() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 let req = self.next_req();
                 self.waiting.insert(req, Waiting::Done(reply));
-                self.queue(&ToCoordinator::SemaphoreWait { req, name });
+                self.queue(&ToCoordinator::SemaphoreWait { req, name, initial });
             }
-            Command::SemaphorePost(name) => {
+            Command::SemaphorePost { name, initial, reply } => {
                 // Nobody waits for the answer: the stream keeps the post ordered before whatever
                 // this process sends next, and a failure is reported by the coordinator's
                 // `Failed` (logged) or by the next blocking call.
                 let req = self.next_req();
-                self.queue(&ToCoordinator::SemaphorePost { req, name });
+                if let Some(reply) = reply {
+                    self.waiting.insert(req, Waiting::Done(reply));
+                }
+                self.queue(&ToCoordinator::SemaphorePost { req, name, initial });
             }
             Command::Ping(payload, reply) => {
                 let req = self.next_req();
@@ -1008,7 +1028,11 @@ impl Driver {
                 }
                 None => warn!("the coordinator reported: {error}"),
             },
-            (Some(_), None) => warn!("the coordinator reported: {error}"),
+            (Some(_), None) => {
+                // A post (nobody waits for its answer): the next blocking call reports it.
+                warn!("a semaphore post failed: {error}");
+                self.failed_post.get_or_insert(Error::Session(error));
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `DSM_COORDINATOR` | coordinator address, `host:port` | `127.0.0.1:4770` |
+//! | `DSM_COORDINATOR` | coordinator address, `host:port` | `127.0.0.1:4200` |
 //! | `DSM_SERVER_NAME` | name in the coordinator's certificate | the host part of the address |
 //! | `DSM_SESSION` | session name | required |
 //! | `DSM_SIZE` | region size (`4096`, `64MiB`, `1GiB`) | required |
@@ -36,10 +36,10 @@ pub fn rank_hint() -> Option<u32> {
 }
 
 /// Default coordinator port.
-pub const DEFAULT_PORT: u16 = 4770;
+pub const DEFAULT_PORT: u16 = 4200;
 
 /// Default coordinator address.
-pub const DEFAULT_COORDINATOR: &str = "127.0.0.1:4770";
+pub const DEFAULT_COORDINATOR: &str = "127.0.0.1:4200";
 
 /// How to attach a session. Build with [`Config::builder`] or [`Config::from_env`].
 #[derive(Debug, Clone)]
@@ -107,7 +107,7 @@ pub struct ConfigBuilder {
 }
 
 impl ConfigBuilder {
-    /// Coordinator address, `host:port` (default `127.0.0.1:4770`).
+    /// Coordinator address, `host:port` (default `127.0.0.1:4200`).
     pub fn coordinator(mut self, addr: impl Into<String>) -> Self {
         self.coordinator = Some(addr.into());
         self
@@ -284,8 +284,8 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert_eq!(host_of("127.0.0.1:4770"), "127.0.0.1");
-        assert_eq!(host_of("[::1]:4770"), "::1");
+        assert_eq!(host_of("127.0.0.1:4200"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:4200"), "::1");
         assert_eq!(host_of("example.org:1"), "example.org");
         assert_eq!(host_of("localhost"), "localhost");
     }

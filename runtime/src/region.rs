@@ -209,9 +209,15 @@ impl Region {
         self.session.barrier()
     }
 
-    /// A named counting semaphore of the session.
+    /// A named counting semaphore of the session that starts at 0 (see [`Session::semaphore`]).
     pub fn semaphore(&self, name: &str) -> Result<crate::Semaphore<'_>> {
         self.session.semaphore(name)
+    }
+
+    /// A named counting semaphore that starts at `initial` (see
+    /// [`Session::semaphore_with_count`]; 1 makes a mutex).
+    pub fn semaphore_with_count(&self, name: &str, initial: u32) -> Result<crate::Semaphore<'_>> {
+        self.session.semaphore_with_count(name, initial)
     }
 
     /// The session handle (rank, barriers, semaphores).

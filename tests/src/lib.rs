@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub use dsm_coordinator::CoordinatorThread;
 
 pub mod native;
+pub mod programs;
 
 /// A coordinator on 127.0.0.1 with its own certificates in a temporary directory.
 pub struct TestEnv {
@@ -34,13 +35,18 @@ impl TestEnv {
     }
 
     pub fn with_transport(transport: dsm_cert::Transport) -> TestEnv {
-        let certs = tempfile::tempdir().expect("tempdir");
-        dsm_cert::generate(certs.path(), &[]).expect("generate dev certificates");
-        let mut config = dsm_coordinator::Config::new("127.0.0.1:0".parse().unwrap());
+        Self::try_at("127.0.0.1:0".parse().unwrap(), transport).expect("start coordinator")
+    }
+
+    /// A coordinator listening on `addr` exactly; an error if it cannot (the port is taken).
+    pub fn try_at(addr: SocketAddr, transport: dsm_cert::Transport) -> anyhow::Result<TestEnv> {
+        let certs = tempfile::tempdir()?;
+        dsm_cert::generate(certs.path(), &[])?;
+        let mut config = dsm_coordinator::Config::new(addr);
         config.cert_dir = certs.path().to_path_buf();
         config.transport = transport;
-        let coordinator = dsm_coordinator::spawn(config).expect("start coordinator");
-        TestEnv { certs, coordinator }
+        let coordinator = dsm_coordinator::spawn(config)?;
+        Ok(TestEnv { certs, coordinator })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -5,148 +5,16 @@
 //! once per run with `cargo build --profile <this test's profile>`, so `cargo test -p dsm-tests
 //! --test capi` works on its own.
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use dsm_tests::{session_name, sibling_binary, TestEnv};
-
-const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-/// The cargo profile of this test executable (`dev` for `target/debug`), and the target
-/// directory the nested builds use: `<target>/capi-tests`, separate from the one of `cargo test`
-/// because its feature unification differs and sharing would rebuild the runtime on every run.
-fn profile() -> (String, PathBuf) {
-    let dir = sibling_binary("libdsm.a").parent().expect("target/<profile>").to_path_buf();
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_string();
-    let target = dir.parent().expect("target dir").join("capi-tests");
-    let profile = if name == "debug" { "dev".to_string() } else { name };
-    (profile, target)
-}
-
-/// The directory holding libdsm.a, the `dsm` launcher and the Rust examples. `cargo test
-/// --workspace` (what `cargo xtask test` runs) builds them next to this test; only when they are
-/// missing (a filtered `cargo test -p dsm-tests`) are they built here, in a target directory of
-/// their own (`<target>/capi-tests`: the outer cargo holds the lock on its own, and its feature
-/// unification differs).
-fn artifacts() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let outer = sibling_binary("libdsm.a").parent().expect("target/<profile>").to_path_buf();
-        if ["libdsm.a", "dsm", "dsm-coordinator", "pi"].iter().all(|f| outer.join(f).is_file()) {
-            return outer;
-        }
-        let (profile, target) = profile();
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--profile", &profile])
-            .args(["-p", "dsm", "-p", "dsm-coordinator", "-p", "dsm-examples"])
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(root())
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of libdsm.a, dsm and the examples failed");
-        let dir = target.join(if profile == "dev" { "debug" } else { &profile });
-        for f in ["libdsm.a", "dsm", "pi"] {
-            assert!(dir.join(f).is_file(), "{} was not built", dir.join(f).display());
-        }
-        dir
-    })
-}
-
-/// Compiles a C program against `include/dsm/dsm.h` and `libdsm.a` (once per run).
-fn c_program(source: &str) -> PathBuf {
-    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    let built = built.get_or_insert_with(HashMap::new);
-    if let Some(p) = built.get(source) {
-        return p.clone();
-    }
-    let dir = artifacts();
-    let out_dir = dir.join("c-tests");
-    std::fs::create_dir_all(&out_dir).expect("create c-tests dir");
-    let name = Path::new(source).file_stem().unwrap().to_string_lossy().into_owned();
-    let exe = out_dir.join(&name);
-    let out = Command::new("cc")
-        .args(["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(root().join("runtime/include"))
-        .arg(root().join(source))
-        .arg(dir.join("libdsm.a"))
-        .args(["-lpthread", "-ldl", "-lm", "-o"])
-        .arg(&exe)
-        .output()
-        .expect("run cc (a C compiler is needed for these tests)");
-    assert!(out.status.success(), "cc {source} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    built.insert(source.to_string(), exe.clone());
-    exe
-}
+use dsm_tests::programs::{artifacts, c_program, field, finish, install_into, profile, root, run, text, TIMEOUT};
+use dsm_tests::{session_name, TestEnv};
 
 /// Environment of a C process of `session` at `env`'s coordinator.
 fn c_env(env: &TestEnv, session: &str, nprocs: u32) -> Vec<(String, String)> {
     env.worker_env(env.addr(), session, 4096, nprocs)
-}
-
-/// Runs `exe args` with `envs` to completion (killed after [`TIMEOUT`]).
-fn run(exe: &Path, args: &[&str], envs: &[(String, String)]) -> Output {
-    let child = Command::new(exe)
-        .args(args)
-        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env_remove("DSM_RANK")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", exe.display()));
-    finish(child, TIMEOUT)
-}
-
-/// Waits for `child` (killing it after `timeout`) and collects its output.
-fn finish(mut child: Child, timeout: Duration) -> Output {
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let o = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let e = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output { status, stdout: o.join().unwrap(), stderr: e.join().unwrap() }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// The `result:` line's value of `key`.
-fn field(o: &Output, key: &str) -> Option<String> {
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let line = out.lines().find(|l| l.contains("result:"))?.to_string();
-    line.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
 }
 
 fn assert_correct(o: &Output) {
@@ -320,38 +188,7 @@ fn a_mismatched_map_size_gives_a_clear_error_from_dsm_init_and_dsm_last_error() 
 
 #[test]
 fn install_and_uninstall_into_a_temporary_prefix_touch_exactly_the_listed_files() {
-    let (profile, own_target) = profile();
-    let built = artifacts();
-    // The artifacts' target directory (`<target>/<profile>` -> `<target>`), for --no-build.
-    let target = built.parent().expect("target dir").to_path_buf();
     let prefix = tempfile::tempdir().unwrap();
-    // `cargo xtask test` built xtask itself; run it directly (a nested cargo would wait for the
-    // outer one's lock). Otherwise build it in a target directory of its own.
-    let mut xtask_bin = target.join(if profile == "dev" { "debug" } else { &profile }).join("xtask");
-    if !xtask_bin.is_file() {
-        let own = own_target.clone();
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--profile", &profile, "-p", "xtask"])
-            .env("CARGO_TARGET_DIR", &own)
-            .current_dir(root())
-            .status()
-            .expect("run cargo build -p xtask");
-        assert!(status.success(), "building xtask failed");
-        xtask_bin = own.join(if profile == "dev" { "debug" } else { &profile }).join("xtask");
-    }
-    let xtask = |args: &[&str]| {
-        let mut cmd = Command::new(&xtask_bin);
-        let o = cmd
-            .args(args)
-            .env("CARGO_TARGET_DIR", &target)
-            .arg("--prefix")
-            .arg(prefix.path())
-            .current_dir(root())
-            .output()
-            .expect("run cargo xtask");
-        assert!(o.status.success(), "cargo xtask {args:?}: {}", text(&o));
-        o
-    };
     let files = |dir: &Path| {
         let mut out = Vec::new();
         let mut stack = vec![dir.to_path_buf()];
@@ -367,12 +204,13 @@ fn install_and_uninstall_into_a_temporary_prefix_touch_exactly_the_listed_files(
         out.sort();
         out
     };
-    // The profile and target dir of `artifacts()`: already built, so the install's build is quick.
-    xtask(&["install", "--profile", &profile, "--no-build"]);
+    // The profile and target dir of `artifacts()`: already built, so nothing is rebuilt.
+    install_into(prefix.path());
     let mut expected = vec![
         "bin/dsm",
         "bin/dsm-coordinator",
         "include/dsm/dsm.h",
+        "include/dsm/dsm_util.h",
         "lib/libdsm.a",
         "lib/libdsm.so",
         "lib/pkgconfig/dsm.pc",
@@ -400,7 +238,13 @@ fn install_and_uninstall_into_a_temporary_prefix_touch_exactly_the_listed_files(
     assert_correct(&o);
     std::fs::remove_file(&exe).unwrap();
 
-    xtask(&["uninstall"]);
+    let (profile, _) = profile();
+    let o = Command::new(dsm_tests::programs::xtask())
+        .args(["uninstall", "--prefix"])
+        .arg(prefix.path())
+        .output()
+        .expect("run xtask uninstall");
+    assert!(o.status.success(), "xtask uninstall ({profile}): {}", text(&o));
     assert_eq!(files(prefix.path()), Vec::<String>::new());
     assert!(!prefix.path().join("include/dsm").exists());
 }

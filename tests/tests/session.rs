@@ -186,3 +186,41 @@ fn barriers_and_semaphores_through_a_lossy_link() {
     let stats = relay.stats();
     assert!(stats.dropped > 0 && stats.forwarded > 0, "the relay really dropped datagrams: {stats:?}");
 }
+
+#[test]
+fn semaphore_with_count_1_is_a_mutex_and_another_count_for_the_name_is_an_error() {
+    // Two sessions (connections) of one 2-process session, in threads.
+    let env = TestEnv::new();
+    let name = session_name("initial-count");
+    let cfg = env.config(&name, PAGE, 2).build().unwrap();
+    let sessions: Vec<dsm::Session> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2).map(|_| s.spawn(|| dsm::Session::attach(&cfg).unwrap())).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (a, b) = (&sessions[0], &sessions[1]);
+    // Created at 1: the first wait passes without any post.
+    let lock = a.semaphore_with_count("lock", 1).unwrap();
+    assert_eq!(lock.initial_count(), 1);
+    lock.wait().unwrap();
+    // The same process asking for another count is refused.
+    let err = a.semaphore("lock").unwrap().wait().unwrap_err();
+    assert!(err.to_string().contains("created with initial count 1") && err.to_string().contains("asked for 0"), "{err}");
+    // So is another process.
+    let err = b.semaphore_with_count("lock", 3).unwrap().wait().unwrap_err();
+    assert!(err.to_string().contains("semaphore 'lock' was created with initial count 1"), "{err}");
+    // ... and so is a post.
+    let err = b.semaphore_with_count("lock", 2).unwrap().post().unwrap_err();
+    assert!(err.to_string().contains("asked for 2"), "{err}");
+    // The mutex still works: b blocks until a posts.
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| b.semaphore_with_count("lock", 1).unwrap().wait());
+        lock.post().unwrap();
+        waiter.join().unwrap().unwrap();
+    });
+    // semaphore() starts at 0: a wait blocks until a post.
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| b.semaphore("signal").unwrap().wait());
+        a.semaphore("signal").unwrap().post().unwrap();
+        waiter.join().unwrap().unwrap();
+    });
+}

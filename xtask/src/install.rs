@@ -1,7 +1,9 @@
 //! `cargo xtask install` / `uninstall`: the original's `make install`, for C and Rust users.
 //!
 //! Installs exactly [`FILES`] under the prefix, and uninstall removes exactly those (plus the
-//! `include/dsm` directory once empty).
+//! `include/dsm` directory once empty). When the prefix's `lib` is in the dynamic loader's
+//! path (`/usr/local/lib`, `/usr/lib`), `ldconfig` runs afterwards, so `cc prog.c -ldsm` programs
+//! run without `LD_LIBRARY_PATH`; elsewhere the printed command (and `dsm.pc`) carry an rpath.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +11,7 @@ use anyhow::Context;
 
 use crate::{cargo, prereq, root, run_cmd};
 
-/// Install the C library (libdsm.a, libdsm.so), dsm/dsm.h, dsm.pc, dsm-coordinator and dsm.
+/// Install the C library (libdsm.a, libdsm.so), dsm/dsm.h, dsm/dsm_util.h, dsm.pc, dsm-coordinator and dsm.
 #[derive(clap::Args)]
 pub struct Args {
     /// Installation prefix.
@@ -42,14 +44,22 @@ enum Source {
 }
 
 /// Every installed file, relative to the prefix.
-pub const FILES: [&str; 6] =
-    ["lib/libdsm.a", "lib/libdsm.so", "include/dsm/dsm.h", "lib/pkgconfig/dsm.pc", "bin/dsm-coordinator", "bin/dsm"];
+pub const FILES: [&str; 7] = [
+    "lib/libdsm.a",
+    "lib/libdsm.so",
+    "include/dsm/dsm.h",
+    "include/dsm/dsm_util.h",
+    "lib/pkgconfig/dsm.pc",
+    "bin/dsm-coordinator",
+    "bin/dsm",
+];
 
 fn source(file: &str) -> (Source, u32) {
     match file {
         "lib/libdsm.a" => (Source::Built("libdsm.a"), 0o644),
         "lib/libdsm.so" => (Source::Built("libdsm.so"), 0o755),
         "include/dsm/dsm.h" => (Source::Tree("runtime/include/dsm/dsm.h"), 0o644),
+        "include/dsm/dsm_util.h" => (Source::Tree("runtime/include/dsm/dsm_util.h"), 0o644),
         "lib/pkgconfig/dsm.pc" => (Source::PkgConfig, 0o644),
         "bin/dsm-coordinator" => (Source::Built("dsm-coordinator"), 0o755),
         "bin/dsm" => (Source::Built("dsm"), 0o755),
@@ -122,14 +132,68 @@ pub fn install(args: Args) -> anyhow::Result<()> {
         std::fs::rename(&tmp, &to).with_context(|| format!("installing {}", to.display()))?;
         println!("installed {}", to.display());
     }
-    println!(
-        "\nbuild C programs with:\n  cc prog.c $(pkg-config --cflags --libs dsm)   \
-         # PKG_CONFIG_PATH={}/lib/pkgconfig if needed\n  \
-         cc -I{p}/include prog.c {p}/lib/libdsm.a -lpthread -ldl -lm",
-        prefix.display(),
-        p = prefix.display()
-    );
+    let libdir = prefix.join("lib");
+    let cached = refresh_loader_cache(&libdir);
+    let p = prefix.display();
+    println!("\nbuild C programs as with the original (no -lxed any more):");
+    if cached {
+        println!("  cc prog.c -ldsm -lpthread -lrt");
+    } else {
+        println!("  cc -I{p}/include prog.c -L{p}/lib -Wl,-rpath,{p}/lib -ldsm -lpthread -lrt");
+        println!("  ({p}/lib is not in the dynamic loader's path: the rpath lets programs find libdsm.so)");
+    }
+    println!("  cc prog.c $(pkg-config --cflags --libs dsm)   # PKG_CONFIG_PATH={p}/lib/pkgconfig if needed");
+    println!("  cc -I{p}/include prog.c {p}/lib/libdsm.a -lpthread -ldl -lm   # static");
     Ok(())
+}
+
+/// Whether `libdir` is one of the directories the dynamic loader searches through its cache
+/// (`/etc/ld.so.conf`): then programs linked with plain `-ldsm` run without `LD_LIBRARY_PATH`
+/// once `ldconfig` has run, which we do as root. Returns whether that is the case.
+fn refresh_loader_cache(libdir: &Path) -> bool {
+    if !loader_dirs().iter().any(|d| same_dir(d, libdir)) {
+        return false;
+    }
+    let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !root {
+        println!("note: run `sudo ldconfig` so programs find {}/libdsm.so", libdir.display());
+        return true;
+    }
+    match std::process::Command::new("ldconfig").status() {
+        Ok(s) if s.success() => println!("ran ldconfig ({} is in the loader's path)", libdir.display()),
+        Ok(s) => println!("warning: ldconfig failed ({s}); run it by hand"),
+        Err(e) => println!("warning: cannot run ldconfig ({e}); run it by hand"),
+    }
+    true
+}
+
+/// Directories listed in `/etc/ld.so.conf` and the files it includes.
+fn loader_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("/lib"), PathBuf::from("/usr/lib")];
+    let mut files = vec![PathBuf::from("/etc/ld.so.conf")];
+    while let Some(f) = files.pop() {
+        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        for line in text.lines().map(|l| l.split('#').next().unwrap_or("").trim()) {
+            if let Some(pattern) = line.strip_prefix("include ") {
+                // Only the `dir/*.conf` form is used in practice.
+                if let Some(dir) = pattern.trim().strip_suffix("*.conf") {
+                    if let Ok(es) = std::fs::read_dir(dir) {
+                        files.extend(es.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "conf")));
+                    }
+                }
+            } else if line.starts_with('/') {
+                dirs.push(PathBuf::from(line));
+            }
+        }
+    }
+    dirs
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -158,6 +222,8 @@ pub fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
     }
     if removed == 0 {
         println!("nothing of dsm was installed under {}", prefix.display());
+    } else {
+        refresh_loader_cache(&prefix.join("lib"));
     }
     Ok(())
 }

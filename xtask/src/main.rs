@@ -19,12 +19,12 @@ use clap::{Parser, Subcommand};
     after_help = "Examples:\n  \
     cargo xtask test                      # the whole test suite (installs build prerequisites first)\n  \
     cargo xtask certs --san myhost        # dev certificates in ~/.config/dsm/certs\n  \
-    cargo xtask relay --listen 127.0.0.1:5000 --to 127.0.0.1:4770 --loss 0.05 --delay 10ms --jitter 5ms\n  \
+    cargo xtask relay --listen 127.0.0.1:5000 --to 127.0.0.1:4200 --loss 0.05 --delay 10ms --jitter 5ms\n  \
     cargo xtask itest --procs 4 --loss 0.05 --delay 10ms --jitter 5ms   # suites through a lossy link\n  \
     cargo xtask bench                     # benchmarks, as ratios to floors measured in the same run\n  \
     cargo xtask bench --json barrier      # only barrier figures (floors are always measured), as JSON lines\n  \
     cargo xtask demo                      # build and run every example (4 processes each) on a local coordinator\n  \
-    sudo cargo xtask install              # libdsm.a/.so, dsm/dsm.h, dsm.pc, dsm-coordinator, dsm under /usr/local\n  \
+    sudo cargo xtask install              # libdsm.a/.so, dsm/dsm.h, dsm_util.h, dsm.pc, dsm-coordinator, dsm under /usr/local\n  \
     cargo xtask install --prefix ~/.local # ... or under another prefix\n  \
     cargo xtask uninstall --prefix ~/.local   # remove exactly those files"
 )]
@@ -50,7 +50,7 @@ enum Cmd {
     /// Build in release mode and install the C library, header, pkg-config file, coordinator and launcher.
     #[command(after_help = "Examples:\n  sudo cargo xtask install\n  cargo xtask install --prefix ~/.local\n  \
         cargo xtask install --prefix /tmp/dsm --profile dev\n\n\
-        Installs PREFIX/lib/libdsm.a, PREFIX/lib/libdsm.so, PREFIX/include/dsm/dsm.h,\n\
+        Installs PREFIX/lib/libdsm.a, PREFIX/lib/libdsm.so, PREFIX/include/dsm/dsm.h, PREFIX/include/dsm/dsm_util.h,\n\
         PREFIX/lib/pkgconfig/dsm.pc, PREFIX/bin/dsm-coordinator and PREFIX/bin/dsm, nothing else.")]
     Install(install::Args),
     /// Remove exactly the files `cargo xtask install` installed under the prefix.

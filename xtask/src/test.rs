@@ -16,8 +16,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // The binaries and libdsm.a that multi-process tests run (`dsm`, `dsm-coordinator`, the
     // examples, the C library): `cargo test` alone builds test harnesses, not these.
     run_cmd(cargo().args(["build", "--workspace", "--exclude", "xtask"]))?;
+    // xtask's own unit tests (prerequisite detection, ...) run too.
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "xtask"]);
+    cmd.args(["test", "--workspace"]);
     if !args.cargo_args.is_empty() {
         cmd.arg("--").args(&args.cargo_args);
     }

@@ -42,8 +42,8 @@ coordinator's, else with fresh dev certificates in a temporary directory.
 Examples:
   dsm run -n 4 -- ./target/release/pi --steps 100000000
   dsm run -n 4 --size 16MiB -- ./contrast
-  dsm run -n 8 --coordinator 10.0.0.5:4770 --session sim --cert-dir /etc/dsm/certs -- ./sim in.dat
-  mpirun -n 4 env DSM_COORDINATOR=10.0.0.5:4770 DSM_SESSION=sim DSM_SIZE=1GiB ./sim   # also works";
+  dsm run -n 8 --coordinator 10.0.0.5:4200 --session sim --cert-dir /etc/dsm/certs -- ./sim in.dat
+  mpirun -n 4 env DSM_COORDINATOR=10.0.0.5:4200 DSM_SESSION=sim DSM_SIZE=1GiB ./sim   # also works";
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {

@@ -10,13 +10,14 @@
  *     #include <dsm/dsm.h>
  *
  *     dsm_cfg cfg = { .nproc = 4, .sid_name = "demo", .d_addr = "127.0.0.1",
- *                     .d_port = "4770", .map_size = 1 << 20 };
+ *                     .d_port = "4200", .map_size = 1 << 20 };
  *     int *map = dsm_init(&cfg);        // blocks until all 4 processes joined
  *     if (dsm_get_gid() == 0) map[0] = 42;
  *     dsm_barrier();                    // every process now sees map[0] == 42
  *     dsm_exit();
  *
- * Link: cc prog.c $(pkg-config --cflags --libs dsm)
+ * Link: cc prog.c -ldsm -lpthread -lrt          (as the original; -lxed is no longer needed)
+ *   or: cc prog.c $(pkg-config --cflags --libs dsm)
  *   or: cc -I/usr/local/include prog.c /usr/local/lib/libdsm.a -lpthread -ldl -lm
  *
  * A coordinator must be running (dsm-coordinator, or `dsm run -n N -- ./prog`, which starts one).
@@ -44,7 +45,7 @@ extern "C" {
  *   nproc    DSM_NPROCS, else OMPI_COMM_WORLD_SIZE, else PMI_SIZE (so `mpirun -n 4` works)
  *   sid_name DSM_SESSION
  *   d_addr   the host of DSM_COORDINATOR, else 127.0.0.1   (when d_addr and d_port are both NULL,
- *   d_port   the port of DSM_COORDINATOR, else 4770         DSM_COORDINATOR is used as is)
+ *   d_port   the port of DSM_COORDINATOR, else 4200         DSM_COORDINATOR is used as is)
  *   map_size DSM_SIZE (bytes, or with a unit: 64KiB, 16MiB, 1GiB)
  * Explicit fields win over the environment. A NULL cfg means "everything from the environment".
  */
@@ -52,12 +53,12 @@ typedef struct dsm_cfg {
     unsigned int nproc;    /* number of processes in the session */
     const char *sid_name;  /* session name (up to 128 bytes, no control characters) */
     const char *d_addr;    /* coordinator host name or IP address */
-    const char *d_port;    /* coordinator UDP port, as text ("4770") */
+    const char *d_port;    /* coordinator UDP port, as text ("4200") */
     size_t map_size;       /* shared map size in bytes, rounded up to whole pages */
 } dsm_cfg;
 
 /* The coordinator port used when none is given. */
-#define DSM_DEFAULT_PORT 4770
+#define DSM_DEFAULT_PORT 4200
 
 /*
  * Attaches session cfg->sid_name of cfg->nproc processes and cfg->map_size bytes at the
@@ -66,7 +67,7 @@ typedef struct dsm_cfg {
  */
 void *dsm_init(dsm_cfg *cfg);
 
-/* dsm_init at the default coordinator: DSM_COORDINATOR, else 127.0.0.1:4770. */
+/* dsm_init at the default coordinator: DSM_COORDINATOR, else 127.0.0.1:4200. */
 void *dsm_init2(const char *sid, unsigned int nproc, size_t map_size);
 
 /* This process's global id, 0..nproc-1, in the order processes attached (-1 before dsm_init).
@@ -77,10 +78,12 @@ int dsm_get_gid(void);
  * the session died, the coordinator stopped): it never hangs on a lost process. */
 void dsm_barrier(void);
 
-/* Increments the named semaphore (created at 0 on first use; names up to 64 bytes). */
+/* Increments the named semaphore, waking its oldest waiter. A semaphore is created on first use
+ * with count 1, as in the original system: a fresh one is a mutex (wait, critical section, post).
+ * Names up to 64 bytes. */
 void dsm_post_sem(const char *name);
 
-/* Decrements the named semaphore, blocking while it is 0. */
+/* Decrements the named semaphore (created at 1 on first use), blocking while it is 0. */
 void dsm_wait_sem(const char *name);
 
 /* Writes back this process's pages, leaves the session and unmaps the shared map. */

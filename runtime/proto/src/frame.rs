@@ -94,7 +94,7 @@ mod tests {
                 label: "pid 1".into(),
             }),
             ToCoordinator::Barrier { epoch: 7 },
-            ToCoordinator::SemaphoreWait { req: 1, name: "lock".into() },
+            ToCoordinator::SemaphoreWait { req: 1, name: "lock".into(), initial: 1 },
             ToCoordinator::DowngradeAck { page: 3, data: Some(PageData(vec![7; 4096])) },
             ToCoordinator::Ping { req: 9, payload: vec![1, 2, 3] },
         ]

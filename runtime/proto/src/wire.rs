@@ -59,8 +59,12 @@ pub enum ToCoordinator {
     SemaphoreWait {
         /// Request id echoed in the reply.
         req: ReqId,
-        /// Semaphore name, created at 0 on first use.
+        /// Semaphore name.
         name: String,
+        /// The count the semaphore starts with if this is the first use of `name` in the session;
+        /// a later use naming another initial count fails with
+        /// [`SessionFault::SemaphoreInitialMismatch`].
+        initial: u32,
     },
     /// Increment semaphore `name`, waking its oldest waiter. Answered by
     /// [`ToProcess::SemaphorePosted`] or [`ToProcess::Failed`].
@@ -69,6 +73,8 @@ pub enum ToCoordinator {
         req: ReqId,
         /// Semaphore name.
         name: String,
+        /// As for [`ToCoordinator::SemaphoreWait`].
+        initial: u32,
     },
     /// Ask for a read-only copy of a page.
     Fetch {
@@ -396,6 +402,16 @@ pub enum SessionFault {
     /// The semaphore name breaks the naming rules.
     #[error("invalid semaphore name: {0}")]
     BadName(NameError),
+    /// The semaphore was created with another initial count by an earlier use.
+    #[error("semaphore '{name}' was created with initial count {declared}, but this use asked for {requested}; every use of a name must ask for the same initial count")]
+    SemaphoreInitialMismatch {
+        /// Semaphore name.
+        name: String,
+        /// The count it was created with.
+        declared: u32,
+        /// The count this use asked for.
+        requested: u32,
+    },
     /// A process asked for something the protocol does not allow at this point.
     #[error("protocol violation: {0}")]
     Protocol(String),
