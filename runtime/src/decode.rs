@@ -70,7 +70,7 @@ pub struct Regs {
 pub use dsm_proto::RmwOp;
 
 /// The memory effect of a decoded store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
     /// Plain store of `width` bytes (1, 2, 4, 8, 16) of `value` (little-endian, low `width` bytes
     /// valid, the rest zero) at `addr`.
@@ -136,8 +136,10 @@ impl GprSlot {
             reg,
             Register::AH | Register::CH | Register::DH | Register::BH
         );
-        let index = reg.full_register() as usize - Register::RAX as usize;
-        debug_assert!(index < 16);
+        let index = (reg.full_register() as usize).checked_sub(Register::RAX as usize)?;
+        if index >= 16 {
+            return None;
+        }
         Some(GprSlot {
             index: index as u8,
             width: reg.size() as u8,
@@ -170,7 +172,7 @@ impl GprSlot {
 }
 
 /// A decoded faulting store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decoded {
     /// Instruction length in bytes ([`apply`] advances `rip` by this much).
     pub len: usize,
@@ -187,9 +189,15 @@ pub enum Unsupported {
     /// The bytes are not a valid (or complete) 64-bit instruction.
     #[error("undecodable instruction bytes")]
     Undecodable,
-    /// A valid instruction the emulator does not replay.
-    #[error("unsupported instruction {0}")]
-    Instruction(String),
+    /// A valid instruction the emulator does not replay (no heap: this runs in the signal
+    /// handler).
+    #[error("unsupported instruction {code:?}{why}")]
+    Instruction {
+        /// The instruction.
+        code: Code,
+        /// What about it is not supported (`""` when the instruction itself is not).
+        why: &'static str,
+    },
     /// The computed operand does not contain the faulting address (wrong registers or bytes).
     #[error("computed address {computed:#x} does not contain the fault address {fault:#x}")]
     AddressMismatch {
@@ -294,8 +302,8 @@ fn classify(code: Code) -> Option<Kind> {
     }
 }
 
-fn unsupported(instr: &Instruction, why: &str) -> Unsupported {
-    Unsupported::Instruction(format!("{:?}{why}", instr.code()))
+fn unsupported(instr: &Instruction, why: &'static str) -> Unsupported {
+    Unsupported::Instruction { code: instr.code(), why }
 }
 
 /// Value of a register as the address computation sees it (`None`: not an address register).
@@ -327,7 +335,9 @@ pub fn decode(bytes: &[u8], regs: &Regs, fault_addr: u64) -> Result<Decoded, Uns
         return Err(unsupported(&instr, " with a register destination"));
     }
     let width = instr.memory_size().size();
-    debug_assert!(matches!(width, 1 | 2 | 4 | 8 | 16), "{:?}", instr.code());
+    if !matches!(width, 1 | 2 | 4 | 8 | 16) {
+        return Err(unsupported(&instr, " with an unexpected operand size"));
+    }
     let width = width as u8;
     let addr = instr
         .virtual_address(0, 0, |reg, _, _| address_register(regs, reg))

@@ -18,6 +18,8 @@ pub mod config;
 pub mod decode;
 mod env;
 mod error;
+mod fatal;
+mod fault;
 mod region;
 mod session;
 mod sys;

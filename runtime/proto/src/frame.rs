@@ -31,13 +31,15 @@ pub enum FrameError {
     Malformed(String),
 }
 
-/// Appends `msg` as one frame to `out`.
+/// Appends `msg` as one frame to `out`. On error `out` is left exactly as it was: frames
+/// queued before stay queued.
 pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    let body = postcard::to_extend(msg, std::mem::take(out))
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
-    *out = body;
+    if let Err(e) = postcard::to_io(msg, &mut *out) {
+        out.truncate(start);
+        return Err(FrameError::Malformed(e.to_string()));
+    }
     let len = out.len() - start - HEADER_LEN;
     if len > MAX_FRAME_LEN {
         out.truncate(start);
@@ -127,6 +129,22 @@ mod tests {
         let mut buf = vec![1, 2];
         assert!(matches!(encode_frame(&msg, &mut buf), Err(FrameError::TooLarge { .. })));
         assert_eq!(buf, vec![1, 2], "a failed encode leaves the buffer as it was");
+    }
+
+    #[test]
+    fn a_message_that_fails_to_serialize_keeps_the_frames_queued_before() {
+        struct Refuses;
+        impl Serialize for Refuses {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("refused"))
+            }
+        }
+        let mut buf = Vec::new();
+        encode_frame(&ToCoordinator::Detach, &mut buf).unwrap();
+        let before = buf.clone();
+        assert!(matches!(encode_frame(&Refuses, &mut buf), Err(FrameError::Malformed(_))));
+        assert_eq!(buf, before);
+        assert!(decode_frame::<ToCoordinator>(&buf).unwrap().is_some());
     }
 
     #[test]

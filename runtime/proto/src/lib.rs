@@ -5,15 +5,20 @@
 //! - [`frame`]: the length-prefixed frame codec (hard size cap, never panics on bad input);
 //! - [`handshake`]: the versioned hello that opens every connection;
 //! - [`directory`]: the coordinator's page directory (INVALIDATE coherence protocol);
-//! - [`pages`]: the process side of the same protocol.
+//! - [`pages`]: the process side of the same protocol;
+//! - [`fault_track`]: the life cycle of faults on the process side (holds, replays, failure);
+//! - [`replay_slot`]: the hand-over protocol between the runtime thread and the signal handler
+//!   of a replayed store.
 //!
 //! Both the runtime (`dsm`) and the coordinator depend on it, so the two sides can never
 //! disagree about the format.
 
 pub mod directory;
+pub mod fault_track;
 pub mod frame;
 pub mod handshake;
 pub mod pages;
+pub mod replay_slot;
 pub mod units;
 pub mod wire;
 

@@ -199,6 +199,8 @@ pub struct ProcessPages {
     /// Advised policies, latest last.
     advice: Vec<(PageNo, PageNo, Mode)>,
     completions: Vec<(ReqId, WriteOutcome)>,
+    /// Pages in the region (messages about pages beyond are protocol errors); 0 = unchecked.
+    limit: u64,
 }
 
 /// Sequential read-ahead: when read faults walk pages in order, fetch a growing window of the
@@ -238,7 +240,17 @@ impl ProcessPages {
             completions: Vec::new(),
             hints: HashMap::new(),
             advice: Vec::new(),
+            limit: 0,
         }
+    }
+
+    /// A region of `pages` pages: messages about pages beyond it, and page contents or replayed
+    /// accesses that do not fit a page, are protocol errors (never a panic or an out-of-bounds
+    /// store); sequential read-ahead is on.
+    pub fn for_region(pages: u64) -> Self {
+        let mut p = Self::new().with_read_ahead(pages);
+        p.limit = pages;
+        p
     }
 
     /// Enables sequential read-ahead within a region of `pages` pages.
@@ -428,6 +440,7 @@ impl ProcessPages {
         mem: &mut impl PageMemory,
         out: &mut Vec<ToCoordinator>,
     ) -> Result<(), PagesError> {
+        self.validate(&msg)?;
         match msg {
             ToProcess::Data { req, page, data, mode } => {
                 let slot = self.reply_slot(page, req, Access::Read, "Data")?;
@@ -627,6 +640,43 @@ impl ProcessPages {
     /// No request and no replayed write is in flight.
     pub fn is_idle(&self) -> bool {
         self.in_flight == 0 && self.writes.is_empty()
+    }
+
+    /// Checks what a message carries against the region before anything acts on it.
+    fn validate(&self, msg: &ToProcess) -> Result<(), PagesError> {
+        let (page, access, data) = match msg {
+            ToProcess::Data { page, data, .. } => (*page, None, data.as_ref().map(|d| d.0.len())),
+            ToProcess::Grant { page, data, .. } => {
+                let len = match data {
+                    Some(GrantData::Bytes(b)) => Some(b.0.len()),
+                    _ => None,
+                };
+                (*page, None, len)
+            }
+            ToProcess::Update { page, offset, width, .. } | ToProcess::WriteAck { page, offset, width, .. } => {
+                (*page, Some((*offset, *width)), None)
+            }
+            ToProcess::Invalidate { page }
+            | ToProcess::Downgrade { page }
+            | ToProcess::Recall { page }
+            | ToProcess::Retry { page, .. }
+            | ToProcess::ModeHint { page, .. } => (*page, None, None),
+            _ => return Ok(()),
+        };
+        if self.limit > 0 && page >= self.limit {
+            return Err(PagesError::Protocol(format!("page {page} is outside the region of {} pages", self.limit)));
+        }
+        if let (Some(len), true) = (data, self.limit > 0) {
+            if len != crate::PAGE_SIZE {
+                return Err(PagesError::Protocol(format!("page {page} came with {len} bytes instead of {}", crate::PAGE_SIZE)));
+            }
+        }
+        if let Some((offset, width)) = access {
+            if !matches!(width, 1 | 2 | 4 | 8 | 16) || usize::from(offset) + usize::from(width) > crate::PAGE_SIZE {
+                return Err(PagesError::Protocol(format!("a {width}-byte update at offset {offset} of page {page}")));
+            }
+        }
+        Ok(())
     }
 
     /// The slot of `page` if a `kind` request `req` is in flight for it.

@@ -124,28 +124,48 @@ impl Mapping {
     }
 
     /// Stores `width` bytes of `value` at `offset` of page `page` through this mapping (the
-    /// alias) with one store instruction of that width, so no reader sees a torn value
-    /// (ordering rule 7).
-    pub fn store(&self, page: u64, offset: usize, width: u8, value: u128) {
-        let off = page as usize * PAGE + offset;
-        assert!(offset + usize::from(width) <= PAGE && off + PAGE - offset <= self.len, "store outside the page");
+    /// alias) with exactly one store instruction of that width (ordering rule 7: no reader sees
+    /// a torn value). Widths other than 1, 2, 4, 8 and 16, or a range outside the page or the
+    /// mapping, are refused (the caller validated them; this is the last line of defence).
+    pub fn store(&self, page: u64, offset: usize, width: u8, value: u128) -> Result<(), Error> {
+        let w = usize::from(width);
+        let off = (page as usize).checked_mul(PAGE).and_then(|p| p.checked_add(offset));
+        let fits = off.is_some_and(|o| offset + w <= PAGE && o + w <= self.len);
+        if !fits || !matches!(width, 1 | 2 | 4 | 8 | 16) {
+            return Err(Error::os("storing a replayed update", format!("{width} bytes at offset {offset} of page {page}")));
+        }
+        let off = off.unwrap_or(0);
         // SAFETY: the target lies inside one page of the live alias mapping (checked above),
-        // which is never registered with userfaultfd. Unaligned accesses are fine on x86; each
-        // arm compiles to a single mov/movups of that width.
+        // which is never registered with userfaultfd. Each arm is one `mov`/`movups` of that
+        // width written in asm, so the compiler can neither split nor merge it; x86 allows
+        // unaligned operands (an aligned one of up to 8 bytes is single-copy atomic).
         unsafe {
             let p = self.ptr().add(off);
             match width {
-                1 => std::ptr::write_volatile(p, value as u8),
-                2 => std::ptr::write_unaligned(p.cast::<u16>(), value as u16),
-                4 => std::ptr::write_unaligned(p.cast::<u32>(), value as u32),
-                8 => std::ptr::write_unaligned(p.cast::<u64>(), value as u64),
-                16 => std::arch::x86_64::_mm_storeu_si128(
-                    p.cast(),
-                    std::mem::transmute::<u128, std::arch::x86_64::__m128i>(value),
-                ),
-                _ => unreachable!("widths are checked by the decoder and the directory"),
+                1 => std::arch::asm!("mov byte ptr [{p}], {v}", p = in(reg) p, v = in(reg_byte) value as u8, options(nostack, preserves_flags)),
+                2 => std::arch::asm!("mov word ptr [{p}], {v:x}", p = in(reg) p, v = in(reg) value as u16, options(nostack, preserves_flags)),
+                4 => std::arch::asm!("mov dword ptr [{p}], {v:e}", p = in(reg) p, v = in(reg) value as u32, options(nostack, preserves_flags)),
+                8 => std::arch::asm!("mov qword ptr [{p}], {v:r}", p = in(reg) p, v = in(reg) value as u64, options(nostack, preserves_flags)),
+                _ => {
+                    let v = std::mem::transmute::<u128, std::arch::x86_64::__m128i>(value);
+                    std::arch::asm!("movups xmmword ptr [{p}], {v}", p = in(reg) p, v = in(xmm_reg) v, options(nostack, preserves_flags));
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Gives every page back to the kernel at once: the whole region becomes holes, so every
+    /// later access by any thread faults (used when the region can no longer be served, so that
+    /// no thread keeps reading a stale read-only copy).
+    pub fn punch_all(&self) -> Result<(), Error> {
+        // SAFETY: the whole live mapping; MADV_REMOVE frees the memfd's pages and zaps them from
+        // every mapping of it, after which accesses to the view raise missing faults.
+        let r = unsafe { libc::madvise(self.ptr().cast(), self.len, libc::MADV_REMOVE) };
+        if r != 0 {
+            return Err(Error::os("MADV_REMOVE", std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Gives page `page` back to the kernel: a hole in the memfd, zapped from every mapping.
@@ -274,6 +294,28 @@ impl Fault {
     pub fn wake(&self, dst: usize) -> Result<(), Error> {
         self.uffd.wake(dst as *mut libc::c_void, PAGE).map_err(|e| Error::os("UFFDIO_WAKE", e))
     }
+}
+
+/// Writes all of `bytes` to `fd`, ignoring errors (for the fatal path: stderr may be closed).
+pub fn write_fd(fd: RawFd, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a live buffer of the given length; the result is checked.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
+/// Ends the process at once with `code`: no atexit handlers, no stdio flush, no destructors
+/// (see `fatal.rs` for why).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no user-space state.
+    unsafe { libc::_exit(code) }
 }
 
 /// Raw fd of the userfaultfd for tokio's `AsyncFd` (the [`Fault`] owns the fd).

@@ -19,19 +19,12 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Once;
 
+use dsm_proto::replay_slot::{self as protocol, Phase, Ticket};
+
 use crate::decode::{self, Decoded, Regs};
 
 /// Slots for threads in the middle of a replay, across all regions of the process.
 pub const SLOTS: usize = 256;
-
-/// Slot states.
-pub const FREE: u32 = 0;
-/// The runtime thread signalled `tid`; the handler has not picked it up.
-pub const SIGNALLED: u32 = 1;
-/// The handler posted a decoded request.
-pub const REQUEST: u32 = 2;
-/// The runtime thread posted the outcome.
-pub const DONE: u32 = 3;
 
 /// What the runtime thread answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,56 +58,50 @@ pub enum Request {
     Spurious,
 }
 
-/// One thread's replay in progress. Ownership protocol: the runtime thread claims a free slot
-/// (`tid` 0 -> thread id), fills `fault_addr`/`efd`, then publishes `SIGNALLED`; the handler owns
-/// `request` until it publishes `REQUEST`; the runtime thread owns `outcome` until it publishes
-/// `DONE`; the handler frees the slot (`FREE`, then `tid` 0).
+/// One thread's replay in progress. `word` carries the phase and generation of
+/// `dsm_proto::replay_slot`; the payload fields belong to whichever side the phase gives them to
+/// (the runtime in `Reserved`, the handler in `Claimed`, the runtime in `Request`), and the
+/// acquire/release CAS on `word` orders every hand-over.
 pub struct Slot {
-    pub tid: AtomicI32,
-    pub state: AtomicU32,
-    pub fault_addr: AtomicU64,
-    pub efd: AtomicI32,
+    word: AtomicU32,
+    tid: AtomicI32,
+    fault_addr: AtomicU64,
+    efd: AtomicI32,
     request: UnsafeCell<Request>,
     outcome: UnsafeCell<Outcome>,
 }
 
 // SAFETY: `request` and `outcome` are only accessed by the side that owns them according to the
-// state machine above, with Release/Acquire on `state` ordering the hand-overs.
+// phase in `word` (see `dsm_proto::replay_slot`), with acquire/release on `word` ordering the
+// hand-overs.
 unsafe impl Sync for Slot {}
 
 impl Slot {
     const fn new() -> Slot {
         Slot {
+            word: AtomicU32::new(0), // Free, generation 0
             tid: AtomicI32::new(0),
-            state: AtomicU32::new(FREE),
             fault_addr: AtomicU64::new(0),
             efd: AtomicI32::new(-1),
             request: UnsafeCell::new(Request::Empty),
             outcome: UnsafeCell::new(Outcome::Retry),
         }
     }
-
-    /// Takes the handler's request (runtime thread, after observing `REQUEST`).
-    pub fn take_request(&self) -> Request {
-        debug_assert_eq!(self.state.load(Ordering::Acquire), REQUEST);
-        // SAFETY: in state REQUEST the runtime thread owns `request` (the handler waits for DONE).
-        unsafe { std::mem::replace(&mut *self.request.get(), Request::Empty) }
-    }
-
-    /// Publishes the outcome and wakes the handler (runtime thread).
-    pub fn complete(&self, outcome: Outcome) {
-        // SAFETY: in state REQUEST the runtime thread owns `outcome`; the handler reads it only
-        // after observing DONE (Release below).
-        unsafe { *self.outcome.get() = outcome };
-        self.state.store(DONE, Ordering::Release);
-        futex_wake(&self.state);
-    }
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
 const NEW_SLOT: Slot = Slot::new();
 /// The process-wide slot table (signal handlers are process-wide too).
-pub static TABLE: [Slot; SLOTS] = [NEW_SLOT; SLOTS];
+static TABLE: [Slot; SLOTS] = [NEW_SLOT; SLOTS];
+
+/// One signalled replay, as the runtime thread tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Claim {
+    /// Slot index.
+    pub slot: usize,
+    /// The use of the slot.
+    pub ticket: Ticket,
+}
 
 /// The signal used to interrupt faulting threads.
 pub fn replay_signal() -> libc::c_int {
@@ -141,36 +128,65 @@ pub fn install_handler() -> std::io::Result<()> {
     result
 }
 
-/// Claims a slot for `tid` and signals it. Returns the slot index, or None when every slot is
-/// busy or the signal could not be sent (the caller then falls back to ownership).
-pub fn signal_thread(tid: i32, fault_addr: u64, efd: i32) -> Option<usize> {
-    for (i, slot) in TABLE.iter().enumerate() {
-        if slot.tid.compare_exchange(0, tid, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            slot.fault_addr.store(fault_addr, Ordering::Relaxed);
-            slot.efd.store(efd, Ordering::Relaxed);
-            slot.state.store(SIGNALLED, Ordering::Release);
-            // SAFETY: plain syscall; tid is a thread of this process reported by userfaultfd.
-            let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, replay_signal()) };
-            if r != 0 {
-                release_unclaimed(i);
-                return None;
-            }
-            return Some(i);
-        }
-    }
-    None
+/// What [`signal_thread`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signalled {
+    /// The thread was signalled; its handler will post a request (or the claim goes stale).
+    Claimed(Claim),
+    /// Every slot is busy, or the signal could not be sent: serve the fault by ownership.
+    NoSlot,
 }
 
-/// Takes back a slot the handler has not picked up (stale signal, thread gone). Returns false if
-/// the handler got to it first.
-pub fn release_unclaimed(i: usize) -> bool {
-    let slot = &TABLE[i];
-    if slot.state.compare_exchange(SIGNALLED, FREE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-        slot.tid.store(0, Ordering::Release);
-        true
-    } else {
-        false
+/// Reserves a slot for `tid`, fills it and signals the thread.
+pub fn signal_thread(tid: i32, fault_addr: u64, efd: i32) -> Signalled {
+    for (i, slot) in TABLE.iter().enumerate() {
+        let Some(ticket) = protocol::reserve(&slot.word) else { continue };
+        slot.tid.store(tid, Ordering::Relaxed);
+        slot.fault_addr.store(fault_addr, Ordering::Relaxed);
+        slot.efd.store(efd, Ordering::Relaxed);
+        protocol::publish(&slot.word, ticket);
+        let claim = Claim { slot: i, ticket };
+        // SAFETY: plain syscall; tid is a thread of this process reported by userfaultfd.
+        let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, replay_signal()) };
+        if r != 0 && reclaim(claim) {
+            return Signalled::NoSlot;
+        }
+        // Sent, or not sent but a handler of an earlier, stale signal of this thread picked it
+        // up: either way a request will come.
+        return Signalled::Claimed(claim);
     }
+    Signalled::NoSlot
+}
+
+/// Takes back a claim no handler picked up. False if a handler got to it first (its request
+/// will come).
+pub fn reclaim(claim: Claim) -> bool {
+    protocol::reclaim(&TABLE[claim.slot].word, claim.ticket)
+}
+
+/// The request the handler of `claim` posted, if it did.
+pub fn take_request(claim: Claim) -> Option<Request> {
+    let slot = &TABLE[claim.slot];
+    if !protocol::has_request(&slot.word, claim.ticket) {
+        return None;
+    }
+    // SAFETY: in phase Request the runtime thread owns `request` (the handler waits for Done).
+    Some(unsafe { std::mem::replace(&mut *slot.request.get(), Request::Empty) })
+}
+
+/// Publishes the outcome of `claim` and wakes its handler. False if the claim has no posted
+/// request (then nothing changes).
+pub fn complete(claim: Claim, outcome: Outcome) -> bool {
+    let slot = &TABLE[claim.slot];
+    if !protocol::has_request(&slot.word, claim.ticket) {
+        return false;
+    }
+    // SAFETY: in phase Request the runtime thread owns `outcome`; the handler reads it only after
+    // observing Done (release CAS below).
+    unsafe { *slot.outcome.get() = outcome };
+    let done = protocol::complete(&slot.word, claim.ticket);
+    futex_wake(&slot.word);
+    done
 }
 
 /// Writes to an eventfd (async-signal-safe).
@@ -300,14 +316,25 @@ unsafe fn write_regs(uc: *mut libc::ucontext_t, regs: &Regs) {
     mc.gregs[libc::REG_EFL as usize] = regs.rflags as i64;
 }
 
+/// Finds the signalled slot of `tid` and picks it up (claims it for this handler).
+fn pick_up(tid: i32) -> Option<(&'static Slot, Ticket)> {
+    TABLE.iter().find_map(|slot| {
+        let observed = protocol::SlotWord::load(&slot.word);
+        let signalled = matches!(protocol::decode(observed), Some((Phase::Signalled, _)));
+        if !signalled || slot.tid.load(Ordering::Relaxed) != tid {
+            return None;
+        }
+        // CAS from exactly what we saw: a slot reused for another thread since has another
+        // generation, and the CAS fails.
+        protocol::pick_up_observed(&slot.word, observed).map(|t| (slot, t))
+    })
+}
+
 extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: plain syscall.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
-    let Some(slot) = TABLE
-        .iter()
-        .find(|s| s.tid.load(Ordering::Acquire) == tid && s.state.load(Ordering::Acquire) == SIGNALLED)
-    else {
-        return; // a stale signal: the runtime took the slot back
+    let Some((slot, ticket)) = pick_up(tid) else {
+        return; // a stale signal: the runtime took the slot back and served the fault otherwise
     };
     let uc = ctx.cast::<libc::ucontext_t>();
     // SAFETY: ctx is this handler's ucontext (SA_SIGINFO).
@@ -324,23 +351,25 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mu
         Err(_) => Request::Unsupported,
     };
     let decoded = match &request {
-        Request::Decoded(d) => Some(d.clone()),
+        Request::Decoded(d) => Some(*d),
         _ => None,
     };
-    // SAFETY: in state SIGNALLED the handler owns `request`.
+    // SAFETY: in phase Claimed the handler owns `request`.
     unsafe { *slot.request.get() = request };
-    slot.state.store(REQUEST, Ordering::Release);
-    eventfd_poke(slot.efd.load(Ordering::Relaxed));
-    while slot.state.load(Ordering::Acquire) == REQUEST {
-        futex_wait(&slot.state, REQUEST);
+    if !protocol::post(&slot.word, ticket) {
+        return; // cannot happen: nobody else moves a Claimed slot
     }
-    // SAFETY: after observing DONE the handler owns `outcome` again.
+    eventfd_poke(slot.efd.load(Ordering::Relaxed));
+    let waiting = protocol::encode(Phase::Request, ticket.generation);
+    while protocol::is_waiting(&slot.word, ticket) {
+        futex_wait(&slot.word, waiting);
+    }
+    // SAFETY: after observing Done the handler owns `outcome` again.
     let outcome = unsafe { *slot.outcome.get() };
     if let (Outcome::Done { old }, Some(d)) = (outcome, decoded) {
         decode::apply(&d, old, &mut regs);
         // SAFETY: as for read_regs.
         unsafe { write_regs(uc, &regs) };
     }
-    slot.state.store(FREE, Ordering::Release);
-    slot.tid.store(0, Ordering::Release);
+    protocol::release(&slot.word, ticket);
 }

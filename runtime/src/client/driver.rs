@@ -1,0 +1,486 @@
+//! The runtime thread's loop: one `select!` over the coordinator's stream, the application
+//! threads' commands, the region's userfaultfd, the replay eventfd and a timer for stale
+//! replays. Messages to the coordinator are framed into one buffer and written in order;
+//! frames from it are decoded and applied in order (ordering rule 2).
+//!
+//! Session requests (barriers, semaphores, ping, detach) are answered here; page messages and
+//! faults go to the region's [`FaultService`]. When the connection fails, every waiting request
+//! gets the error, later ones get it at once, and the region is failed (see `crate::fault`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dsm_proto::{close_code, decode_frame, encode_frame, ReqId, SessionFault, ToCoordinator, ToProcess};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::errors::{read_error, write_error};
+use super::{Command, Reply};
+use crate::error::{Error, Result};
+use crate::fatal::fatal;
+use crate::fault::FaultService;
+use crate::sys::UffdFd;
+
+/// The runtime thread's state: the stream, and the requests waiting for replies.
+pub(crate) struct Driver {
+    addr: String,
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    next_req: ReqId,
+    waiting: HashMap<ReqId, Waiting>,
+    barrier: Option<Reply<()>>,
+    barrier_epoch: u64,
+    detach: Option<Reply<()>>,
+    /// Set once the connection failed; every later request gets this error.
+    dead: Option<Error>,
+    /// The failure of a fire-and-forget post, returned by the next barrier or semaphore wait.
+    failed_post: Option<Error>,
+    /// The region whose faults this driver services, if any.
+    region: Option<FaultService>,
+    uffd: Option<AsyncFd<UffdFd>>,
+    efd: Option<AsyncFd<UffdFd>>,
+}
+
+enum Waiting {
+    Done(Reply<()>),
+    Pong(Reply<Vec<u8>>),
+}
+
+impl Driver {
+    /// A driver for a connection whose hello is done.
+    pub(super) fn new(
+        addr: String,
+        endpoint: quinn::Endpoint,
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> Driver {
+        Driver {
+            addr,
+            endpoint,
+            conn,
+            send,
+            recv,
+            inbuf: Vec::with_capacity(64 * 1024),
+            outbuf: Vec::with_capacity(64 * 1024),
+            next_req: 1,
+            waiting: HashMap::new(),
+            barrier: None,
+            barrier_epoch: 0,
+            detach: None,
+            dead: None,
+            failed_post: None,
+            region: None,
+            uffd: None,
+            efd: None,
+        }
+    }
+
+    /// Also serve a region's faults (its userfaultfd and replay eventfd, registered with this
+    /// thread's reactor).
+    pub(super) fn serve_region(&mut self, service: FaultService, uffd: AsyncFd<UffdFd>, efd: AsyncFd<UffdFd>) {
+        self.region = Some(service);
+        self.uffd = Some(uffd);
+        self.efd = Some(efd);
+    }
+
+    pub(super) fn close(&self, code: u32, reason: &[u8]) {
+        self.conn.close(code.into(), reason);
+    }
+
+    pub(super) async fn send(&mut self, msg: &ToCoordinator) -> Result<()> {
+        self.queue(msg)?;
+        self.flush().await
+    }
+
+    /// Frames `msg` behind everything queued before. An error (a message over the frame
+    /// limit) leaves the queue as it was.
+    fn queue(&mut self, msg: &ToCoordinator) -> Result<()> {
+        encode_frame(msg, &mut self.outbuf)
+            .map_err(|e| Error::Protocol(format!("cannot send a {} message: {e}", kind(msg))))
+    }
+
+    /// Queues protocol messages produced by the fault service. They are small by construction;
+    /// one that cannot be framed would leave the coherence protocol waiting forever, so it is
+    /// fatal.
+    fn queue_all(&mut self, msgs: &[ToCoordinator]) {
+        for m in msgs {
+            if let Err(e) = self.queue(m) {
+                fatal("queueing a coherence message", &e);
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.outbuf.is_empty() {
+            return Ok(());
+        }
+        let r = self.send.write_all(&self.outbuf).await;
+        self.outbuf.clear();
+        r.map_err(|e| write_error(&self.addr, e))
+    }
+
+    /// Flushes, failing everything if the connection is gone.
+    async fn flush_or_fail(&mut self) {
+        if let Err(e) = self.flush().await {
+            self.fail_all(e);
+        }
+    }
+
+    /// Reads until one whole message is buffered.
+    pub(super) async fn next_message(&mut self) -> Result<ToProcess> {
+        loop {
+            if let Some(msg) = self.try_decode()? {
+                return Ok(msg);
+            }
+            self.fill().await?;
+        }
+    }
+
+    fn try_decode(&mut self) -> Result<Option<ToProcess>> {
+        match decode_frame::<ToProcess>(&self.inbuf) {
+            Ok(Some((msg, n))) => {
+                self.inbuf.drain(..n);
+                Ok(Some(msg))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.conn.close(close_code::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
+                Err(Error::Protocol(format!("bad frame from the coordinator: {e}")))
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.recv.read(&mut chunk).await {
+            Ok(Some(n)) => {
+                self.inbuf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Ok(None) => Err(Error::ConnectionLost("the coordinator closed the stream".into())),
+            Err(e) => Err(read_error(&self.addr, e)),
+        }
+    }
+
+    pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let uffd = self.uffd.take();
+        let efd = self.efd.take();
+        let mut stale_check = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            let replays_pending = self.region.as_ref().is_some_and(FaultService::replays_pending);
+            tokio::select! {
+                ready = async { efd.as_ref().expect("guarded").readable().await }, if efd.is_some() => {
+                    match ready {
+                        Ok(mut guard) => {
+                            let mut out = Vec::new();
+                            if let Some(r) = &mut self.region {
+                                r.handle_replay_requests(&mut out);
+                            }
+                            self.queue_all(&out);
+                            guard.clear_ready();
+                        }
+                        Err(e) => fatal("polling the replay eventfd", &e),
+                    }
+                    self.flush_or_fail().await;
+                }
+                _ = stale_check.tick(), if replays_pending => {
+                    let mut out = Vec::new();
+                    if let Some(r) = &mut self.region {
+                        r.reclaim_stale_replays(&mut out);
+                    }
+                    self.queue_all(&out);
+                    self.flush_or_fail().await;
+                }
+                ready = async { uffd.as_ref().expect("guarded").readable().await }, if uffd.is_some() => {
+                    match ready {
+                        Ok(mut guard) => {
+                            let mut out = Vec::new();
+                            if let Some(r) = &mut self.region {
+                                r.handle_faults(&mut out);
+                            }
+                            self.queue_all(&out);
+                            guard.clear_ready();
+                        }
+                        Err(e) => fatal("polling userfaultfd", &e),
+                    }
+                    self.flush_or_fail().await;
+                }
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle_command(cmd);
+                    while let Ok(cmd) = commands.try_recv() {
+                        self.handle_command(cmd);
+                    }
+                    self.flush_or_fail().await;
+                }
+                read = self.recv.read(&mut chunk), if self.dead.is_none() => {
+                    match read {
+                        Ok(Some(n)) => {
+                            self.inbuf.extend_from_slice(&chunk[..n]);
+                            loop {
+                                match self.try_decode() {
+                                    Ok(Some(msg)) => self.handle_message(msg),
+                                    Ok(None) => break,
+                                    Err(e) => { self.fail_all(e); break }
+                                }
+                            }
+                            // Acks and requests produced by page messages.
+                            self.flush_or_fail().await;
+                        }
+                        Ok(None) => self.fail_all(Error::ConnectionLost("the coordinator closed the stream".into())),
+                        Err(e) => { let e = read_error(&self.addr, e); self.fail_all(e) }
+                    }
+                }
+            }
+        }
+        if let Some(r) = &mut self.region {
+            r.release_handlers();
+        }
+        self.conn.close(close_code::OK.into(), b"detached");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    fn next_req(&mut self) -> ReqId {
+        let r = self.next_req;
+        self.next_req += 1;
+        r
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        if let Some(e) = &self.dead {
+            let e = e.clone();
+            match cmd {
+                Command::Barrier(r) | Command::SemaphoreWait { reply: r, .. } => {
+                    let _ = r.send(Err(e));
+                }
+                Command::SemaphorePost { name, reply, .. } => match reply {
+                    Some(r) => {
+                        let _ = r.send(Err(e));
+                    }
+                    None => debug!("post of '{name}' after the connection failed: {e}"),
+                },
+                Command::Detach(r) => {
+                    // Nothing left to detach from; the session is over for us either way.
+                    let _ = r.send(Ok(()));
+                }
+                Command::Ping(_, r) => {
+                    let _ = r.send(Err(e));
+                }
+                Command::Stats(r) => {
+                    let _ = r.send(Ok(self.region.as_ref().map(FaultService::stats).unwrap_or_default()));
+                }
+                Command::Advise { .. } => {}
+            }
+            return;
+        }
+        match cmd {
+            Command::Barrier(reply) => {
+                if let Some(e) = self.failed_post.take() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let epoch = self.barrier_epoch;
+                self.barrier_epoch += 1;
+                match self.queue(&ToCoordinator::Barrier { epoch }) {
+                    Ok(()) => self.barrier = Some(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::SemaphoreWait { name, initial, reply } => {
+                if let Some(e) = self.failed_post.take() {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let req = self.next_req();
+                match self.queue(&ToCoordinator::SemaphoreWait { req, name, initial }) {
+                    Ok(()) => {
+                        self.waiting.insert(req, Waiting::Done(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::SemaphorePost { name, initial, reply } => {
+                // Nobody waits for the answer: the stream keeps the post ordered before whatever
+                // this process sends next, and a failure is reported by the coordinator's
+                // `Failed` (logged) or by the next blocking call.
+                let req = self.next_req();
+                match (self.queue(&ToCoordinator::SemaphorePost { req, name, initial }), reply) {
+                    (Ok(()), Some(reply)) => {
+                        self.waiting.insert(req, Waiting::Done(reply));
+                    }
+                    (Err(e), Some(reply)) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    (Ok(()), None) => {}
+                    (Err(e), None) => {
+                        warn!("a semaphore post could not be sent: {e}");
+                        self.failed_post.get_or_insert(e);
+                    }
+                }
+            }
+            Command::Ping(payload, reply) => {
+                let req = self.next_req();
+                match self.queue(&ToCoordinator::Ping { req, payload }) {
+                    Ok(()) => {
+                        self.waiting.insert(req, Waiting::Pong(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            Command::Detach(reply) => {
+                // Owned pages go home first, on the same ordered stream, so no write is lost.
+                let mut out = Vec::new();
+                if let Some(r) = &mut self.region {
+                    let n = r.release_all(&mut out);
+                    debug!("detaching: wrote back {n} owned pages; stats {:?}", r.stats());
+                }
+                out.push(ToCoordinator::Detach);
+                self.queue_all(&out);
+                self.detach = Some(reply);
+            }
+            Command::Stats(reply) => {
+                let stats = self.region.as_ref().map(FaultService::stats).unwrap_or_default();
+                let _ = reply.send(Ok(stats));
+            }
+            Command::Advise { first, count, coherence } => {
+                self.queue_all(&[ToCoordinator::Advise { first, count, coherence }]);
+            }
+        }
+    }
+
+    fn handle_message(&mut self, msg: ToProcess) {
+        match msg {
+            ToProcess::BarrierDone { .. } => {
+                if let Some(r) = self.barrier.take() {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            ToProcess::SemaphoreAcquired { req } | ToProcess::SemaphorePosted { req } => {
+                if let Some(Waiting::Done(r)) = self.waiting.remove(&req) {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            ToProcess::Pong { req, payload } => {
+                if let Some(Waiting::Pong(r)) = self.waiting.remove(&req) {
+                    let _ = r.send(Ok(payload));
+                }
+            }
+            ToProcess::Failed { req, error } => self.handle_failed(req, error),
+            ToProcess::Detached => {
+                if let Some(r) = self.detach.take() {
+                    let _ = r.send(Ok(()));
+                }
+                if let Some(r) = &mut self.region {
+                    r.detached();
+                }
+                self.dead = Some(Error::Detached);
+            }
+            page_msg @ (ToProcess::Data { .. }
+            | ToProcess::Grant { .. }
+            | ToProcess::Invalidate { .. }
+            | ToProcess::Downgrade { .. }
+            | ToProcess::Recall { .. }
+            | ToProcess::Update { .. }
+            | ToProcess::WriteAck { .. }
+            | ToProcess::Retry { .. }
+            | ToProcess::ModeHint { .. }
+            | ToProcess::Advice { .. }) => self.handle_page_message(page_msg),
+            other => warn!("ignoring unexpected message from the coordinator: {other:?}"),
+        }
+    }
+
+    fn handle_page_message(&mut self, msg: ToProcess) {
+        let Some(r) = &mut self.region else {
+            warn!("page message for a session without a region: {msg:?}");
+            return;
+        };
+        let mut out = Vec::new();
+        match r.handle_page_message(msg, &mut out) {
+            Ok(()) => self.queue_all(&out),
+            Err(e) => {
+                // The coordinator and this process disagree about the pages: nothing that waits
+                // could ever be answered correctly.
+                let e = Error::Protocol(format!("the coordinator broke the coherence protocol: {e}"));
+                self.conn.close(close_code::PROTOCOL_ERROR.into(), b"coherence protocol violation");
+                self.fail_all(e);
+            }
+        }
+    }
+
+    fn handle_failed(&mut self, req: Option<ReqId>, error: SessionFault) {
+        let waiter = req.and_then(|r| self.waiting.remove(&r));
+        match (req, waiter) {
+            (_, Some(Waiting::Done(r))) => {
+                let _ = r.send(Err(Error::Session(error)));
+            }
+            (_, Some(Waiting::Pong(r))) => {
+                let _ = r.send(Err(Error::Session(error)));
+            }
+            (None, None) => match self.barrier.take() {
+                Some(r) => {
+                    let _ = r.send(Err(Error::Session(error)));
+                }
+                None => warn!("the coordinator reported: {error}"),
+            },
+            (Some(_), None) => {
+                // A post (nobody waits for its answer): the next blocking call reports it.
+                warn!("a semaphore post failed: {error}");
+                self.failed_post.get_or_insert(Error::Session(error));
+            }
+        }
+    }
+
+    /// The connection is gone (or unusable): fail everything waiting, everything asked later,
+    /// and the region (see `crate::fault`).
+    fn fail_all(&mut self, e: Error) {
+        if self.dead.is_some() {
+            return;
+        }
+        debug!("connection failed: {e}");
+        if let Some(r) = self.barrier.take() {
+            let _ = r.send(Err(e.clone()));
+        }
+        if let Some(r) = self.detach.take() {
+            let _ = r.send(Ok(()));
+        }
+        for (_, w) in self.waiting.drain() {
+            match w {
+                Waiting::Done(r) => {
+                    let _ = r.send(Err(e.clone()));
+                }
+                Waiting::Pong(r) => {
+                    let _ = r.send(Err(e.clone()));
+                }
+            }
+        }
+        if let Some(r) = &mut self.region {
+            r.fail(&e);
+        }
+        self.dead = Some(e);
+    }
+}
+
+/// What kind of message `msg` is, for error messages.
+fn kind(msg: &ToCoordinator) -> &'static str {
+    match msg {
+        ToCoordinator::Attach(_) => "attach",
+        ToCoordinator::Barrier { .. } => "barrier",
+        ToCoordinator::SemaphoreWait { .. } | ToCoordinator::SemaphorePost { .. } => "semaphore",
+        ToCoordinator::Ping { .. } => "ping",
+        ToCoordinator::Detach => "detach",
+        _ => "coherence",
+    }
+}
