@@ -55,7 +55,52 @@ impl Default for Transport {
     }
 }
 
+/// A [`Transport`] whose timers cannot work together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The idle timeout is not comfortably above the keep-alive interval.
+    #[error("the idle timeout ({idle:?}) must be at least {factor} times the keep-alive interval ({keep_alive:?}): below that a healthy but quiet connection is declared dead between two keep-alives; raise the idle timeout (DSM_IDLE_TIMEOUT, --idle-timeout) or shorten the keep-alive (DSM_KEEP_ALIVE, --keep-alive)")]
+    IdleBelowKeepAlive {
+        /// The idle timeout.
+        idle: Duration,
+        /// The keep-alive interval.
+        keep_alive: Duration,
+        /// The required ratio, [`MIN_IDLE_PER_KEEP_ALIVE`].
+        factor: u32,
+    },
+    /// Keep-alives are off while an idle timeout is set.
+    #[error("keep-alives are off (0) while the idle timeout is {idle:?}: a process waiting in a barrier would be declared dead; set a keep-alive interval below a third of the idle timeout")]
+    NoKeepAlive {
+        /// The idle timeout.
+        idle: Duration,
+    },
+}
+
+/// The idle timeout must be at least this many keep-alive intervals, so that losing a
+/// keep-alive or two on a lossy link does not end a healthy connection.
+pub const MIN_IDLE_PER_KEEP_ALIVE: u32 = 3;
+
 impl Transport {
+    /// Checks that the timers work together: an idle timeout (unless disabled with 0) of at
+    /// least [`MIN_IDLE_PER_KEEP_ALIVE`] keep-alive intervals.
+    pub fn validate(&self) -> Result<(), TransportError> {
+        if self.idle_timeout.is_zero() {
+            return Ok(());
+        }
+        if self.keep_alive.is_zero() {
+            return Err(TransportError::NoKeepAlive { idle: self.idle_timeout });
+        }
+        if self.idle_timeout < self.keep_alive * MIN_IDLE_PER_KEEP_ALIVE {
+            return Err(TransportError::IdleBelowKeepAlive {
+                idle: self.idle_timeout,
+                keep_alive: self.keep_alive,
+                factor: MIN_IDLE_PER_KEEP_ALIVE,
+            });
+        }
+        Ok(())
+    }
+
     /// Builds the quinn transport configuration: keep-alive, idle timeout,
     /// initial RTT and congestion controller from `self`, plus larger flow
     /// control windows ([`STREAM_RECEIVE_WINDOW`], [`RECEIVE_WINDOW`],
@@ -121,6 +166,23 @@ mod tests {
         assert_eq!(t.idle_timeout, Duration::from_secs(10));
         assert_eq!(t.initial_rtt, Duration::from_millis(10));
         assert_eq!(t.congestion, Congestion::Bbr);
+    }
+
+    #[test]
+    fn an_idle_timeout_not_well_above_the_keep_alive_is_refused() {
+        let t = |idle_ms, keep_ms| Transport {
+            idle_timeout: Duration::from_millis(idle_ms),
+            keep_alive: Duration::from_millis(keep_ms),
+            ..Transport::default()
+        };
+        assert_eq!(Transport::default().validate(), Ok(()));
+        assert_eq!(t(3000, 1000).validate(), Ok(()));
+        assert_eq!(t(0, 0).validate(), Ok(()), "no idle timeout at all is allowed");
+        let e = t(1, 1000).validate().unwrap_err();
+        assert!(matches!(e, TransportError::IdleBelowKeepAlive { .. }));
+        assert!(e.to_string().contains("DSM_IDLE_TIMEOUT"), "{e}");
+        assert!(matches!(t(2999, 1000).validate(), Err(TransportError::IdleBelowKeepAlive { .. })));
+        assert!(matches!(t(10_000, 0).validate(), Err(TransportError::NoKeepAlive { .. })));
     }
 
     #[test]

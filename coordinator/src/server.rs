@@ -61,6 +61,9 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The transport settings cannot work together.
+    #[error(transparent)]
+    Transport(#[from] dsm_cert::TransportError),
     /// Some other I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -118,6 +121,7 @@ pub struct Coordinator {
 impl Coordinator {
     /// Loads the certificates and binds the UDP socket. Must be called inside a tokio runtime.
     pub fn bind(config: &Config) -> Result<Self, ServeError> {
+        config.transport.validate()?;
         let server_config = dsm_cert::quic_server_config(&config.cert_dir, &config.transport)?;
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .map_err(|source| ServeError::Bind { addr: config.listen, source })?;

@@ -10,7 +10,8 @@
 //! | `DSM_RANK` | launch-order rank hint (else `OMPI_COMM_WORLD_RANK`, `PMI_RANK`); informational: ranks are assigned in attach order | - |
 //! | `DSM_CERT_DIR` | directory with `ca.pem`, `client.pem`, `client.key` | `~/.config/dsm/certs` |
 //! | `DSM_ATTACH_TIMEOUT` | how long to wait for all processes (`30s`) | `60s` |
-//! | `DSM_IDLE_TIMEOUT` | declare the coordinator lost after this silence | `10s` |
+//! | `DSM_IDLE_TIMEOUT` | declare the coordinator lost after this silence (at least 3 keep-alives) | `10s` |
+//! | `DSM_KEEP_ALIVE` | interval of keep-alive packets | `1s` |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -213,6 +214,11 @@ impl ConfigBuilder {
                 self.idle_timeout = Some(parse_duration(&v).map_err(|e| bad("DSM_IDLE_TIMEOUT", e))?);
             }
         }
+        if self.keep_alive.is_none() {
+            if let Some(v) = var("DSM_KEEP_ALIVE") {
+                self.keep_alive = Some(parse_duration(&v).map_err(|e| bad("DSM_KEEP_ALIVE", e))?);
+            }
+        }
         Ok(self)
     }
 
@@ -243,6 +249,7 @@ impl ConfigBuilder {
         if let Some(t) = self.keep_alive {
             transport.keep_alive = t;
         }
+        transport.validate().map_err(|e| Error::Config(e.to_string()))?;
         Ok(Config {
             coordinator: self.coordinator.unwrap_or_else(|| DEFAULT_COORDINATOR.to_string()),
             server_name: self.server_name,
@@ -280,6 +287,15 @@ mod tests {
         assert_eq!(c.size(), 4096);
         assert_eq!(c.coordinator(), DEFAULT_COORDINATOR);
         assert!(Config::builder().session("s").size(1).nprocs(0).build().is_err());
+    }
+
+    #[test]
+    fn an_idle_timeout_below_the_keep_alive_is_a_clear_error() {
+        let b = || Config::builder().session("s").size(1).nprocs(1);
+        let e = b().idle_timeout(Duration::from_millis(1)).build().unwrap_err();
+        assert!(matches!(e, Error::Config(_)) && e.to_string().contains("keep-alive"), "{e}");
+        let ok = b().idle_timeout(Duration::from_secs(2)).keep_alive(Duration::from_millis(500)).build();
+        assert!(ok.is_ok());
     }
 
     #[test]

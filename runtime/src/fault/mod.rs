@@ -100,7 +100,7 @@ impl FaultService {
                 fatal("page fault outside the region", &format!("address {addr:#x}"));
             }
             if let FaultVerdict::Failed(reason) = self.tracker.fault_read(page, Instant::now()) {
-                fatal(&format!("thread {tid} touched the shared region (page {page}) after it failed"), &reason);
+                fatal(&reason, &format_args!("thread {tid} touched the shared region afterwards (page {page})"));
             }
             let access = if write { Access::Write } else { Access::Read };
             let mut mem = Mem { maps: &self.maps };
@@ -153,14 +153,15 @@ impl FaultService {
     pub fn fail(&mut self, reason: &Error) {
         let released = self.tracker.fail(reason.to_string());
         if !released.faults.is_empty() || !released.claims.is_empty() {
-            let pages: Vec<String> = released.faults.iter().map(u64::to_string).collect();
+            let pages: Vec<String> = released.faults.iter().take(8).map(u64::to_string).collect();
+            let more = if released.faults.len() > 8 { ", ..." } else { "" };
             fatal(
-                &format!(
-                    "threads were waiting for pages [{}] and {} replayed stores",
+                &reason.to_string(),
+                &format_args!(
+                    "threads were waiting for page(s) {}{more} and {} replayed store(s)",
                     pages.join(", "),
                     released.claims.len()
                 ),
-                reason,
             );
         }
         debug!("region failed with nothing waiting ({reason}): revoking every page");

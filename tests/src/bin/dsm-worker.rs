@@ -63,6 +63,9 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         rounds: u64,
     },
+    /// Rank 1 spins on a read-only copy of a word nobody will change; rank 0 waits in a barrier
+    /// that cannot complete. (For tests that stop the coordinator meanwhile.)
+    SpinRead,
     /// Rank 0 read(2)s from a pipe straight into the region; the others verify the bytes.
     PipeRead,
     /// 8 threads per process fault concurrently on distinct and shared pages.
@@ -126,6 +129,7 @@ fn run(scenario: Scenario) -> Result<(), dsm::Error> {
         Scenario::Counter { adds, gap_us } => return counter(&config, adds, gap_us),
         Scenario::SpinPingpong { rounds } => return region_run(&config, |r| spin_pingpong(r, rounds)),
         Scenario::PipeRead => return region_run(&config, pipe_read),
+        Scenario::SpinRead => return region_run(&config, spin_read),
         Scenario::Threads => return region_run(&config, threads),
         Scenario::Bulk { mib } => return region_run(&config, |r| bulk(r, mib)),
         Scenario::Huge { touch } => return region_run(&config, |r| huge(r, touch)),
@@ -246,6 +250,7 @@ fn spin_pingpong(region: &dsm::Region, rounds: u64) -> Check {
     let words: &[AtomicU64] = region.as_slice(0, 1 + region.nprocs() as usize).map_err(|e| e.to_string())?;
     let (rank, n) = (u64::from(region.rank()), u64::from(region.nprocs()));
     region.barrier().map_err(|e| e.to_string())?;
+    println!("rank {rank} passed the first barrier");
     let mut spins = 0u64;
     loop {
         let t = words[0].load(Ordering::SeqCst);
@@ -270,6 +275,23 @@ fn spin_pingpong(region: &dsm::Region, rounds: u64) -> Check {
     }
     println!("rank {rank} done {rounds} hand-offs");
     Ok(())
+}
+
+fn spin_read(region: &dsm::Region) -> Check {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let word: &[AtomicU64] = region.as_slice(0, 1).map_err(|e| e.to_string())?;
+    region.barrier().map_err(|e| e.to_string())?;
+    if region.rank() == 0 {
+        println!("rank 0 waiting in a barrier");
+        // The other rank never enters it.
+        return region.barrier().map_err(|e| e.to_string());
+    }
+    let first = word[0].load(Ordering::SeqCst); // fetches a read-only copy
+    println!("rank {} spinning on a read-only copy", region.rank());
+    while word[0].load(Ordering::SeqCst) == first {
+        std::hint::spin_loop();
+    }
+    Err("the word changed, but nobody writes it".into())
 }
 
 fn pattern_byte(i: usize, seed: u64) -> u8 {
