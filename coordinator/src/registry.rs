@@ -18,6 +18,12 @@ use dsm_proto::{
     ReqId, SessionFault, ToCoordinator, ToProcess, MAX_PROCESSES,
 };
 
+/// Most semaphore names one session keeps.
+pub const MAX_SEMAPHORES: usize = 4096;
+
+/// Most semaphore waits one process may have blocked at once (one per waiting thread).
+pub const MAX_WAITS_PER_RANK: usize = 4096;
+
 /// Identifies one client connection.
 pub type ConnId = u64;
 
@@ -418,10 +424,11 @@ impl Running {
             ToCoordinator::Ping { .. } => {}
             page_msg => {
                 let mut sends = Vec::new();
-                if let Err(e) = self.directory.handle(rank, page_msg, &mut sends) {
-                    self.fail(rank, None, SessionFault::Protocol(e.to_string()), out);
-                }
+                let result = self.directory.handle(rank, page_msg, &mut sends);
                 self.send_pages(sends, out);
+                if let Err(e) = result {
+                    self.violation(rank, e.to_string(), out);
+                }
             }
         }
     }
@@ -440,6 +447,16 @@ impl Running {
         let mut sends = Vec::new();
         self.directory.handle_leave(rank, &mut sends);
         self.send_pages(sends, out);
+    }
+
+    /// `rank` broke the protocol: it is told why, its connection is closed, and it counts as
+    /// lost (its pages fall back to the home copies; the others get the usual errors).
+    fn violation(&mut self, rank: Rank, what: String, out: &mut Outbox) {
+        tracing::warn!(rank, "protocol violation: {what}; closing its connection");
+        let conn = self.conn(rank);
+        self.fail(rank, None, SessionFault::Protocol(what.clone()), out);
+        out.push(Output::Close(conn, "protocol violation"));
+        self.lose(rank, &format!("protocol violation: {what}"), out);
     }
 
     fn handle_barrier(&mut self, rank: Rank, epoch: u64, out: &mut Outbox) {
@@ -480,6 +497,9 @@ impl Running {
         if let Err(e) = check_semaphore_name(&name) {
             return Err(SessionFault::BadName(e));
         }
+        if semaphores.len() >= MAX_SEMAPHORES && !semaphores.contains_key(&name) {
+            return Err(SessionFault::Protocol(format!("more than {MAX_SEMAPHORES} semaphore names in one session")));
+        }
         let sem = semaphores.entry(name.clone()).or_insert_with(|| Semaphore {
             initial,
             count: u64::from(initial),
@@ -494,6 +514,11 @@ impl Running {
     fn handle_wait(&mut self, rank: Rank, req: ReqId, name: String, initial: u32, out: &mut Outbox) {
         let lost = self.lost_fault();
         let conn = self.conn(rank);
+        let waits: usize = self.semaphores.values().map(|s| s.waiters.iter().filter(|(r, _)| *r == rank).count()).sum();
+        if waits >= MAX_WAITS_PER_RANK {
+            let what = format!("more than {MAX_WAITS_PER_RANK} semaphore waits blocked at once");
+            return self.violation(rank, what, out);
+        }
         let sem = match Self::semaphore(&mut self.semaphores, name, initial) {
             Ok(sem) => sem,
             Err(e) => return self.fail(rank, Some(req), e, out),
@@ -829,5 +854,83 @@ mod tests {
         start(&mut r, "s", &[1, 2]);
         let out = attach(&mut r, 3, "s", 4096, 2);
         assert!(matches!(out[0], Output::Send(3, ToProcess::Refused(Refusal::SessionFull { .. }))));
+    }
+
+    /// Any message a (possibly hostile) client may send, with values around the limits.
+    fn arbitrary_message() -> impl proptest::strategy::Strategy<Value = ToCoordinator> {
+        use dsm_proto::{Coherence, PageData, RmwOp};
+        use proptest::prelude::*;
+        let page = prop_oneof![0u64..4, Just(u64::MAX), 4u64..1 << 20];
+        let data = prop_oneof![
+            Just(PageData(vec![7; dsm_proto::PAGE_SIZE])),
+            (0usize..5000).prop_map(|n| PageData(vec![1; n])),
+            Just(PageData(vec![2; 1 << 20])),
+        ];
+        let coherence = prop_oneof![Just(Coherence::Update), Just(Coherence::Invalidate), Just(Coherence::Adaptive)];
+        prop_oneof![
+            (any::<u64>(), page.clone()).prop_map(|(req, page)| ToCoordinator::Fetch { req, page }),
+            (any::<u64>(), page.clone()).prop_map(|(req, page)| ToCoordinator::Own { req, page }),
+            page.clone().prop_map(|page| ToCoordinator::InvalidateAck { page }),
+            (page.clone(), proptest::option::of(data.clone())).prop_map(|(page, data)| ToCoordinator::DowngradeAck { page, data }),
+            (page.clone(), proptest::option::of(data.clone())).prop_map(|(page, data)| ToCoordinator::RecallAck { page, data }),
+            (page.clone(), data).prop_map(|(page, data)| ToCoordinator::Writeback { page, data }),
+            (any::<u64>(), page.clone(), any::<u16>(), any::<u8>(), any::<u128>())
+                .prop_map(|(req, page, offset, width, value)| ToCoordinator::Write { req, page, offset, width, value }),
+            (any::<u64>(), page.clone(), any::<u16>(), any::<u8>(), any::<u64>())
+                .prop_map(|(req, page, offset, width, operand)| ToCoordinator::Rmw { req, page, offset, width, op: RmwOp::Xadd, operand, expected: 0 }),
+            (page, any::<u64>(), coherence).prop_map(|(first, count, coherence)| ToCoordinator::Advise { first, count, coherence }),
+            (any::<u64>(), "[a-z]{0,70}", 0u32..3).prop_map(|(req, name, initial)| ToCoordinator::SemaphoreWait { req, name, initial }),
+            (any::<u64>(), "[a-z]{0,70}", 0u32..3).prop_map(|(req, name, initial)| ToCoordinator::SemaphorePost { req, name, initial }),
+            any::<u64>().prop_map(|epoch| ToCoordinator::Barrier { epoch }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// A member sending anything never panics the coordinator; a member that breaks the
+        /// protocol is closed and lost, and the other member's session keeps answering: a post
+        /// and wait of its own go through, and its barrier either completes or fails clearly.
+        #[test]
+        fn a_hostile_member_is_closed_and_the_other_keeps_clear_answers(
+            msgs in proptest::collection::vec(arbitrary_message(), 1..60)
+        ) {
+            let mut r = Registry::new();
+            start(&mut r, "s", &[1, 2]);
+            let mut closed = false;
+            for m in msgs {
+                let out = send(&mut r, 2, m);
+                closed |= out.iter().any(|o| matches!(o, Output::Close(2, _)));
+                for o in &out {
+                    if let Output::Send(c, _) = o {
+                        proptest::prop_assert!(*c == 1 || *c == 2, "message to an unknown connection {c}");
+                    }
+                }
+            }
+            let p = send(&mut r, 1, ToCoordinator::SemaphorePost { req: 900, name: "rank0-own".into(), initial: 0 });
+            proptest::prop_assert!(p.contains(&Output::Send(1, ToProcess::SemaphorePosted { req: 900 })), "{p:?}");
+            let w = send(&mut r, 1, ToCoordinator::SemaphoreWait { req: 901, name: "rank0-own".into(), initial: 0 });
+            proptest::prop_assert!(w.contains(&Output::Send(1, ToProcess::SemaphoreAcquired { req: 901 })), "{w:?}");
+            if closed {
+                // Rank 1 (conn 2) is lost: rank 0's barrier fails at once with the reason.
+                let b = send(&mut r, 1, ToCoordinator::Barrier { epoch: 0 });
+                let clear = b.iter().any(|o| matches!(o, Output::Send(1, ToProcess::Failed { error: SessionFault::RankLost { rank: 1, detail }, .. }) if detail.contains("protocol violation")));
+                proptest::prop_assert!(clear, "{b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_member_sending_a_short_writeback_is_closed_and_counts_as_lost() {
+        let mut r = Registry::new();
+        start(&mut r, "s", &[1, 2]);
+        send(&mut r, 1, ToCoordinator::Barrier { epoch: 0 });
+        let bad = ToCoordinator::Writeback { page: 0, data: dsm_proto::PageData(vec![1; 100]) };
+        let out = send(&mut r, 2, bad);
+        assert!(out.iter().any(|o| matches!(o, Output::Close(2, "protocol violation"))), "{out:?}");
+        assert!(
+            out.iter().any(|o| matches!(o, Output::Send(1, ToProcess::Failed { req: None, error: SessionFault::RankLost { rank: 1, .. } }))),
+            "the waiting barrier of the other member fails with the reason: {out:?}"
+        );
     }
 }

@@ -61,6 +61,16 @@ pub const PINGPONG_GRANTS: u32 = 4;
 /// transfer plus a few re-fetches by readers.
 pub const WRITE_RUN: u32 = 64;
 
+/// Most requests (fetches, ownership requests, replayed writes) one process may have waiting
+/// at the directory at once. A correct process has at most one fetch or ownership request per
+/// page in flight and one replayed write per thread, far below this; a flood beyond it is a
+/// protocol violation, so one client cannot grow the coordinator's memory without bound.
+pub const MAX_PENDING_PER_RANK: u32 = 1 << 16;
+
+/// Most advised ranges a session keeps (ranges fully covered by a later advice are dropped
+/// first).
+pub const MAX_ADVICE: usize = 4096;
+
 /// Counters of the coherence traffic of one session.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DirectoryStats {
@@ -107,6 +117,35 @@ pub enum DirectoryError {
     /// Not a page message, or from an unknown rank.
     #[error("{0}")]
     Unexpected(String),
+    /// Page contents of the wrong size.
+    #[error("page {page} came with {len} bytes instead of {expected}")]
+    BadPageLength {
+        /// The page.
+        page: PageNo,
+        /// Bytes received.
+        len: usize,
+        /// [`crate::PAGE_SIZE`].
+        expected: usize,
+    },
+    /// A second fetch or ownership request for a page while one is still waiting.
+    #[error("rank {rank} asked for page {page} again while its earlier request is still waiting")]
+    DuplicateRequest {
+        /// The requester.
+        rank: Rank,
+        /// The page.
+        page: PageNo,
+    },
+    /// More requests waiting than [`MAX_PENDING_PER_RANK`].
+    #[error("rank {rank} has more than {max} requests waiting")]
+    TooManyRequests {
+        /// The requester.
+        rank: Rank,
+        /// The limit.
+        max: u32,
+    },
+    /// An advice range outside the region, or more ranges than [`MAX_ADVICE`].
+    #[error("bad coherence advice: {0}")]
+    BadAdvice(String),
 }
 
 /// A read-only view of one page's directory entry (for tests, logs and debugging).
@@ -205,6 +244,8 @@ pub struct PageDirectory {
     advice: Vec<(PageNo, PageNo, Coherence)>,
     /// Default policy of pages no advice covers.
     default_policy: Coherence,
+    /// Requests of each rank waiting in page queues (bounded by [`MAX_PENDING_PER_RANK`]).
+    pending: Vec<u32>,
 }
 
 impl PageDirectory {
@@ -217,6 +258,7 @@ impl PageDirectory {
             stats: DirectoryStats::default(),
             advice: Vec::new(),
             default_policy: Coherence::Adaptive,
+            pending: vec![0; nprocs as usize],
         }
     }
 
@@ -267,11 +309,13 @@ impl PageDirectory {
         match msg {
             ToCoordinator::Fetch { req, page } => {
                 self.check(page)?;
+                self.admit(from, page, Kind::Fetch)?;
                 self.stats.fetches += 1;
                 self.submit(page, Request { from, req, kind: Kind::Fetch }, out);
             }
             ToCoordinator::Own { req, page } => {
                 self.check(page)?;
+                self.admit(from, page, Kind::Own)?;
                 self.submit(page, Request { from, req, kind: Kind::Own }, out);
             }
             ToCoordinator::InvalidateAck { page } => {
@@ -284,29 +328,43 @@ impl PageDirectory {
             }
             ToCoordinator::DowngradeAck { page, data } => {
                 self.check(page)?;
+                check_len(page, data.as_ref())?;
                 self.owner_ack(page, from, Kind::Fetch, data, out);
             }
             ToCoordinator::RecallAck { page, data } => {
                 self.check(page)?;
+                check_len(page, data.as_ref())?;
                 self.owner_ack(page, from, Kind::Own, data, out);
             }
             ToCoordinator::Write { req, page, offset, width, value } => {
                 self.check(page)?;
                 check_access(offset, width, 16)?;
                 let op = WriteOp::Store { offset, width, value };
+                self.admit(from, page, Kind::Write(op))?;
                 self.submit(page, Request { from, req, kind: Kind::Write(op) }, out);
             }
             ToCoordinator::Rmw { req, page, offset, width, op, operand, expected } => {
                 self.check(page)?;
                 check_access(offset, width, 8)?;
                 let op = WriteOp::Rmw { offset, width, op, operand, expected };
+                self.admit(from, page, Kind::Write(op))?;
                 self.submit(page, Request { from, req, kind: Kind::Write(op) }, out);
             }
             ToCoordinator::Advise { first, count, coherence } => {
-                let end = first.saturating_add(count).min(self.pages);
+                let end = first.checked_add(count).filter(|&e| count > 0 && e <= self.pages).ok_or_else(|| {
+                    DirectoryError::BadAdvice(format!("{count} pages from page {first} in a region of {} pages", self.pages))
+                })?;
+                if self.advice.last() == Some(&(first, end, coherence)) {
+                    return Ok(()); // the same advice again changes nothing: no broadcast
+                }
+                // Older ranges this one covers entirely can never decide a page's policy again.
+                self.advice.retain(|&(f, e, _)| !(first <= f && e <= end));
+                if self.advice.len() >= MAX_ADVICE {
+                    return Err(DirectoryError::BadAdvice(format!("more than {MAX_ADVICE} advised ranges")));
+                }
                 self.advice.push((first, end, coherence));
                 for r in 0..self.nprocs {
-                    out.push((r, ToProcess::Advice { first, count: end.saturating_sub(first), coherence }));
+                    out.push((r, ToProcess::Advice { first, count, coherence }));
                 }
                 let mut touched: Vec<PageNo> =
                     self.entries.keys().copied().filter(|p| (first..end).contains(p)).collect();
@@ -324,6 +382,7 @@ impl PageDirectory {
             }
             ToCoordinator::Writeback { page, data } => {
                 self.check(page)?;
+                check_len(page, Some(&data))?;
                 if let Some(e) = self.entries.get_mut(&page) {
                     if e.owner == Some(from) {
                         e.set_home(data.0);
@@ -345,6 +404,9 @@ impl PageDirectory {
     /// completes its state changes but sends no reply. The caller must ignore its later
     /// messages.
     pub fn handle_leave(&mut self, rank: Rank, out: &mut Vec<(Rank, ToProcess)>) {
+        if let Some(n) = self.pending.get_mut(rank as usize) {
+            *n = 0;
+        }
         let mut pages: Vec<PageNo> = self.entries.keys().copied().collect();
         pages.sort_unstable();
         for page in pages {
@@ -391,6 +453,30 @@ impl PageDirectory {
                 mode: e.mode,
             },
         }
+    }
+
+    /// Admits a request of `from` for `page` into the page's queue: at most one fetch or
+    /// ownership request per page and rank, at most [`MAX_PENDING_PER_RANK`] waiting in all.
+    fn admit(&mut self, from: Rank, page: PageNo, kind: Kind) -> Result<(), DirectoryError> {
+        if matches!(kind, Kind::Fetch | Kind::Own) {
+            if let Some(e) = self.entries.get(&page) {
+                // Its reply has not been sent while the request is busy or queued.
+                let busy = e.busy.as_ref().map(|t| &t.request);
+                let dup = busy
+                    .into_iter()
+                    .chain(e.queue.iter())
+                    .any(|r| r.from == from && matches!(r.kind, Kind::Fetch | Kind::Own));
+                if dup {
+                    return Err(DirectoryError::DuplicateRequest { rank: from, page });
+                }
+            }
+        }
+        let n = &mut self.pending[from as usize];
+        if *n >= MAX_PENDING_PER_RANK {
+            return Err(DirectoryError::TooManyRequests { rank: from, max: MAX_PENDING_PER_RANK });
+        }
+        *n += 1;
+        Ok(())
     }
 
     fn check(&self, page: PageNo) -> Result<(), DirectoryError> {
@@ -442,6 +528,7 @@ impl PageDirectory {
     fn progress(&mut self, page: PageNo, out: &mut Vec<(Rank, ToProcess)>) {
         let Some(e) = self.entries.get_mut(&page) else { return };
         let stats = &mut self.stats;
+        let pending = &mut self.pending;
         let nprocs = self.nprocs;
         loop {
             match &e.busy {
@@ -454,6 +541,11 @@ impl PageDirectory {
                 None => {}
             }
             let Some(request) = e.queue.pop_front() else { return };
+            if !matches!(request.kind, Kind::Switch(_)) {
+                if let Some(n) = pending.get_mut(request.from as usize) {
+                    *n = n.saturating_sub(1);
+                }
+            }
             start(e, stats, page, request, out);
         }
     }
@@ -529,6 +621,15 @@ fn start(
         }
     }
     e.busy = Some(txn);
+}
+
+fn check_len(page: PageNo, data: Option<&PageData>) -> Result<(), DirectoryError> {
+    match data {
+        Some(d) if d.0.len() != crate::PAGE_SIZE => {
+            Err(DirectoryError::BadPageLength { page, len: d.0.len(), expected: crate::PAGE_SIZE })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_access(offset: u16, width: u8, max_width: u8) -> Result<(), DirectoryError> {
@@ -709,8 +810,15 @@ mod tests {
         out
     }
 
+    /// A whole page starting with `b` (zeros after).
     fn bytes(b: &[u8]) -> PageData {
-        PageData(b.to_vec())
+        PageData(page_of(b))
+    }
+
+    fn page_of(b: &[u8]) -> Vec<u8> {
+        let mut v = b.to_vec();
+        v.resize(crate::PAGE_SIZE, 0);
+        v
     }
 
     #[test]
@@ -766,7 +874,7 @@ mod tests {
             )]
         );
         assert_eq!(d.stored_pages(), 1);
-        assert_eq!(d.stats().bytes_sent, 2);
+        assert_eq!(d.stats().bytes_sent, crate::PAGE_SIZE as u64);
         assert_eq!(d.inspect(0).owner, Some(1));
     }
 
@@ -823,7 +931,7 @@ mod tests {
         assert_eq!(d.stats().writebacks, 1);
         // A writeback from a non-owner is ignored.
         run(&mut d, 0, ToCoordinator::Writeback { page: 0, data: bytes(&[1]) });
-        assert_eq!(d.inspect(0).home, Some(vec![9]));
+        assert_eq!(d.inspect(0).home, Some(page_of(&[9])));
         // Zero contents are not stored.
         run(&mut d, 1, ToCoordinator::Writeback { page: 0, data: bytes(&[0, 0]) });
         assert_eq!(d.stored_pages(), 0);
@@ -1225,7 +1333,7 @@ mod tests {
         );
         // Advice before the first touch: the page is created in update mode.
         let mut d = PageDirectory::new(2, 3).with_default_policy(Coherence::Invalidate);
-        run(&mut d, 0, ToCoordinator::Advise { first: 2, count: 9, coherence: Coherence::Update });
+        run(&mut d, 0, ToCoordinator::Advise { first: 2, count: 1, coherence: Coherence::Update });
         let out = run(&mut d, 0, ToCoordinator::Fetch { req: 1, page: 2 });
         assert_eq!(
             out,
@@ -1233,5 +1341,64 @@ mod tests {
         );
         let s = d.stats();
         assert_eq!((s.to_update, s.to_invalidate), (0, 0));
+    }
+
+    #[test]
+    fn malformed_and_flooding_requests_are_errors_not_state() {
+        let mut d = PageDirectory::new(2, 4);
+        let mut out = Vec::new();
+        // Page contents must be whole pages, in every message that carries them.
+        let short = PageData(vec![1; 10]);
+        let long = PageData(vec![1; crate::PAGE_SIZE + 1]);
+        for msg in [
+            ToCoordinator::Writeback { page: 0, data: short.clone() },
+            ToCoordinator::DowngradeAck { page: 0, data: Some(long.clone()) },
+            ToCoordinator::RecallAck { page: 0, data: Some(short) },
+        ] {
+            assert!(matches!(d.handle(0, msg, &mut out), Err(DirectoryError::BadPageLength { .. })));
+        }
+        // One fetch or ownership request per page and rank at a time.
+        run(&mut d, 0, ToCoordinator::Own { req: 1, page: 1 });
+        run(&mut d, 1, ToCoordinator::Own { req: 1, page: 1 }); // busy: recalls rank 0
+        let dup = d.handle(1, ToCoordinator::Fetch { req: 2, page: 1 }, &mut out);
+        assert_eq!(dup, Err(DirectoryError::DuplicateRequest { rank: 1, page: 1 }));
+        // Advice: inside the region only; repeating it broadcasts nothing; ranges are bounded.
+        let advise = |first, count| ToCoordinator::Advise { first, count, coherence: Coherence::Update };
+        assert!(matches!(d.handle(0, advise(3, 2), &mut out), Err(DirectoryError::BadAdvice(_))));
+        assert!(matches!(d.handle(0, advise(0, 0), &mut out), Err(DirectoryError::BadAdvice(_))));
+        assert!(matches!(d.handle(0, advise(u64::MAX, 2), &mut out), Err(DirectoryError::BadAdvice(_))));
+        assert_eq!(run(&mut d, 0, advise(2, 1)).len(), 2, "one Advice per process");
+        assert!(run(&mut d, 0, advise(2, 1)).is_empty());
+        let mut big = PageDirectory::new(1, 2 * MAX_ADVICE as u64);
+        for i in 0..MAX_ADVICE as u64 {
+            let c = if i % 2 == 0 { Coherence::Update } else { Coherence::Invalidate };
+            big.handle(0, ToCoordinator::Advise { first: 2 * i, count: 1, coherence: c }, &mut Vec::new()).unwrap();
+        }
+        let r = big.handle(0, ToCoordinator::Advise { first: 1, count: 1, coherence: Coherence::Update }, &mut Vec::new());
+        assert!(matches!(r, Err(DirectoryError::BadAdvice(_))), "{r:?}");
+        // A range covering all earlier ones replaces them.
+        big.handle(0, ToCoordinator::Advise { first: 0, count: 2 * MAX_ADVICE as u64, coherence: Coherence::Invalidate }, &mut Vec::new())
+            .unwrap();
+    }
+
+    #[test]
+    fn waiting_requests_per_rank_are_bounded() {
+        let mut d = PageDirectory::new(2, 1).with_default_policy(Coherence::Update);
+        run(&mut d, 1, ToCoordinator::Own { req: 1, page: 0 });
+        run(&mut d, 0, ToCoordinator::Fetch { req: 1, page: 0 }); // busy downgrading rank 1
+        let mut out = Vec::new();
+        let mut refused = None;
+        for req in 0..=u64::from(MAX_PENDING_PER_RANK) {
+            let w = ToCoordinator::Write { req, page: 0, offset: 0, width: 8, value: 1 };
+            if let Err(e) = d.handle(0, w, &mut out) {
+                refused = Some((req, e));
+                break;
+            }
+        }
+        let (at, e) = refused.expect("a flood must be refused");
+        assert_eq!(e, DirectoryError::TooManyRequests { rank: 0, max: MAX_PENDING_PER_RANK });
+        assert_eq!(at, u64::from(MAX_PENDING_PER_RANK), "every queued write counts; the started fetch no longer does");
+        // Rank 1 is not affected.
+        assert!(d.handle(1, ToCoordinator::Write { req: 9, page: 0, offset: 0, width: 8, value: 1 }, &mut out).is_ok());
     }
 }

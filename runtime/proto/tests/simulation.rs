@@ -391,7 +391,7 @@ impl Sim {
                 out.push((r, ToProcess::Advice { first: 0, count: prog.pages, coherence: Coherence::Update }));
             }
         }
-        for &(first, coherence) in cfg.advise {
+        for &(first, coherence) in cfg.advise.iter().filter(|(first, _)| *first < prog.pages) {
             dir.handle(0, ToCoordinator::Advise { first, count: 1, coherence }, &mut out)
                 .expect("advise");
         }
