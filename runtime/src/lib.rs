@@ -27,5 +27,5 @@ mod sys;
 pub use config::{rank_hint, Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_PORT};
 pub use dsm_proto::{Rank, MAX_SEMAPHORE_NAME};
 pub use error::{Error, Result};
-pub use region::{Coherence, Pod, Region, RegionStats, ViewError};
+pub use region::{Coherence, Plain, Region, RegionStats, Shareable, SharedCell, ViewError};
 pub use session::{Semaphore, Session};

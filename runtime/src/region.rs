@@ -59,20 +59,87 @@ pub struct RegionStats {
     pub prefetches: u64,
 }
 
-/// Types that may be viewed as a slice over the region: plain integers and the std atomics.
+/// Element types of a typed view of the region ([`Region::as_slice`]): types whose values may
+/// legitimately change under a shared reference — the std atomics, and [`SharedCell`] of a plain
+/// number (volatile loads and stores of exactly that width). Plain `&[u64]` or `&[u8]` views are
+/// not offered: other processes (and this process's runtime thread, applying their replayed
+/// stores) change the memory underneath, which Rust forbids behind `&T` for non-atomic `T`. For
+/// C-style code there is [`Region::as_ptr`] and [`Region::ptr_at`].
 ///
 /// # Safety
-/// Every bit pattern must be a valid value and the type must have no padding or drop glue.
-pub unsafe trait Pod: Sized {}
+/// Every bit pattern must be a valid value, the type must have no padding, no drop glue, and
+/// interior mutability through `&self` must be sound under concurrent modification.
+pub unsafe trait Shareable: Sized {}
 
-macro_rules! pod {
+macro_rules! shareable_atomics {
     ($($t:ty),*) => { $(
-        // SAFETY: integers and atomics of integers accept every bit pattern and have no padding.
-        unsafe impl Pod for $t {}
+        // SAFETY: the atomics accept every bit pattern, have no padding, and are designed to be
+        // modified concurrently through shared references.
+        unsafe impl Shareable for $t {}
     )* };
 }
-pod!(u8, u16, u32, u64, i8, i16, i32, i64, usize, isize, f32, f64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
-    std::sync::atomic::AtomicI8, std::sync::atomic::AtomicI16, std::sync::atomic::AtomicI32, std::sync::atomic::AtomicI64, std::sync::atomic::AtomicIsize);
+shareable_atomics!(AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, std::sync::atomic::AtomicI8,
+    std::sync::atomic::AtomicI16, std::sync::atomic::AtomicI32, std::sync::atomic::AtomicI64,
+    std::sync::atomic::AtomicIsize);
+
+/// Plain numbers a [`SharedCell`] may hold: every bit pattern valid, at most 8 bytes (so an
+/// aligned access is one instruction).
+///
+/// # Safety
+/// As stated: every bit pattern is a valid value, no padding, size 1, 2, 4 or 8.
+pub unsafe trait Plain: Copy {}
+
+macro_rules! plain {
+    ($($t:ty),*) => { $(
+        // SAFETY: primitive numbers of 1-8 bytes accept every bit pattern and have no padding.
+        unsafe impl Plain for $t {}
+    )* };
+}
+plain!(u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64);
+
+/// A value in the shared region that other processes may change at any time, read and written
+/// with volatile accesses of exactly its width (aligned ones of up to 8 bytes are atomic, as
+/// every aligned load or store to the region is). For read-modify-writes use the atomics.
+///
+/// ```no_run
+/// use dsm::SharedCell;
+/// # let region = dsm::Region::attach(&dsm::Config::from_env()?)?;
+/// let pixels: &[SharedCell<u8>] = region.as_slice(4096, 1024)?;
+/// pixels[0].set(255);
+/// let sum: u32 = pixels.iter().map(|p| u32::from(p.get())).sum();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[repr(transparent)]
+pub struct SharedCell<T>(std::cell::UnsafeCell<T>);
+
+// SAFETY: every access is a volatile load or store of a Plain value; concurrent ones from
+// several threads are exactly what the region's memory sees from several processes.
+unsafe impl<T: Plain> Sync for SharedCell<T> {}
+
+// SAFETY: `repr(transparent)` over a Plain `T`: same size, alignment and bit validity as `T`;
+// interior mutability is through volatile accesses only.
+unsafe impl<T: Plain> Shareable for SharedCell<T> {}
+
+impl<T: Plain> SharedCell<T> {
+    /// Loads the value (one volatile load of its width).
+    pub fn get(&self) -> T {
+        // SAFETY: the pointer comes from a live reference, is aligned for T (the view checked
+        // alignment) and T accepts every bit pattern.
+        unsafe { std::ptr::read_volatile(self.0.get()) }
+    }
+
+    /// Stores `v` (one volatile store of its width).
+    pub fn set(&self, v: T) {
+        // SAFETY: as for `get`; storing a Plain value through the cell is its purpose.
+        unsafe { std::ptr::write_volatile(self.0.get(), v) }
+    }
+}
+
+impl<T: Plain + std::fmt::Debug> std::fmt::Debug for SharedCell<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedCell").field(&self.get()).finish()
+    }
+}
 
 /// A typed view request that does not fit the region.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,9 +237,9 @@ impl Region {
         false
     }
 
-    /// `len` elements of `T` starting at byte `offset`, e.g. `&[AtomicU64]` for distributed
-    /// atomics. Checks alignment and bounds.
-    pub fn as_slice<T: Pod>(&self, offset: usize, len: usize) -> Result<&[T], ViewError> {
+    /// `len` elements of `T` starting at byte `offset`: `&[AtomicU64]` for distributed atomics,
+    /// `&[SharedCell<u8>]` for plain data (see [`Shareable`]). Checks alignment and bounds.
+    pub fn as_slice<T: Shareable>(&self, offset: usize, len: usize) -> Result<&[T], ViewError> {
         let size = std::mem::size_of::<T>();
         let align = std::mem::align_of::<T>();
         if !offset.is_multiple_of(align) {
@@ -183,15 +250,24 @@ impl Region {
             return Err(ViewError::OutOfBounds { offset, len, size, region: self.len() });
         }
         // SAFETY: the range is inside the live view mapping (checked above), aligned for T, and T
-        // accepts every bit pattern (Pod). The mapping lives as long as &self. Concurrent writes by
-        // other processes are what the region is for: for non-atomic T they are the same data race
-        // as between threads, which is why the examples use atomics or synchronize.
+        // accepts every bit pattern and concurrent modification through `&T` (Shareable). The
+        // mapping lives as long as &self.
         Ok(unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset).cast::<T>(), len) })
     }
 
     /// The whole region as `&[T]` (length rounded down).
-    pub fn as_slice_all<T: Pod>(&self) -> Result<&[T], ViewError> {
+    pub fn as_slice_all<T: Shareable>(&self) -> Result<&[T], ViewError> {
         self.as_slice(0, self.len() / std::mem::size_of::<T>())
+    }
+
+    /// A raw pointer to the `len` bytes at `offset`, bounds-checked, for C-style code
+    /// (`memcpy`, `read(2)` into the region, SIMD stores). What the pointer is used for is the
+    /// caller's business, as with [`Region::as_ptr`].
+    pub fn ptr_at(&self, offset: usize, len: usize) -> Result<*mut u8, ViewError> {
+        if offset.checked_add(len).is_none_or(|e| e > self.len()) {
+            return Err(ViewError::OutOfBounds { offset, len, size: 1, region: self.len() });
+        }
+        Ok(self.as_ptr().wrapping_add(offset))
     }
 
     /// This process's rank.

@@ -86,3 +86,28 @@ fn a_dead_owners_pages_fall_back_to_the_last_acknowledged_copy() {
     assert!(w.seen.iter().any(|l| l.text.contains("barrier failed") && l.text.contains("rank 1 lost")), "{}", w.transcript());
     assert!(w.seen.iter().any(|l| l.text == "after the loss the word reads 1"), "{}", w.transcript());
 }
+
+#[test]
+fn typed_views_check_alignment_and_bounds_and_shared_cells_read_back_their_stores() {
+    let env = TestEnv::new();
+    let cfg = env.config(&session_name("views"), 2 * 4096, 1).build().unwrap();
+    let region = dsm::Region::attach(&cfg).unwrap();
+    let cells: &[dsm::SharedCell<u32>] = region.as_slice(4, 3).unwrap();
+    cells[2].set(0xDEAD_BEEF);
+    assert_eq!(cells[2].get(), 0xDEAD_BEEF);
+    // Seen through another view type of the same bytes.
+    let bytes: &[dsm::SharedCell<u8>] = region.as_slice(12, 4).unwrap();
+    assert_eq!(bytes.iter().map(dsm::SharedCell::get).collect::<Vec<_>>(), 0xDEAD_BEEFu32.to_le_bytes());
+    assert!(matches!(
+        region.as_slice::<dsm::SharedCell<u32>>(2, 1),
+        Err(dsm::ViewError::Misaligned { offset: 2, align: 4 })
+    ));
+    assert!(matches!(
+        region.as_slice::<std::sync::atomic::AtomicU64>(8192 - 8, 2),
+        Err(dsm::ViewError::OutOfBounds { .. })
+    ));
+    assert!(region.ptr_at(8192 - 8, 8).is_ok());
+    assert!(matches!(region.ptr_at(8192 - 8, 9), Err(dsm::ViewError::OutOfBounds { .. })));
+    assert!(matches!(region.ptr_at(usize::MAX, 2), Err(dsm::ViewError::OutOfBounds { .. })));
+    region.detach().unwrap();
+}

@@ -602,13 +602,12 @@ fn native_store() -> Result<f64> {
 /// `store.owned`: the store loop on a one-process region whose pages were all written once.
 fn store_owned(env: &TestEnv) -> Result<f64> {
     let r: dsm::Region = attach(env, &session_name("bench-store"), 1, STORE_BYTES as u64)?;
-    r.as_slice::<u64>(0, STORE_BYTES / 8)?; // bounds check
-    let ptr = r.as_ptr().cast::<u64>();
+    let ptr = r.ptr_at(0, STORE_BYTES)?.cast::<u64>();
     for p in 0..STORE_BYTES / PAGE {
-        // SAFETY: inside the region (the slice above was bounds-checked).
+        // SAFETY: inside the region (ptr_at checked the range).
         unsafe { std::ptr::write_volatile(ptr.add(p * PAGE / 8), 1) };
     }
-    // SAFETY: the region is STORE_BYTES long (checked by as_slice) and page-aligned; this
+    // SAFETY: the region is STORE_BYTES long (checked by ptr_at) and page-aligned; this
     // process is the only one in the session.
     let rate = unsafe { store_rate(ptr) };
     r.detach().context("detaching")?;
@@ -726,7 +725,7 @@ fn spin_handoff(env: &TestEnv, coherence: Option<dsm::Coherence>) -> Result<Vec<
 fn replay_store(env: &TestEnv) -> Result<Vec<Duration>> {
     let r: dsm::Region = attach(env, &session_name("bench-replay"), 1, SIZE)?;
     r.advise(0, r.len(), dsm::Coherence::Update).context("advising the region")?;
-    let word = r.as_slice::<u64>(0, 1)?.as_ptr().cast_mut();
+    let word = r.ptr_at(0, 8)?.cast::<u64>();
     // SAFETY: inside the region (bounds-checked above).
     unsafe { std::ptr::read_volatile(word) };
     let before = r.stats().context("stats")?.replayed_writes;

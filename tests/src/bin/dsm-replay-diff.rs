@@ -301,8 +301,12 @@ fn randomize(rng: &mut Rng, mirror: &mut [u8], page: *mut u8, off: usize, width:
 }
 
 fn region_page(region: &dsm::Region, p: usize) -> (*mut u8, &[u8]) {
-    let s: &[u8] = region.as_slice(p * PAGE, PAGE).expect("inside the region");
-    (s.as_ptr().cast_mut(), s)
+    let ptr = region.ptr_at(p * PAGE, PAGE).expect("inside the region");
+    // SAFETY: test code, and deliberately so: the slice is read only between instructions this
+    // single thread runs on the page (their replayed stores complete before the instruction
+    // retires), to compare the page with its native mirror. The page stays mapped as long as
+    // `region`.
+    (ptr, unsafe { std::slice::from_raw_parts(ptr, PAGE) })
 }
 
 fn replayed(region: &dsm::Region) -> Result<u64, String> {

@@ -305,7 +305,8 @@ fn pattern_byte(i: usize, seed: u64) -> u8 {
 fn pipe_read(region: &dsm::Region) -> Check {
     const OFF: usize = 4096 + 100; // straddles into a second page
     const LEN: usize = 6000;
-    let buf: &[u8] = region.as_slice(OFF, LEN).map_err(|e| e.to_string())?;
+    let buf: &[dsm::SharedCell<u8>] = region.as_slice(OFF, LEN).map_err(|e| e.to_string())?;
+    let dst = region.ptr_at(OFF, LEN).map_err(|e| e.to_string())?;
     if region.rank() == 0 {
         let mut fds = [0i32; 2];
         // SAFETY: test code: plain pipe/write/read syscalls on valid buffers. The read(2)
@@ -321,7 +322,7 @@ fn pipe_read(region: &dsm::Region) -> Check {
             });
             let mut got = 0usize;
             while got < LEN {
-                let n = libc::read(fds[0], buf.as_ptr().add(got) as *mut libc::c_void, LEN - got);
+                let n = libc::read(fds[0], dst.add(got).cast::<libc::c_void>(), LEN - got);
                 if n <= 0 {
                     return Err(format!("read(2) into the region failed: {}", std::io::Error::last_os_error()));
                 }
@@ -332,8 +333,8 @@ fn pipe_read(region: &dsm::Region) -> Check {
         }
     }
     region.barrier().map_err(|e| e.to_string())?;
-    for (i, b) in buf.iter().enumerate() {
-        if *b != pattern_byte(i, 7) {
+    for (i, b) in buf.iter().map(dsm::SharedCell::get).enumerate() {
+        if b != pattern_byte(i, 7) {
             return Err(format!("byte {i} is {b}, expected {}", pattern_byte(i, 7)));
         }
     }
@@ -396,8 +397,13 @@ fn bulk(region: &dsm::Region, mib: usize) -> Check {
     let len = mib << 20;
     let rank = region.rank() as usize;
     let n = region.nprocs() as usize;
-    let mem: &[u8] = region.as_slice(0, len).map_err(|e| e.to_string())?;
-    let ptr = region.as_ptr();
+    let mem: &[dsm::SharedCell<u64>] = region.as_slice(0, len / 8).map_err(|e| e.to_string())?;
+    let ptr = region.ptr_at(0, len).map_err(|e| e.to_string())?;
+    // Reads a range of the region as bytes, 8 at a time (volatile loads).
+    let bytes = |from: usize, to: usize| -> Vec<u8> {
+        let words: Vec<u8> = mem[from / 8..to.div_ceil(8)].iter().flat_map(|w| w.get().to_le_bytes()).collect();
+        words[from % 8..from % 8 + (to - from)].to_vec()
+    };
     let pattern: Vec<u8> = (0..len).map(|i| pattern_byte(i, 1)).collect();
     let expect = checksum(&pattern);
     if rank == 0 {
@@ -405,7 +411,7 @@ fn bulk(region: &dsm::Region, mib: usize) -> Check {
         unsafe { std::ptr::copy_nonoverlapping(pattern.as_ptr(), ptr, len) };
     }
     region.barrier().map_err(|e| e.to_string())?;
-    let got = checksum(mem);
+    let got = checksum(&bytes(0, len));
     if got != expect {
         return Err(format!("checksum {got:#x}, expected {expect:#x}"));
     }
@@ -417,7 +423,7 @@ fn bulk(region: &dsm::Region, mib: usize) -> Check {
     region.barrier().map_err(|e| e.to_string())?;
     for r in 0..n {
         let theirs: Vec<u8> = (0..slice).map(|i| pattern_byte(i, 100 + r as u64)).collect();
-        if checksum(&mem[r * slice..(r + 1) * slice]) != checksum(&theirs) {
+        if checksum(&bytes(r * slice, (r + 1) * slice)) != checksum(&theirs) {
             return Err(format!("slice of rank {r} differs"));
         }
     }
