@@ -84,13 +84,19 @@ impl<C: Copy + Eq + Hash + Ord> FaultTracker<C> {
         }
     }
 
-    /// A thread faulted on `page` at `now`.
-    pub fn fault_read(&mut self, page: PageNo, now: Instant) -> FaultVerdict {
-        if let Some(reason) = &self.failed {
-            return FaultVerdict::Failed(reason.clone());
+    /// A thread faulted on `page`: serve it, unless the region failed.
+    pub fn fault_read(&self, _page: PageNo) -> FaultVerdict {
+        match &self.failed {
+            Some(reason) => FaultVerdict::Failed(reason.clone()),
+            None => FaultVerdict::Serve,
         }
+    }
+
+    /// The fault on `page` read at `now` was not resolved at once: its thread waits for the
+    /// page to be installed. (A fault resolved at once, or replayed — the claim tracks that
+    /// one — is not recorded.)
+    pub fn fault_waits(&mut self, page: PageNo, now: Instant) {
         self.faulted.entry(page).or_insert(now);
-        FaultVerdict::Serve
     }
 
     /// `page` was installed at `now` (its waiting threads woke). A page a thread waited for is
@@ -195,7 +201,8 @@ mod tests {
     fn hold_only_for_pages_a_thread_waited_for() {
         let t0 = Instant::now();
         let mut f: FaultTracker<u32> = FaultTracker::new();
-        assert_eq!(f.fault_read(3, t0), FaultVerdict::Serve);
+        assert_eq!(f.fault_read(3), FaultVerdict::Serve);
+        f.fault_waits(3, t0);
         f.installed(3, t0 + Duration::from_micros(50));
         f.installed(4, t0); // read-ahead
         assert_eq!(f.take_hold(3), Some(t0 + Duration::from_micros(50) + HOLD));
@@ -220,15 +227,15 @@ mod tests {
     fn failure_releases_everything_and_refuses_later_faults() {
         let t0 = Instant::now();
         let mut f: FaultTracker<u32> = FaultTracker::new();
-        f.fault_read(5, t0);
-        f.fault_read(2, t0);
+        f.fault_waits(5, t0);
+        f.fault_waits(2, t0);
         f.claimed(1, 9, t0);
         f.write_sent(100, 2);
         let r = f.fail("the coordinator went silent");
         assert_eq!(r.faults, vec![2, 5]);
         assert_eq!(r.claims, vec![1, 2]);
         assert!(f.waiting_faults().is_empty() && !f.has_claims());
-        assert_eq!(f.fault_read(6, t0), FaultVerdict::Failed("the coordinator went silent".into()));
+        assert_eq!(f.fault_read(6), FaultVerdict::Failed("the coordinator went silent".into()));
         assert_eq!(f.fail("another").reason, "the coordinator went silent");
     }
 }

@@ -264,6 +264,14 @@ impl ProcessPages {
         self.slots.get(&page).map(|s| s.state).unwrap_or_default()
     }
 
+    /// Whether the current state of `page` lets `access` proceed (a fault with it is resolved).
+    pub fn allows(&self, page: PageNo, access: Access) -> bool {
+        match access {
+            Access::Read => self.state(page) != PageState::Invalid,
+            Access::Write => self.state(page) == PageState::Writable,
+        }
+    }
+
     /// A thread faulted on `page` with `access`.
     pub fn handle_fault(
         &mut self,

@@ -99,13 +99,15 @@ impl FaultService {
             if page >= self.pages_count {
                 fatal("page fault outside the region", &format!("address {addr:#x}"));
             }
-            if let FaultVerdict::Failed(reason) = self.tracker.fault_read(page, Instant::now()) {
+            if let FaultVerdict::Failed(reason) = self.tracker.fault_read(page) {
                 fatal(&reason, &format_args!("thread {tid} touched the shared region afterwards (page {page})"));
             }
             let access = if write { Access::Write } else { Access::Read };
             let mut mem = Mem { maps: &self.maps };
             if self.pages.handle_fault(page, access, &mut mem, out) == FaultAction::Replay {
                 self.start_replay(page, addr, tid, out);
+            } else if !self.pages.allows(page, access) {
+                self.tracker.fault_waits(page, Instant::now());
             }
         }
     }
