@@ -172,6 +172,14 @@ pub enum ViewError {
 
 /// A shared memory region attached by every process of a session.
 ///
+/// # When the coordinator is lost
+/// If the connection to the coordinator fails (it was killed and the idle timeout passed, it
+/// shut down, or it broke the protocol), barrier and semaphore calls return the error, but the
+/// region's memory can no longer be kept coherent: every page is revoked, and the next access
+/// to the region by any thread ends the process with one line on stderr (`dsm: fatal: ...`) and
+/// exit status 1 — at once if a thread is already waiting for a page. A load cannot return an
+/// error, and continuing on stale pages would be silently wrong.
+///
 /// Loads and stores to it just work across processes: pages are fetched on first touch and kept
 /// coherent by the coordinator (single writer, many readers; sequential consistency between
 /// single-threaded processes). Detaches on drop: owned pages are written back first, so no
