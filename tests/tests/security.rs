@@ -103,7 +103,7 @@ fn unknown_protocol_version_is_clear_on_the_coordinator_side() {
             quinn::ConnectionError::ApplicationClosed(c) => {
                 assert_eq!(u64::from(c.error_code), u64::from(close_code::VERSION_MISMATCH));
                 let reason = String::from_utf8_lossy(&c.reason).into_owned();
-                assert!(reason.contains("this side speaks version 1, the peer speaks version 77"), "{reason}");
+                assert!(reason.contains(&format!("this side speaks version {}, the peer speaks version 77", dsm_proto::PROTOCOL_VERSION)), "{reason}");
                 Ok(())
             }
             other => Err(format!("unexpected close: {other}")),
