@@ -5,7 +5,8 @@
 //! - [`frame`]: the length-prefixed frame codec (hard size cap, never panics on bad input);
 //! - [`handshake`]: the versioned hello that opens every connection;
 //! - [`directory`]: the coordinator's page directory (INVALIDATE coherence protocol);
-//! - [`pages`]: the process side of the same protocol.
+//! - [`pages`]: the process side of the same protocol;
+//! - [`status`]: the coordinator's status report (`dsm status`).
 //!
 //! Both the runtime (`dsm`) and the coordinator depend on it, so the two sides can never
 //! disagree about the format.
@@ -14,6 +15,7 @@ pub mod directory;
 pub mod frame;
 pub mod handshake;
 pub mod pages;
+pub mod status;
 pub mod units;
 pub mod wire;
 
@@ -21,6 +23,7 @@ pub use directory::{DirectoryError, DirectoryStats, PageDirectory, PageView};
 pub use frame::{decode_frame, encode_frame, FrameError, MAX_FRAME_LEN};
 pub use handshake::{Hello, HelloError, HELLO_LEN, MAGIC, PROTOCOL_VERSION};
 pub use pages::{Access, PageMemory, PageState, PageStats, PagesError, ProcessPages};
+pub use status::{LostRank, MemberState, MemberStatus, PageTraffic, SessionState, SessionStatus, StatusReport};
 pub use wire::*;
 
 /// Size of one coherence unit (an x86-64 base page).
