@@ -131,7 +131,7 @@ pub enum Error {
 
     /// A file `dsm certs` would write exists, and replacing was not allowed.
     #[error(
-        "{} exists; dsm certs replaces files only with --force (add --force to re-issue it from the same CA, or --new-ca --force to start over)",
+        "{} exists and nothing was written: add --force to replace it (issued again from the same CA), or --new-ca --force to start over with a new CA",
         .path.display()
     )]
     Exists {

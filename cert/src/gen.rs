@@ -312,6 +312,15 @@ impl Issuer {
         Ok(Issuer { cert, key, pem, roots: Arc::new(roots), ca_path })
     }
 
+    /// A new CA: its certificate and key, made now.
+    pub(crate) fn create() -> Result<Issuer, Error> {
+        let key = KeyPair::generate()?;
+        let cert = ca_params().self_signed(&key)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(cert.der().to_vec()))?;
+        Ok(Issuer { pem: cert.pem(), cert, key, roots: Arc::new(roots), ca_path: PathBuf::from(CA_CERT) })
+    }
+
     /// Makes sure `issued` really chains to the CA on disk before anyone writes it.
     pub(crate) fn check(&self, issued: &Certificate, role: Role, path: &Path) -> Result<(), Error> {
         let issued = [CertificateDer::from(issued.der().to_vec())];

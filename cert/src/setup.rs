@@ -10,7 +10,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use rcgen::{Certificate, ExtendedKeyUsagePurpose, KeyPair, SanType};
+use rcgen::{ExtendedKeyUsagePurpose, KeyPair, SanType};
 
 use crate::gen::{self, Issuer, CLIENT_NAME, COORDINATOR_NAME};
 use crate::load::Role;
@@ -103,18 +103,8 @@ pub fn make_certs(req: &CertsRequest) -> Result<CertsReport, Error> {
         return Err(Error::NoCaKey { dir: dir.clone() });
     }
 
-    let issuer = if new_ca {
-        let key = KeyPair::generate()?;
-        let cert = gen::ca_params().self_signed(&key)?;
-        NewOrLoaded::New { cert, key }
-    } else {
-        NewOrLoaded::Loaded(Box::new(Issuer::load(dir)?))
-    };
-    let (ca_cert, ca_key) = issuer.parts();
-    let ca_pem = match &issuer {
-        NewOrLoaded::New { cert, .. } => cert.pem(),
-        NewOrLoaded::Loaded(i) => i.pem.clone(),
-    };
+    let issuer = if new_ca { Issuer::create()? } else { Issuer::load(dir)? };
+    let (ca_cert, ca_key, ca_pem) = (&issuer.cert, &issuer.key, issuer.pem.clone());
 
     // Issue everything in memory (and check each chains to the CA) before writing.
     let mut files: Vec<(PathBuf, String, bool)> = Vec::new();
@@ -182,10 +172,10 @@ fn client_dir(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// A client certificate and key (PEM) signed by `issuer`, checked against the CA.
-fn client_cert(issuer: &NewOrLoaded, name: &str, path: &Path) -> Result<(String, String), Error> {
-    let (ca_cert, ca_key) = issuer.parts();
+fn client_cert(issuer: &Issuer, name: &str, path: &Path) -> Result<(String, String), Error> {
     let key = KeyPair::generate()?;
-    let cert = gen::leaf_params(name, ExtendedKeyUsagePurpose::ClientAuth).signed_by(&key, ca_cert, ca_key)?;
+    let cert =
+        gen::leaf_params(name, ExtendedKeyUsagePurpose::ClientAuth).signed_by(&key, &issuer.cert, &issuer.key)?;
     issuer.check(&cert, Role::Client, path)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -195,29 +185,6 @@ fn san_text(san: &SanType) -> String {
         SanType::IpAddress(ip) => ip.to_string(),
         SanType::DnsName(name) => name.to_string(),
         other => format!("{other:?}"),
-    }
-}
-
-/// The CA that signs: made now, or rebuilt from the directory.
-enum NewOrLoaded {
-    New { cert: Certificate, key: KeyPair },
-    Loaded(Box<Issuer>),
-}
-
-impl NewOrLoaded {
-    fn parts(&self) -> (&Certificate, &KeyPair) {
-        match self {
-            NewOrLoaded::New { cert, key } => (cert, key),
-            NewOrLoaded::Loaded(i) => (&i.cert, &i.key),
-        }
-    }
-
-    fn check(&self, issued: &Certificate, role: Role, path: &Path) -> Result<(), Error> {
-        match self {
-            // Signed a moment ago by a CA we just made: nothing on disk to check against yet.
-            NewOrLoaded::New { .. } => Ok(()),
-            NewOrLoaded::Loaded(i) => i.check(issued, role, path),
-        }
     }
 }
 

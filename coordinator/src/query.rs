@@ -64,7 +64,7 @@ pub struct StatusClient {
     addr: String,
     port: u16,
     timeout: Duration,
-    _endpoint: quinn::Endpoint,
+    endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -146,7 +146,7 @@ impl StatusClient {
             addr: addr.to_string(),
             port,
             timeout,
-            _endpoint: endpoint,
+            endpoint,
             conn,
             send,
             recv,
@@ -203,9 +203,11 @@ impl StatusClient {
         }
     }
 
-    /// Closes the connection politely.
-    pub fn close(self) {
+    /// Closes the connection politely and waits (briefly) until the coordinator has heard it,
+    /// so that it does not count the connection as open until its idle timeout.
+    pub async fn close(self) {
         self.conn.close(close_code::OK.into(), b"status client done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }
 

@@ -37,7 +37,7 @@ impl MetricsEndpoint {
     /// Serves scrapes until the task is dropped or aborted.
     pub(crate) async fn serve(self, render: Render) {
         if let Ok(addr) = self.listener.local_addr() {
-            info!(%addr, "serving Prometheus metrics at http://{addr}/metrics");
+            info!(url = %format!("http://{addr}/metrics"), "serving Prometheus metrics");
         }
         loop {
             let (stream, peer) = match self.listener.accept().await {
