@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 pub use dsm_coordinator::CoordinatorThread;
 
+pub mod coordinator_process;
 pub mod native;
+pub mod netns;
+pub mod scrape;
 
 /// A coordinator on 127.0.0.1 with its own certificates in a temporary directory.
 pub struct TestEnv {
@@ -34,11 +37,16 @@ impl TestEnv {
     }
 
     pub fn with_transport(transport: dsm_cert::Transport) -> TestEnv {
+        Self::with_config(|c| c.transport = transport)
+    }
+
+    /// A coordinator whose config `adjust` changes (e.g. to serve metrics on 127.0.0.1:0).
+    pub fn with_config(adjust: impl FnOnce(&mut dsm_coordinator::Config)) -> TestEnv {
         let certs = tempfile::tempdir().expect("tempdir");
         dsm_cert::generate(certs.path(), &[]).expect("generate dev certificates");
         let mut config = dsm_coordinator::Config::new("127.0.0.1:0".parse().unwrap());
         config.cert_dir = certs.path().to_path_buf();
-        config.transport = transport;
+        adjust(&mut config);
         let coordinator = dsm_coordinator::spawn(config).expect("start coordinator");
         TestEnv { certs, coordinator }
     }
@@ -236,6 +244,28 @@ pub fn session_name(test: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{test}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Sends signal `name` (`TERM`, `STOP`, `CONT`, ...) to `pid` with kill(1); whether it was
+/// delivered.
+pub fn signal(pid: u32, name: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// [`sibling_binary`], checked to exist (with what to do if not).
+pub fn built_binary(name: &str) -> PathBuf {
+    let path = sibling_binary(name);
+    assert!(
+        path.is_file(),
+        "{} is not built; build the workspace's binaries first (`cargo build --workspace`, which `cargo xtask test` does)",
+        path.display()
+    );
+    path
 }
 
 /// Path of a binary built next to the test executable (for binaries of other packages, such as
