@@ -47,7 +47,9 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    dsm_coordinator::logging::init("warn");
+    // A private coordinator inside `dsm run` would repeat what dsm run itself reports (and log
+    // the ranks it loses when dsm run stops everything): only its errors, unless RUST_LOG says.
+    dsm_coordinator::logging::init("warn,dsm_coordinator=error");
     let (name, result) = match cli.cmd {
         Cmd::Run(args) => ("dsm run", run::run(args)),
         Cmd::Status(args) => ("dsm status", status::run(args)),

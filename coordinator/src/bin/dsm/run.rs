@@ -28,7 +28,8 @@ stops everything. A session holds at most 1024 processes.
 
 Without --coordinator, a private coordinator runs inside dsm run on a free loopback port, with the
 certificates of --cert-dir (or $DSM_CERT_DIR, ~/.config/dsm/certs) when they include the
-coordinator's, else with fresh dev certificates in a temporary directory.
+coordinator's, else with fresh dev certificates in a temporary directory. It logs only errors;
+RUST_LOG=dsm_coordinator=info shows its whole log.
 
 Examples:
   dsm run -n 4 -- ./target/release/pi --steps 100000000
