@@ -95,3 +95,32 @@ fn processes_not_joined_after_a_second_are_named() {
     let status = child.wait().unwrap();
     assert!(status.success(), "dsm run ended with {status} after the last process joined");
 }
+
+#[test]
+fn two_launchers_share_one_session_with_total() {
+    let env = dsm_tests::TestEnv::new();
+    let name = dsm_tests::session_name("total");
+    let addr = env.addr().to_string();
+    let launch = || {
+        dsm_run(env.cert_dir())
+            .args(["-n", "2", "--total", "4", "--coordinator", &addr, "--session", &name])
+            .args(["--", WORKER, "barrier", "--rounds", "20"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (launch(), launch());
+    let outs = [first.wait_with_output().unwrap(), second.wait_with_output().unwrap()];
+    let mut ranks = Vec::new();
+    for out in &outs {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        ranks.extend(text.lines().filter(|l| l.contains("done 20 barriers")).map(ToString::to_string));
+    }
+    assert_eq!(ranks.len(), 4, "four processes in one session of four: {ranks:?}");
+    // Without a shared session name the other machines could not find it: refused.
+    let out = dsm_run(env.cert_dir()).args(["-n", "1", "--total", "2", "--", WORKER, "barrier"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--total needs --coordinator and --session"));
+}

@@ -35,14 +35,20 @@ Examples:
   dsm run -n 4 -- ./target/release/pi --steps 100000000
   dsm run -n 4 --size 16MiB -- ./contrast
   dsm run -n 8 --coordinator 10.0.0.5:4770 --session sim --cert-dir /etc/dsm/certs -- ./sim in.dat
+  # one session over two machines, 4 processes each (run on both):
+  dsm run -n 4 --total 8 --coordinator 10.0.0.5:4770 --session sim --size 1GiB -- ./sim
   mpirun -n 4 env DSM_COORDINATOR=10.0.0.5:4770 DSM_SESSION=sim DSM_SIZE=1GiB ./sim   # also works";
 
 /// Options of `dsm run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Number of processes.
+    /// Number of processes to start here.
     #[arg(short = 'n', long = "nprocs", value_parser = clap::value_parser!(u32).range(1..))]
     nprocs: u32,
+    /// Processes in the whole session, when dsm run on other machines starts the rest (needs
+    /// --coordinator and --session) [default: N].
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..))]
+    total: Option<u32>,
     /// Coordinator address (host:port); default: a private coordinator on a free loopback port.
     #[arg(long, env = "DSM_COORDINATOR")]
     coordinator: Option<String>,
@@ -241,11 +247,16 @@ impl Drop for Group {
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     // Before anything starts: the coordinator would refuse them all, after they were forked.
-    if args.nprocs > MAX_PROCESSES {
-        bail!(
-            "-n {} is more than one session can hold: at most {MAX_PROCESSES} processes; nothing was started",
-            args.nprocs
-        );
+    let total = args.total.unwrap_or(args.nprocs);
+    if total > MAX_PROCESSES {
+        let what = if args.total.is_some() { "--total" } else { "-n" };
+        bail!("{what} {total} is more than one session can hold: at most {MAX_PROCESSES} processes; nothing was started");
+    }
+    if total < args.nprocs {
+        bail!("--total {total} is less than -n {}: the session must hold the processes started here", args.nprocs);
+    }
+    if args.total.is_some() && (args.coordinator.is_none() || args.session.is_none()) {
+        bail!("--total needs --coordinator and --session: the other machines' processes must find the same session");
     }
     install_signal_handlers()?;
     let cert_dir = args.cert_dir.clone().unwrap_or_else(dsm_cert::default_dir);
@@ -282,7 +293,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             .args(program_args)
             .env("DSM_COORDINATOR", &addr)
             .env("DSM_SESSION", &session)
-            .env("DSM_NPROCS", args.nprocs.to_string())
+            .env("DSM_NPROCS", total.to_string())
             .env("DSM_RANK", launch.to_string())
             .env("DSM_SIZE", args.size.to_string())
             .env("DSM_CERT_DIR", &cert_dir)
