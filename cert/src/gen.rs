@@ -48,7 +48,10 @@ pub(crate) fn ca_params() -> CertificateParams {
     params
 }
 
-pub(crate) fn leaf_params(common_name: &str, purpose: ExtendedKeyUsagePurpose) -> CertificateParams {
+pub(crate) fn leaf_params(
+    common_name: &str,
+    purpose: ExtendedKeyUsagePurpose,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(common_name);
     params.is_ca = IsCa::ExplicitNoCa;
@@ -268,8 +271,11 @@ pub fn issue_client(dir: &Path, name: &str, out_dir: &Path) -> Result<(PathBuf, 
     check_name(name)?;
     let issuer = Issuer::load(dir)?;
     let key = KeyPair::generate()?;
-    let cert =
-        leaf_params(name, ExtendedKeyUsagePurpose::ClientAuth).signed_by(&key, &issuer.cert, &issuer.key)?;
+    let cert = leaf_params(name, ExtendedKeyUsagePurpose::ClientAuth).signed_by(
+        &key,
+        &issuer.cert,
+        &issuer.key,
+    )?;
     issuer.check(&cert, Role::Client, &out_dir.join(format!("{name}.pem")))?;
     write_pair(out_dir, name, &cert, &key)
 }
@@ -291,8 +297,13 @@ impl Issuer {
         let provider = load::provider();
         let ca_path = dir.join(CA_CERT);
         let ca_key_path = dir.join(CA_KEY);
-        let (ca_certs, _) =
-            load::load_pair(&ca_path, &ca_key_path, "CA certificate", "CA private key", &provider)?;
+        let (ca_certs, _) = load::load_pair(
+            &ca_path,
+            &ca_key_path,
+            "CA certificate",
+            "CA private key",
+            &provider,
+        )?;
         let ca_key_pem = String::from_utf8(load::read_file(&ca_key_path, "CA private key")?)
             .map_err(|_| invalid_ca_key(&ca_key_path, "it is not UTF-8 text"))?;
         let key = KeyPair::from_pem(&ca_key_pem)
@@ -300,16 +311,25 @@ impl Issuer {
         // Rebuild the issuer: same subject and key as ca.pem, which is all a
         // signature and the authority key identifier depend on.
         let cert = ca_params().self_signed(&key)?;
-        let pem = String::from_utf8(load::read_file(&ca_path, "CA certificate")?).map_err(|_| Error::Invalid {
-            what: "CA certificate",
-            path: ca_path.clone(),
-            reason: "it is not UTF-8 text".into(),
-        })?;
+        let pem =
+            String::from_utf8(load::read_file(&ca_path, "CA certificate")?).map_err(|_| {
+                Error::Invalid {
+                    what: "CA certificate",
+                    path: ca_path.clone(),
+                    reason: "it is not UTF-8 text".into(),
+                }
+            })?;
         let mut roots = rustls::RootCertStore::empty();
         for c in ca_certs {
             roots.add(c)?;
         }
-        Ok(Issuer { cert, key, pem, roots: Arc::new(roots), ca_path })
+        Ok(Issuer {
+            cert,
+            key,
+            pem,
+            roots: Arc::new(roots),
+            ca_path,
+        })
     }
 
     /// A new CA: its certificate and key, made now.
@@ -318,7 +338,13 @@ impl Issuer {
         let cert = ca_params().self_signed(&key)?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(cert.der().to_vec()))?;
-        Ok(Issuer { pem: cert.pem(), cert, key, roots: Arc::new(roots), ca_path: PathBuf::from(CA_CERT) })
+        Ok(Issuer {
+            pem: cert.pem(),
+            cert,
+            key,
+            roots: Arc::new(roots),
+            ca_path: PathBuf::from(CA_CERT),
+        })
     }
 
     /// Makes sure `issued` really chains to the CA on disk before anyone writes it.
@@ -328,9 +354,19 @@ impl Issuer {
             Role::Client => "client certificate",
             Role::Server => "coordinator certificate",
         };
-        match load::check_chain(&self.roots, &issued, role, what, path, &self.ca_path, &load::provider()) {
+        match load::check_chain(
+            &self.roots,
+            &issued,
+            role,
+            what,
+            path,
+            &self.ca_path,
+            &load::provider(),
+        ) {
             Ok(()) => Ok(()),
-            Err(Error::NotSignedByCa { .. }) => Err(Error::ForeignCa { ca: self.ca_path.clone() }),
+            Err(Error::NotSignedByCa { .. }) => Err(Error::ForeignCa {
+                ca: self.ca_path.clone(),
+            }),
             Err(e) => Err(e),
         }
     }

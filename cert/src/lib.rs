@@ -25,8 +25,8 @@ use std::path::PathBuf;
 
 pub use error::{tls_alert_name, Error};
 pub use gen::{ensure, generate, issue_client, self_signed_client, DEFAULT_SANS};
-pub use setup::{make_certs, CertsReport, CertsRequest, Written, CLIENTS_DIR};
 pub use load::{client_tls_config, client_tls_config_from, server_tls_config, ALPN};
+pub use setup::{make_certs, CertsReport, CertsRequest, Written, CLIENTS_DIR};
 pub use transport::{
     quic_client_config, quic_server_config, Congestion, Transport, RECEIVE_WINDOW, SEND_WINDOW,
     STREAM_RECEIVE_WINDOW,

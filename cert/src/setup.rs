@@ -70,7 +70,10 @@ pub fn make_certs(req: &CertsRequest) -> Result<CertsReport, Error> {
     for (i, name) in req.clients.iter().enumerate() {
         gen::check_name(name)?;
         if req.clients[..i].contains(name) {
-            return Err(Error::InvalidName { name: name.clone(), reason: "it is given twice".into() });
+            return Err(Error::InvalidName {
+                name: name.clone(),
+                reason: "it is given twice".into(),
+            });
         }
     }
     let has = |name: &str| dir.join(name).exists();
@@ -78,7 +81,8 @@ pub fn make_certs(req: &CertsRequest) -> Result<CertsReport, Error> {
     let new_ca = req.new_ca || !ca_exists;
 
     // Plan every file first, so that a conflict stops us before anything is written.
-    let coordinator = new_ca || !req.sans.is_empty() || !has(COORDINATOR_CERT) || !has(COORDINATOR_KEY);
+    let coordinator =
+        new_ca || !req.sans.is_empty() || !has(COORDINATOR_CERT) || !has(COORDINATOR_KEY);
     let own_client = new_ca || !has(CLIENT_CERT) || !has(CLIENT_KEY);
     let mut planned: Vec<PathBuf> = Vec::new();
     if new_ca {
@@ -103,7 +107,11 @@ pub fn make_certs(req: &CertsRequest) -> Result<CertsReport, Error> {
         return Err(Error::NoCaKey { dir: dir.clone() });
     }
 
-    let issuer = if new_ca { Issuer::create()? } else { Issuer::load(dir)? };
+    let issuer = if new_ca {
+        Issuer::create()?
+    } else {
+        Issuer::load(dir)?
+    };
     let (ca_cert, ca_key, ca_pem) = (&issuer.cert, &issuer.key, issuer.pem.clone());
 
     // Issue everything in memory (and check each chains to the CA) before writing.
@@ -112,7 +120,10 @@ pub fn make_certs(req: &CertsRequest) -> Result<CertsReport, Error> {
     if new_ca {
         files.push((dir.join(CA_CERT), ca_pem.clone(), false));
         files.push((dir.join(CA_KEY), ca_key.serialize_pem(), true));
-        written.push(Written { path: dir.join(CA_CERT), what: "CA certificate (new CA)".into() });
+        written.push(Written {
+            path: dir.join(CA_CERT),
+            what: "CA certificate (new CA)".into(),
+        });
         written.push(Written {
             path: dir.join(CA_KEY),
             what: "CA private key (mode 0600): keep it on this machine only; it signs new certificates".into(),
@@ -132,7 +143,10 @@ pub fn make_certs(req: &CertsRequest) -> Result<CertsReport, Error> {
             path: dir.join(COORDINATOR_CERT),
             what: format!("coordinator certificate for {}", names.join(", ")),
         });
-        written.push(Written { path: dir.join(COORDINATOR_KEY), what: "coordinator private key (mode 0600)".into() });
+        written.push(Written {
+            path: dir.join(COORDINATOR_KEY),
+            what: "coordinator private key (mode 0600)".into(),
+        });
         coordinator_names = Some(names);
     }
     if own_client {
@@ -153,7 +167,9 @@ pub fn make_certs(req: &CertsRequest) -> Result<CertsReport, Error> {
         files.push((d.join(CLIENT_KEY), key, true));
         written.push(Written {
             path: d.clone(),
-            what: format!("{CA_CERT}, {CLIENT_CERT}, {CLIENT_KEY} (mode 0600): client certificate \"{name}\""),
+            what: format!(
+                "{CA_CERT}, {CLIENT_CERT}, {CLIENT_KEY} (mode 0600): client certificate \"{name}\""
+            ),
         });
         clients.push((name.clone(), d));
     }
@@ -164,7 +180,13 @@ pub fn make_certs(req: &CertsRequest) -> Result<CertsReport, Error> {
         }
         gen::write_file(path, text, *private)?;
     }
-    Ok(CertsReport { dir: dir.clone(), new_ca, written, coordinator_names, clients })
+    Ok(CertsReport {
+        dir: dir.clone(),
+        new_ca,
+        written,
+        coordinator_names,
+        clients,
+    })
 }
 
 fn client_dir(dir: &Path, name: &str) -> PathBuf {
@@ -174,8 +196,11 @@ fn client_dir(dir: &Path, name: &str) -> PathBuf {
 /// A client certificate and key (PEM) signed by `issuer`, checked against the CA.
 fn client_cert(issuer: &Issuer, name: &str, path: &Path) -> Result<(String, String), Error> {
     let key = KeyPair::generate()?;
-    let cert =
-        gen::leaf_params(name, ExtendedKeyUsagePurpose::ClientAuth).signed_by(&key, &issuer.cert, &issuer.key)?;
+    let cert = gen::leaf_params(name, ExtendedKeyUsagePurpose::ClientAuth).signed_by(
+        &key,
+        &issuer.cert,
+        &issuer.key,
+    )?;
     issuer.check(&cert, Role::Client, path)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -193,9 +218,15 @@ impl fmt::Display for CertsReport {
         let dir = self.dir.display();
         if self.written.is_empty() {
             writeln!(f, "nothing to do: {dir} already holds a CA, the coordinator's certificate and this machine's client certificate.")?;
-            writeln!(f, "  add a machine:               dsm certs --dir {dir} --client NAME")?;
+            writeln!(
+                f,
+                "  add a machine:               dsm certs --dir {dir} --client NAME"
+            )?;
             writeln!(f, "  re-issue the coordinator's:  dsm certs --dir {dir} --san NAME_OR_ADDRESS --force")?;
-            return writeln!(f, "  start over with a new CA:    dsm certs --dir {dir} --new-ca --force");
+            return writeln!(
+                f,
+                "  start over with a new CA:    dsm certs --dir {dir} --new-ca --force"
+            );
         }
         writeln!(f, "wrote in {dir}:")?;
         for w in &self.written {
@@ -205,7 +236,10 @@ impl fmt::Display for CertsReport {
         writeln!(f)?;
         writeln!(f, "what to copy where (each machine reads $DSM_CERT_DIR, else ~/.config/dsm/certs, or --cert-dir):")?;
         if let Some(names) = &self.coordinator_names {
-            writeln!(f, "  the coordinator's machine: {CA_CERT} {COORDINATOR_CERT} {COORDINATOR_KEY}")?;
+            writeln!(
+                f,
+                "  the coordinator's machine: {CA_CERT} {COORDINATOR_CERT} {COORDINATOR_KEY}"
+            )?;
             writeln!(
                 f,
                 "      e.g. scp {dir}/{{{CA_CERT},{COORDINATOR_CERT},{COORDINATOR_KEY}}} COORDINATOR_HOST:.config/dsm/certs/"
@@ -218,7 +252,11 @@ impl fmt::Display for CertsReport {
         }
         for (name, d) in &self.clients {
             writeln!(f, "  machine \"{name}\": everything in {}", d.display())?;
-            writeln!(f, "      e.g. scp -r {}/. {name}:.config/dsm/certs/", d.display())?;
+            writeln!(
+                f,
+                "      e.g. scp -r {}/. {name}:.config/dsm/certs/",
+                d.display()
+            )?;
         }
         if self.new_ca {
             writeln!(
@@ -226,7 +264,10 @@ impl fmt::Display for CertsReport {
                 "  this machine: {CA_CERT} {CLIENT_CERT} {CLIENT_KEY} are already in place for `dsm run` and `dsm status`"
             )?;
         }
-        writeln!(f, "  {CA_KEY}: nowhere; keep it here to issue more (dsm certs --dir {dir} --client NAME)")
+        writeln!(
+            f,
+            "  {CA_KEY}: nowhere; keep it here to issue more (dsm certs --dir {dir} --client NAME)"
+        )
     }
 }
 
@@ -235,42 +276,76 @@ mod tests {
     use super::*;
 
     fn req(dir: &Path) -> CertsRequest {
-        CertsRequest { dir: dir.to_path_buf(), ..CertsRequest::default() }
+        CertsRequest {
+            dir: dir.to_path_buf(),
+            ..CertsRequest::default()
+        }
     }
 
     #[test]
     fn create_then_extend_then_refuse_to_overwrite() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("certs");
-        let first = make_certs(&CertsRequest { sans: vec!["198.18.0.1".into()], ..req(&dir) }).unwrap();
+        let first = make_certs(&CertsRequest {
+            sans: vec!["198.18.0.1".into()],
+            ..req(&dir)
+        })
+        .unwrap();
         assert!(first.new_ca);
         assert_eq!(
             first.coordinator_names.as_deref(),
-            Some(&["localhost".to_string(), "127.0.0.1".into(), "::1".into(), "198.18.0.1".into()][..])
+            Some(
+                &[
+                    "localhost".to_string(),
+                    "127.0.0.1".into(),
+                    "::1".into(),
+                    "198.18.0.1".into()
+                ][..]
+            )
         );
         let ca = std::fs::read(dir.join(CA_CERT)).unwrap();
 
         // Adding a machine keeps the CA and touches nothing else.
         let coordinator = std::fs::read(dir.join(COORDINATOR_CERT)).unwrap();
-        let second = make_certs(&CertsRequest { clients: vec!["node-1".into()], ..req(&dir) }).unwrap();
+        let second = make_certs(&CertsRequest {
+            clients: vec!["node-1".into()],
+            ..req(&dir)
+        })
+        .unwrap();
         assert!(!second.new_ca && second.coordinator_names.is_none());
         assert_eq!(std::fs::read(dir.join(CA_CERT)).unwrap(), ca);
-        assert_eq!(std::fs::read(dir.join(COORDINATOR_CERT)).unwrap(), coordinator);
+        assert_eq!(
+            std::fs::read(dir.join(COORDINATOR_CERT)).unwrap(),
+            coordinator
+        );
         let node = dir.join("clients/node-1");
         assert_eq!(std::fs::read(node.join(CA_CERT)).unwrap(), ca);
         crate::client_tls_config(&node).expect("the machine's set chains to the CA");
 
         // Re-issuing an existing file needs --force.
         for again in [
-            CertsRequest { clients: vec!["node-1".into()], ..req(&dir) },
-            CertsRequest { sans: vec!["coord.lab".into()], ..req(&dir) },
-            CertsRequest { new_ca: true, ..req(&dir) },
+            CertsRequest {
+                clients: vec!["node-1".into()],
+                ..req(&dir)
+            },
+            CertsRequest {
+                sans: vec!["coord.lab".into()],
+                ..req(&dir)
+            },
+            CertsRequest {
+                new_ca: true,
+                ..req(&dir)
+            },
         ] {
             let err = make_certs(&again).unwrap_err();
             assert!(matches!(err, Error::Exists { .. }), "{err}");
             assert!(err.to_string().contains("--force"), "{err}");
         }
-        assert_eq!(std::fs::read(dir.join(CA_CERT)).unwrap(), ca, "a refusal writes nothing");
+        assert_eq!(
+            std::fs::read(dir.join(CA_CERT)).unwrap(),
+            ca,
+            "a refusal writes nothing"
+        );
 
         // Nothing asked, nothing missing: nothing written.
         let idle = make_certs(&req(&dir)).unwrap();
@@ -278,17 +353,29 @@ mod tests {
         assert!(idle.to_string().contains("nothing to do"), "{idle}");
 
         // --force re-issues the coordinator's certificate from the same CA.
-        let third = make_certs(&CertsRequest { sans: vec!["coord.lab".into()], force: true, ..req(&dir) }).unwrap();
+        let third = make_certs(&CertsRequest {
+            sans: vec!["coord.lab".into()],
+            force: true,
+            ..req(&dir)
+        })
+        .unwrap();
         assert!(!third.new_ca);
         assert_eq!(std::fs::read(dir.join(CA_CERT)).unwrap(), ca);
-        assert_ne!(std::fs::read(dir.join(COORDINATOR_CERT)).unwrap(), coordinator);
+        assert_ne!(
+            std::fs::read(dir.join(COORDINATOR_CERT)).unwrap(),
+            coordinator
+        );
         crate::server_tls_config(&dir).expect("still chains to the same CA");
     }
 
     #[test]
     fn a_copy_without_the_ca_key_cannot_issue() {
         let tmp = tempfile::tempdir().unwrap();
-        make_certs(&CertsRequest { clients: vec!["n1".into()], ..req(tmp.path()) }).unwrap();
+        make_certs(&CertsRequest {
+            clients: vec!["n1".into()],
+            ..req(tmp.path())
+        })
+        .unwrap();
         let copy = tmp.path().join("clients/n1");
         let err = make_certs(&req(&copy)).unwrap_err();
         assert!(matches!(err, Error::NoCaKey { .. }), "{err}");
@@ -300,9 +387,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("certs");
         for bad in [
-            CertsRequest { clients: vec!["a/b".into()], ..req(&dir) },
-            CertsRequest { clients: vec!["x".into(), "x".into()], ..req(&dir) },
-            CertsRequest { sans: vec!["not a name".into()], ..req(&dir) },
+            CertsRequest {
+                clients: vec!["a/b".into()],
+                ..req(&dir)
+            },
+            CertsRequest {
+                clients: vec!["x".into(), "x".into()],
+                ..req(&dir)
+            },
+            CertsRequest {
+                sans: vec!["not a name".into()],
+                ..req(&dir)
+            },
         ] {
             assert!(make_certs(&bad).is_err());
             assert!(!dir.exists());
