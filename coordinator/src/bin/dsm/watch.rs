@@ -35,6 +35,8 @@ pub struct Watch {
     client: Option<StatusClient>,
     addr: String,
     cert_dir: PathBuf,
+    /// The name to expect in the coordinator's certificate, as the processes do.
+    server_name: Option<String>,
     session: String,
     seen: Seen,
     /// Why the last look failed, if it did.
@@ -52,6 +54,7 @@ impl Watch {
             client: None,
             addr: addr.to_string(),
             cert_dir,
+            server_name: std::env::var("DSM_SERVER_NAME").ok().filter(|n| !n.is_empty()),
             session: session.to_string(),
             seen: Seen::default(),
             error: None,
@@ -62,7 +65,8 @@ impl Watch {
     pub fn refresh(&mut self, pids: &[u32]) {
         let result = self.rt.block_on(async {
             if self.client.is_none() {
-                let c = StatusClient::connect(&self.addr, &self.cert_dir, None, QUERY_TIMEOUT).await?;
+                let name = self.server_name.as_deref();
+                let c = StatusClient::connect(&self.addr, &self.cert_dir, name, QUERY_TIMEOUT).await?;
                 self.client = Some(c);
             }
             match self.client.as_mut() {
