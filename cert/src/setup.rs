@@ -95,8 +95,8 @@ pub fn make_certs(req: &CertsRequest) -> Result<CertsReport, Error> {
         planned.extend([CLIENT_CERT, CLIENT_KEY].map(|f| dir.join(f)));
     }
     for name in &req.clients {
-        let d = client_dir(dir, name);
-        planned.extend([CA_CERT, CLIENT_CERT, CLIENT_KEY].map(|f| d.join(f)));
+        // A machine's set is one thing to the user: name its directory if it exists.
+        planned.push(client_dir(dir, name));
     }
     if !req.force {
         if let Some(path) = planned.iter().find(|p| p.exists()) {
