@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     /// A certificate or key file does not exist.
     #[error(
-        "{what} file {} is missing; create dev certificates with `cargo xtask certs --dir {}`",
+        "{what} file {} is missing; create certificates with `dsm certs --dir {}`",
         .path.display(),
         parent(.path).display()
     )]
@@ -40,7 +40,7 @@ pub enum Error {
     /// A file was read but does not hold what it should (no PEM block of the
     /// right kind, broken PEM, or a certificate/key that cannot be parsed).
     #[error(
-        "{what} file {} is not valid: {reason}; replace it, or regenerate dev certificates with `cargo xtask certs --force --dir {}`",
+        "{what} file {} is not valid: {reason}; replace it, or start over with `dsm certs --new-ca --force --dir {}`",
         .path.display(),
         parent(.path).display()
     )]
@@ -56,7 +56,7 @@ pub enum Error {
     /// A certificate and a private key that are used together do not belong
     /// to each other.
     #[error(
-        "private key {} does not belong to certificate {}; put the matching key next to the certificate, or regenerate dev certificates with `cargo xtask certs --force --dir {}`",
+        "private key {} does not belong to certificate {}; put the matching key next to the certificate, or start over with `dsm certs --new-ca --force --dir {}`",
         .key.display(),
         .cert.display(),
         parent(.cert).display()
@@ -71,7 +71,7 @@ pub enum Error {
     /// A certificate is not signed by the CA it is supposed to chain to, so
     /// the other side would refuse it.
     #[error(
-        "certificate {} is not signed by the CA in {}; use certificates issued by that CA, or regenerate dev certificates with `cargo xtask certs --force --dir {}`",
+        "certificate {} is not signed by the CA in {}; use certificates issued by that CA, or start over with `dsm certs --new-ca --force --dir {}`",
         .cert.display(),
         .ca.display(),
         parent(.ca).display()
@@ -86,7 +86,7 @@ pub enum Error {
     /// The CA certificate was not created by this crate, so new certificates
     /// cannot be issued with it.
     #[error(
-        "CA certificate {} was not created by dsm-cert (a certificate issued with it would not verify), so it cannot issue client certificates; issue them with the tool that created this CA, or regenerate dev certificates with `cargo xtask certs --force --dir {}`",
+        "CA certificate {} was not created by dsm-cert (a certificate issued with it would not verify), so it cannot issue client certificates; issue them with the tool that created this CA, or start over with `dsm certs --new-ca --force --dir {}`",
         .ca.display(),
         parent(.ca).display()
     )]
@@ -97,9 +97,10 @@ pub enum Error {
 
     /// Some, but not all, of the six dev certificate files exist.
     #[error(
-        "certificate directory {} is incomplete: {} missing; regenerate the whole set with `cargo xtask certs --force --dir {}` (this overwrites the remaining files)",
+        "certificate directory {} is incomplete: {} missing; create the missing ones with `dsm certs --dir {}` (needs ca.key), or start over with `dsm certs --new-ca --force --dir {}` (this replaces the remaining files)",
         .dir.display(),
         list(.missing),
+        .dir.display(),
         .dir.display()
     )]
     Incomplete {
@@ -126,6 +127,26 @@ pub enum Error {
         name: String,
         /// Why it was rejected.
         reason: String,
+    },
+
+    /// A file `dsm certs` would write exists, and replacing was not allowed.
+    #[error(
+        "{} exists and nothing was written: add --force to replace it (issued again from the same CA), or --new-ca --force to start over with a new CA",
+        .path.display()
+    )]
+    Exists {
+        /// The existing file.
+        path: PathBuf,
+    },
+
+    /// Certificates must be issued, but the directory lacks the CA's private key.
+    #[error(
+        "cannot issue certificates in {}: its CA private key (ca.key) is not there (a machine's copy holds only ca.pem and its own certificate); run dsm certs on the machine that holds ca.key, or start over with --new-ca",
+        .dir.display()
+    )]
+    NoCaKey {
+        /// The certificate directory.
+        dir: PathBuf,
     },
 
     /// A file or directory could not be written.
@@ -171,4 +192,23 @@ fn list(paths: &[PathBuf]) -> String {
     let verb = if names.len() == 1 { "is" } else { "are" };
     // The caller's format string reads "... incomplete: X missing", so add the verb.
     format!("{} {verb}", names.join(", "))
+}
+
+/// A short description of the TLS alert a peer sent when it refused a handshake (QUIC reports
+/// them as crypto error `0x100 + alert`), for the alerts a certificate problem produces; `None`
+/// for others.
+pub fn tls_alert_name(alert: u64) -> Option<&'static str> {
+    Some(match alert {
+        42 => "bad certificate",
+        // What a certificate signed by another CA of the same name yields.
+        51 => "decrypt error: signed by another CA",
+        43 => "unsupported certificate",
+        44 => "certificate revoked",
+        45 => "certificate expired",
+        46 => "certificate unknown",
+        48 => "unknown CA",
+        49 => "access denied",
+        116 => "certificate required",
+        _ => return None,
+    })
 }

@@ -21,11 +21,11 @@ use crate::{
 /// issuer from `ca.key`, so it must never change.
 const CA_NAME: &str = "DSM development CA";
 /// Common name of the coordinator certificate.
-const COORDINATOR_NAME: &str = "dsm-coordinator";
+pub(crate) const COORDINATOR_NAME: &str = "dsm-coordinator";
 /// Common name of the default client certificate.
-const CLIENT_NAME: &str = "dsm-client";
+pub(crate) const CLIENT_NAME: &str = "dsm-client";
 /// SANs every coordinator certificate carries.
-const DEFAULT_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+pub const DEFAULT_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 fn dn(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
@@ -36,7 +36,7 @@ fn dn(common_name: &str) -> DistinguishedName {
 
 /// Parameters of the dev CA; deterministic so that [`issue_client`] can
 /// rebuild the issuer from `ca.key` alone.
-fn ca_params() -> CertificateParams {
+pub(crate) fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(CA_NAME);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -48,7 +48,10 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-fn leaf_params(common_name: &str, purpose: ExtendedKeyUsagePurpose) -> CertificateParams {
+pub(crate) fn leaf_params(
+    common_name: &str,
+    purpose: ExtendedKeyUsagePurpose,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(common_name);
     params.is_ca = IsCa::ExplicitNoCa;
@@ -79,7 +82,7 @@ fn parse_san(raw: &str) -> Result<SanType, Error> {
     Ok(SanType::DnsName(ia5))
 }
 
-fn coordinator_sans(extra: &[String]) -> Result<Vec<SanType>, Error> {
+pub(crate) fn coordinator_sans(extra: &[String]) -> Result<Vec<SanType>, Error> {
     let mut sans: Vec<SanType> = Vec::new();
     let all = DEFAULT_SANS
         .iter()
@@ -94,7 +97,7 @@ fn coordinator_sans(extra: &[String]) -> Result<Vec<SanType>, Error> {
     Ok(sans)
 }
 
-fn check_name(name: &str) -> Result<(), Error> {
+pub(crate) fn check_name(name: &str) -> Result<(), Error> {
     let bad = |reason: &str| Error::InvalidName {
         name: name.to_string(),
         reason: reason.to_string(),
@@ -119,7 +122,7 @@ fn check_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn create_dir(dir: &Path) -> Result<(), Error> {
+pub(crate) fn create_dir(dir: &Path) -> Result<(), Error> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -136,7 +139,7 @@ fn create_dir(dir: &Path) -> Result<(), Error> {
 /// Writes `contents` to `path` through a temporary file in the same
 /// directory and a rename, so that readers never see a half-written file.
 /// Private keys get mode 0600 (on Unix) before any byte is written.
-fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
+pub(crate) fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
     let write_err = |source| Error::Write {
         path: path.to_path_buf(),
         source,
@@ -266,49 +269,107 @@ pub fn ensure(dir: &Path, extra_sans: &[String]) -> Result<bool, Error> {
 /// have been created by [`generate`]; otherwise [`Error::ForeignCa`].
 pub fn issue_client(dir: &Path, name: &str, out_dir: &Path) -> Result<(PathBuf, PathBuf), Error> {
     check_name(name)?;
-    let provider = load::provider();
-    let ca_path = dir.join(CA_CERT);
-    let ca_key_path = dir.join(CA_KEY);
-    let (ca_certs, _) = load::load_pair(
-        &ca_path,
-        &ca_key_path,
-        "CA certificate",
-        "CA private key",
-        &provider,
-    )?;
-    let ca_key_pem = String::from_utf8(load::read_file(&ca_key_path, "CA private key")?)
-        .map_err(|_| invalid_ca_key(&ca_key_path, "it is not UTF-8 text"))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem)
-        .map_err(|e| invalid_ca_key(&ca_key_path, &format!("rcgen cannot use it ({e})")))?;
-    // Rebuild the issuer: same subject and key as ca.pem, which is all a
-    // signature and the authority key identifier depend on.
-    let ca = ca_params().self_signed(&ca_key)?;
-
+    let issuer = Issuer::load(dir)?;
     let key = KeyPair::generate()?;
-    let cert =
-        leaf_params(name, ExtendedKeyUsagePurpose::ClientAuth).signed_by(&key, &ca, &ca_key)?;
-
-    // Make sure the result really chains to the CA on disk before writing it.
-    let mut roots = rustls::RootCertStore::empty();
-    for c in ca_certs {
-        roots.add(c)?;
-    }
-    let issued = [CertificateDer::from(cert.der().to_vec())];
-    let check = load::check_chain(
-        &Arc::new(roots),
-        &issued,
-        Role::Client,
-        "client certificate",
-        &out_dir.join(format!("{name}.pem")),
-        &ca_path,
-        &provider,
-    );
-    match check {
-        Ok(()) => {}
-        Err(Error::NotSignedByCa { .. }) => return Err(Error::ForeignCa { ca: ca_path }),
-        Err(e) => return Err(e),
-    }
+    let cert = leaf_params(name, ExtendedKeyUsagePurpose::ClientAuth).signed_by(
+        &key,
+        &issuer.cert,
+        &issuer.key,
+    )?;
+    issuer.check(&cert, Role::Client, &out_dir.join(format!("{name}.pem")))?;
     write_pair(out_dir, name, &cert, &key)
+}
+
+/// The CA of a directory, rebuilt from `ca.key` so that it can sign more certificates.
+pub(crate) struct Issuer {
+    pub(crate) cert: Certificate,
+    pub(crate) key: KeyPair,
+    /// `ca.pem` as it is on disk (the rebuilt `cert` has the same subject and key but another
+    /// signature, so copies handed to other machines must be this text).
+    pub(crate) pem: String,
+    roots: Arc<rustls::RootCertStore>,
+    ca_path: PathBuf,
+}
+
+impl Issuer {
+    /// Loads `ca.pem` and `ca.key` from `dir` and rebuilds the issuer.
+    pub(crate) fn load(dir: &Path) -> Result<Issuer, Error> {
+        let provider = load::provider();
+        let ca_path = dir.join(CA_CERT);
+        let ca_key_path = dir.join(CA_KEY);
+        let (ca_certs, _) = load::load_pair(
+            &ca_path,
+            &ca_key_path,
+            "CA certificate",
+            "CA private key",
+            &provider,
+        )?;
+        let ca_key_pem = String::from_utf8(load::read_file(&ca_key_path, "CA private key")?)
+            .map_err(|_| invalid_ca_key(&ca_key_path, "it is not UTF-8 text"))?;
+        let key = KeyPair::from_pem(&ca_key_pem)
+            .map_err(|e| invalid_ca_key(&ca_key_path, &format!("rcgen cannot use it ({e})")))?;
+        // Rebuild the issuer: same subject and key as ca.pem, which is all a
+        // signature and the authority key identifier depend on.
+        let cert = ca_params().self_signed(&key)?;
+        let pem =
+            String::from_utf8(load::read_file(&ca_path, "CA certificate")?).map_err(|_| {
+                Error::Invalid {
+                    what: "CA certificate",
+                    path: ca_path.clone(),
+                    reason: "it is not UTF-8 text".into(),
+                }
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in ca_certs {
+            roots.add(c)?;
+        }
+        Ok(Issuer {
+            cert,
+            key,
+            pem,
+            roots: Arc::new(roots),
+            ca_path,
+        })
+    }
+
+    /// A new CA: its certificate and key, made now.
+    pub(crate) fn create() -> Result<Issuer, Error> {
+        let key = KeyPair::generate()?;
+        let cert = ca_params().self_signed(&key)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(cert.der().to_vec()))?;
+        Ok(Issuer {
+            pem: cert.pem(),
+            cert,
+            key,
+            roots: Arc::new(roots),
+            ca_path: PathBuf::from(CA_CERT),
+        })
+    }
+
+    /// Makes sure `issued` really chains to the CA on disk before anyone writes it.
+    pub(crate) fn check(&self, issued: &Certificate, role: Role, path: &Path) -> Result<(), Error> {
+        let issued = [CertificateDer::from(issued.der().to_vec())];
+        let what = match role {
+            Role::Client => "client certificate",
+            Role::Server => "coordinator certificate",
+        };
+        match load::check_chain(
+            &self.roots,
+            &issued,
+            role,
+            what,
+            path,
+            &self.ca_path,
+            &load::provider(),
+        ) {
+            Ok(()) => Ok(()),
+            Err(Error::NotSignedByCa { .. }) => Err(Error::ForeignCa {
+                ca: self.ca_path.clone(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn invalid_ca_key(path: &Path, reason: &str) -> Error {

@@ -4,7 +4,8 @@
 //! * [`generate`] / [`ensure`] create a development CA plus a coordinator and
 //!   a client certificate signed by it, as PEM files in a directory
 //!   ([`default_dir`] by default). [`issue_client`] issues more client
-//!   certificates from that CA.
+//!   certificates from that CA. [`make_certs`] is `dsm certs`: it sets up or extends a
+//!   directory for several machines and reports what to copy where.
 //! * [`server_tls_config`] / [`client_tls_config`] load those files into
 //!   rustls configurations that require TLS 1.3, ALPN `dsm`, and a client
 //!   certificate that chains to the CA.
@@ -16,14 +17,16 @@
 mod error;
 mod gen;
 mod load;
+mod setup;
 mod transport;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-pub use error::Error;
-pub use gen::{ensure, generate, issue_client, self_signed_client};
+pub use error::{tls_alert_name, Error};
+pub use gen::{ensure, generate, issue_client, self_signed_client, DEFAULT_SANS};
 pub use load::{client_tls_config, client_tls_config_from, server_tls_config, ALPN};
+pub use setup::{make_certs, CertsReport, CertsRequest, Written, CLIENTS_DIR};
 pub use transport::{
     quic_client_config, quic_server_config, Congestion, Transport, TransportError, MIN_IDLE_PER_KEEP_ALIVE,
     RECEIVE_WINDOW, SEND_WINDOW, STREAM_RECEIVE_WINDOW,

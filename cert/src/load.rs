@@ -158,7 +158,7 @@ pub(crate) fn load_roots(ca_path: &Path) -> Result<RootCertStore, Error> {
 }
 
 /// Which side a certificate is meant for, for [`check_chain`].
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum Role {
     Server,
     Client,

@@ -91,7 +91,7 @@ fn ensure_creates_once_then_reports_incomplete() {
         msg.contains("coordinator.pem") && msg.contains("client.key"),
         "{msg}"
     );
-    assert!(msg.contains("cargo xtask certs --force --dir"), "{msg}");
+    assert!(msg.contains("dsm certs --new-ca --force --dir"), "{msg}");
 
     // Even with ca.pem gone, a partial set is not silently overwritten.
     fs::remove_file(dir.join(CA_CERT)).unwrap();
@@ -131,7 +131,7 @@ fn missing_ca_is_named() {
         assert!(msg.contains(&ca.display().to_string()), "{msg}");
         assert!(msg.contains("is missing"), "{msg}");
         assert!(
-            msg.contains(&format!("cargo xtask certs --dir {}", tmp.path().display())),
+            msg.contains(&format!("dsm certs --dir {}", tmp.path().display())),
             "{msg}"
         );
     }

@@ -1,13 +1,25 @@
 //! The DSM coordinator as a library: [`Coordinator::bind`] then [`Coordinator::run`] (or
 //! [`spawn`] for a coordinator on its own thread, as tests and `cargo xtask` use it).
 //!
-//! - `registry.rs`: the sans-IO core (sessions, barriers, semaphores);
-//! - `server.rs`: QUIC endpoint, one task pair per connection, frames in and out.
+//! - `registry.rs`: the sans-IO core (sessions, barriers, semaphores); `registry/snapshot.rs`
+//!   its read-only views for operators;
+//! - `server.rs`: QUIC endpoint, one task pair per connection, frames in and out;
+//! - `status.rs`: answering status requests; `query.rs`: asking for them ([`StatusClient`]);
+//! - `metrics.rs` (+ `metrics/http.rs`): Prometheus metrics and their `/metrics` endpoint;
+//! - `journal.rs`: registry events as log lines; `logging.rs`: the binaries' log set-up.
 
+mod journal;
+pub mod logging;
+mod metrics;
+mod query;
 mod registry;
 mod server;
+mod status;
 
-pub use registry::{ConnId, EndedSession, Output, Registry, SessionStats};
+pub use metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+pub use query::{QueryError, StatusClient};
+pub use registry::{ConnId, EndedSession, Event, Output, Registry, SessionCounts, SessionStats};
 pub use server::{spawn, Config, Coordinator, CoordinatorThread, ServeError};
+pub use status::unix_ms;
 
 pub use dsm_proto::close_code;

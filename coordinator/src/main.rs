@@ -16,10 +16,14 @@ use tracing::info;
     version,
     after_help = "Examples:\n  \
     dsm-coordinator --listen 127.0.0.1:4200\n  \
+    dsm-coordinator --listen 0.0.0.0:4200 --metrics 127.0.0.1:9477   # Prometheus text at /metrics\n  \
     dsm-coordinator --listen [::]:4200 --cert-dir /etc/dsm/certs\n  \
     RUST_LOG=dsm_coordinator=debug dsm-coordinator --listen 0.0.0.0:4200 --idle-timeout 5s\n\n\
-    Certificates come from --cert-dir, else $DSM_CERT_DIR, else ~/.config/dsm/certs;\n\
-    create dev certificates with `cargo xtask certs`."
+    Certificates come from --cert-dir, else $DSM_CERT_DIR, else ~/.config/dsm/certs; create them\n\
+    with `dsm certs --san <this machine's name or address>` (the coordinator needs ca.pem,\n\
+    coordinator.pem and coordinator.key). Processes and `dsm status` connect over QUIC: open\n\
+    the --listen UDP port in the firewall. Logs go to stderr, coloured only on a terminal\n\
+    (NO_COLOR=1 turns colours off there too); RUST_LOG sets the level (default info)."
 )]
 struct Args {
     /// UDP address to listen on.
@@ -34,26 +38,25 @@ struct Args {
     /// Interval of QUIC keep-alives.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     keep_alive: Duration,
-    /// Log a status line per session this often (0 = never).
+    /// Serve Prometheus metrics over plain HTTP at http://ADDR/metrics (unauthenticated: bind
+    /// it to loopback or a monitoring network).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Log a status line per session this often (0 = never; `dsm status` shows more).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     status_interval: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    dsm_coordinator::logging::init("info");
     let mut config = dsm_coordinator::Config::new(args.listen);
     if let Some(dir) = args.cert_dir {
         config.cert_dir = dir;
     }
     config.transport.idle_timeout = args.idle_timeout;
     config.transport.keep_alive = args.keep_alive;
+    config.metrics = args.metrics;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

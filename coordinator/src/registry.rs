@@ -9,6 +9,13 @@
 //! attaches must match. Members wait ("pending") until all `nprocs` have joined, then get ranks in
 //! join order. A running session ends when every member has detached or been lost, and its name
 //! can be used again.
+//!
+//! Read-only views for operators live in `registry/snapshot.rs` ([`Registry::status_report`]);
+//! what happened since the I/O layer last looked is queued as [`Event`]s and [`EndedSession`]s.
+
+mod snapshot;
+
+pub use snapshot::SessionCounts;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -96,6 +103,8 @@ struct Running {
     semaphores: HashMap<String, Semaphore>,
     /// First rank lost, with what was seen; once set, barriers and blocking waits fail.
     lost: Option<(Rank, String)>,
+    /// Every rank lost, in order, with what was seen (for the status view).
+    losses: Vec<(Rank, String)>,
     stats: SessionStats,
     /// Coherence state of the shared region's pages.
     directory: PageDirectory,
@@ -135,12 +144,49 @@ pub struct EndedSession {
     pub lost: Vec<Rank>,
 }
 
+/// Something that happened to a session, for the I/O layer to log and count when it happens
+/// (drained with [`Registry::take_events`]; a session's end is an [`EndedSession`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Every process attached: the session runs.
+    SessionStarted {
+        /// Its name.
+        session: String,
+        /// Its process count.
+        nprocs: u32,
+        /// Its region size in bytes.
+        size: u64,
+    },
+    /// A member of a running session disconnected or went silent without detaching.
+    RankLost {
+        /// The session.
+        session: String,
+        /// The lost rank.
+        rank: Rank,
+        /// What the process said about itself when it attached.
+        label: String,
+        /// What the I/O layer saw.
+        reason: String,
+    },
+    /// A process left a session that was still waiting for its processes.
+    LeftWaiting {
+        /// The session.
+        session: String,
+        /// What the process said about itself when it attached.
+        label: String,
+        /// What the I/O layer saw.
+        reason: String,
+    },
+}
+
 /// All sessions of one coordinator.
 #[derive(Debug, Default)]
 pub struct Registry {
     sessions: HashMap<String, Session>,
     conns: HashMap<ConnId, ConnState>,
     ended: Vec<EndedSession>,
+    events: Vec<Event>,
 }
 
 impl Registry {
@@ -157,6 +203,20 @@ impl Registry {
     /// Sessions that ended since the last call (for logging).
     pub fn take_ended(&mut self) -> Vec<EndedSession> {
         std::mem::take(&mut self.ended)
+    }
+
+    /// What happened since the last call (for logging and metrics), in order.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The session `conn` belongs to and its rank there (`None` while the session waits), or
+    /// `None` if it has not attached (for logs).
+    pub fn place(&self, conn: ConnId) -> Option<(&str, Option<Rank>)> {
+        match self.conns.get(&conn)? {
+            ConnState::Pending { session } | ConnState::Queued { session } => Some((session, None)),
+            ConnState::Member { session, rank } => Some((session, Some(*rank))),
+        }
     }
 
     /// One line per session, for the status view.
@@ -190,6 +250,13 @@ impl Registry {
             out.push(Output::Send(conn, ToProcess::Pong { req, payload }));
             return;
         }
+        if let ToCoordinator::Status { req } = msg {
+            // Any connection may ask, attached or not. The I/O layer usually answers these
+            // itself, adding what only it knows (peer addresses, times).
+            let report = self.status_report(&|_| None);
+            out.push(Output::Send(conn, ToProcess::Status { req, report }));
+            return;
+        }
         match self.conns.get(&conn).cloned() {
             None => match msg {
                 ToCoordinator::Attach(req) => self.handle_attach(conn, req, out),
@@ -217,6 +284,16 @@ impl Registry {
                     return;
                 }
                 run.handle(rank, msg, out);
+                if run.members[rank as usize].state == MemberState::Lost {
+                    // Closed for breaking the protocol (`Running::violation`).
+                    let reason = run.losses.iter().rev().find(|(r, _)| *r == rank).map(|(_, d)| d.clone());
+                    self.events.push(Event::RankLost {
+                        session: session.clone(),
+                        rank,
+                        label: run.members[rank as usize].label.clone(),
+                        reason: reason.unwrap_or_default(),
+                    });
+                }
                 self.reap(&session, out);
             }
         }
@@ -234,7 +311,14 @@ impl Registry {
             ConnState::Pending { session } => {
                 let Some(s) = self.sessions.get_mut(&session) else { return };
                 let Phase::Pending(members) = &mut s.phase else { return };
-                members.retain(|(c, _)| *c != conn);
+                if let Some(pos) = members.iter().position(|(c, _)| *c == conn) {
+                    let (_, label) = members.remove(pos);
+                    self.events.push(Event::LeftWaiting {
+                        session: session.clone(),
+                        label,
+                        reason: detail.to_string(),
+                    });
+                }
                 if members.is_empty() {
                     self.sessions.remove(&session);
                 } else {
@@ -249,6 +333,12 @@ impl Registry {
                 let Phase::Running(run) = &mut s.phase else { return };
                 if run.members[rank as usize].state == MemberState::Active {
                     run.lose(rank, detail, out);
+                    self.events.push(Event::RankLost {
+                        session: session.clone(),
+                        rank,
+                        label: run.members[rank as usize].label.clone(),
+                        reason: detail.to_string(),
+                    });
                 }
                 self.reap(&session, out);
             }
@@ -325,9 +415,11 @@ impl Registry {
             members,
             semaphores: HashMap::new(),
             lost: None,
+            losses: Vec::new(),
             stats: SessionStats::default(),
             directory: PageDirectory::new(s.nprocs, s.size / dsm_proto::PAGE_SIZE as u64),
         }));
+        self.events.push(Event::SessionStarted { session: req.session, nprocs: s.nprocs, size: s.size });
     }
 
     /// Removes `session` if every member has detached or been lost; attaches queued behind it
@@ -393,6 +485,7 @@ fn kind(msg: &ToCoordinator) -> &'static str {
         ToCoordinator::Advise { .. } => "coherence advice",
         ToCoordinator::Detach => "detach",
         ToCoordinator::Ping { .. } => "ping",
+        ToCoordinator::Status { .. } => "status request",
     }
 }
 
@@ -421,7 +514,7 @@ impl Running {
                 let e = SessionFault::Protocol("attach sent twice on one connection".into());
                 self.fail(rank, None, e, out);
             }
-            ToCoordinator::Ping { .. } => {}
+            ToCoordinator::Ping { .. } | ToCoordinator::Status { .. } => {}
             page_msg => {
                 let mut sends = Vec::new();
                 let result = self.directory.handle(rank, page_msg, &mut sends);
@@ -568,6 +661,7 @@ impl Running {
         if self.lost.is_none() {
             self.lost = Some((rank, detail.to_string()));
         }
+        self.losses.push((rank, detail.to_string()));
         let fault = SessionFault::RankLost { rank, detail: detail.to_string() };
         self.fail_barrier_waiters(fault.clone(), out);
         let waiters: Vec<(Rank, ReqId)> =
@@ -932,5 +1026,7 @@ mod tests {
             out.iter().any(|o| matches!(o, Output::Send(1, ToProcess::Failed { req: None, error: SessionFault::RankLost { rank: 1, .. } }))),
             "the waiting barrier of the other member fails with the reason: {out:?}"
         );
+        let lost = r.take_events().into_iter().any(|e| matches!(e, Event::RankLost { rank: 1, reason, .. } if reason.contains("protocol violation")));
+        assert!(lost, "the loss is reported to the I/O layer (logs, metrics)");
     }
 }

@@ -4,6 +4,10 @@
 //! The reader decodes frames and feeds them to the shared [`Registry`] under a mutex; the
 //! messages the registry produces go, in order, to each destination's writer task through an
 //! unbounded channel, and the writer batches whatever is queued into one stream write.
+//!
+//! Operator views hook in at a few points only: status requests are answered here
+//! (`status.rs`), every message in and out and every connection event is counted
+//! (`metrics.rs`), and registry events are logged as they happen (`journal.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use dsm_proto::{decode_frame, encode_frame, Hello, ToCoordinator, ToProcess, HELLO_LEN};
 use parking_lot::Mutex;
@@ -19,7 +23,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::close_code;
+use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::registry::{ConnId, Output, Registry};
+use crate::status::LossTimes;
 
 /// How the coordinator is set up.
 #[derive(Debug, Clone)]
@@ -32,6 +38,8 @@ pub struct Config {
     pub transport: dsm_cert::Transport,
     /// How long a new connection may take to send its hello.
     pub hello_timeout: Duration,
+    /// Where to serve Prometheus metrics over plain HTTP (`/metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -42,6 +50,7 @@ impl Config {
             cert_dir: dsm_cert::default_dir(),
             transport: dsm_cert::Transport::default(),
             hello_timeout: Duration::from_secs(10),
+            metrics: None,
         }
     }
 }
@@ -64,6 +73,14 @@ pub enum ServeError {
     /// The transport settings cannot work together.
     #[error(transparent)]
     Transport(#[from] dsm_cert::TransportError),
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    MetricsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// Some other I/O failure.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -72,6 +89,10 @@ pub enum ServeError {
 struct Shared {
     registry: Registry,
     writers: HashMap<ConnId, mpsc::UnboundedSender<WriterCmd>>,
+    /// Remote address of every served connection (for the status view).
+    peers: HashMap<ConnId, SocketAddr>,
+    losses: LossTimes,
+    metrics: Arc<Metrics>,
 }
 
 enum WriterCmd {
@@ -85,6 +106,7 @@ impl Shared {
             match o {
                 Output::Send(conn, msg) => {
                     if let Some(w) = self.writers.get(&conn) {
+                        self.metrics.on_send(conn, &msg);
                         let _ = w.send(WriterCmd::Send(msg));
                     }
                 }
@@ -95,18 +117,18 @@ impl Shared {
                 }
             }
         }
-        for ended in self.registry.take_ended() {
-            info!(
-                session = %ended.name,
-                nprocs = ended.nprocs,
-                barriers = ended.stats.barriers,
-                semaphore_waits = ended.stats.semaphore_waits,
-                semaphore_posts = ended.stats.semaphore_posts,
-                pages = ?ended.stats.pages,
-                lost = ?ended.lost,
-                "session ended"
-            );
-        }
+        let (events, ended) = (self.registry.take_events(), self.registry.take_ended());
+        crate::journal::record(events, ended, &self.metrics, &mut self.losses);
+    }
+
+    fn status_report(&self, started: SystemTime) -> dsm_proto::StatusReport {
+        let cx = crate::status::Context {
+            peers: &self.peers,
+            losses: &self.losses,
+            started,
+            connections: self.writers.len(),
+        };
+        crate::status::report(&self.registry, &cx)
     }
 }
 
@@ -116,6 +138,10 @@ pub struct Coordinator {
     shared: Arc<Mutex<Shared>>,
     hello_timeout: Duration,
     next_conn: AtomicU64,
+    metrics: Arc<Metrics>,
+    metrics_endpoint: Mutex<Option<MetricsEndpoint>>,
+    metrics_addr: Option<SocketAddr>,
+    started: SystemTime,
 }
 
 impl Coordinator {
@@ -125,12 +151,51 @@ impl Coordinator {
         let server_config = dsm_cert::quic_server_config(&config.cert_dir, &config.transport)?;
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+        let metrics_endpoint = match config.metrics {
+            Some(addr) => Some(MetricsEndpoint::bind(addr).map_err(|source| ServeError::MetricsBind { addr, source })?),
+            None => None,
+        };
+        let metrics_addr = metrics_endpoint.as_ref().map(MetricsEndpoint::local_addr).transpose()?;
+        let metrics = Arc::new(Metrics::new());
         Ok(Coordinator {
             endpoint,
-            shared: Arc::new(Mutex::new(Shared { registry: Registry::new(), writers: HashMap::new() })),
+            shared: Arc::new(Mutex::new(Shared {
+                registry: Registry::new(),
+                writers: HashMap::new(),
+                peers: HashMap::new(),
+                losses: LossTimes::default(),
+                metrics: Arc::clone(&metrics),
+            })),
             hello_timeout: config.hello_timeout,
             next_conn: AtomicU64::new(1),
+            metrics,
+            metrics_endpoint: Mutex::new(metrics_endpoint),
+            metrics_addr,
+            started: SystemTime::now(),
         })
+    }
+
+    /// The address `/metrics` is served on, if [`Config::metrics`] asked for it.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// A function that returns the full status report (what `dsm status` gets), usable after
+    /// [`run`](Self::run) took `self`.
+    pub fn report_handle(&self) -> impl Fn() -> dsm_proto::StatusReport + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        let started = self.started;
+        move || shared.lock().status_report(started)
+    }
+
+    /// A function that returns the metrics text (what `/metrics` serves).
+    pub fn metrics_handle(&self) -> impl Fn() -> String + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        let metrics = Arc::clone(&self.metrics);
+        move || {
+            let counts = shared.lock().registry.session_counts();
+            metrics.render(counts)
+        }
     }
 
     /// The address actually bound (useful with port 0).
@@ -152,6 +217,9 @@ impl Coordinator {
     /// Serves until `shutdown` completes, then closes every connection with a "shutting down"
     /// reason and waits briefly for the peers to hear it.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let metrics_task = self.metrics_endpoint.lock().take().map(|endpoint| {
+            tokio::spawn(endpoint.serve(Arc::new(self.metrics_handle())).in_current_span())
+        });
         let this = Arc::new(self);
         tokio::pin!(shutdown);
         loop {
@@ -167,6 +235,9 @@ impl Coordinator {
             }
         }
         info!("shutting down");
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
         this.endpoint.close(close_code::SHUTDOWN.into(), b"coordinator shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), this.endpoint.wait_idle()).await;
     }
@@ -176,16 +247,22 @@ impl Coordinator {
             Ok(c) => c,
             Err(e) => {
                 // TLS refusals (no client certificate, unknown CA, self-signed) show up here.
-                warn!("refused connection: {e}");
+                self.metrics.on_refused("tls");
+                warn!(reason = %e, "handshake refused");
                 return;
             }
         };
+        self.metrics.on_accept();
         debug!("connected");
         match tokio::time::timeout(self.hello_timeout, self.open(&conn)).await {
             Ok(Ok((send, recv))) => self.serve(id, conn, send, recv).await,
-            Ok(Err(why)) => warn!("closing connection: {why}"),
+            Ok(Err(why)) => {
+                self.metrics.on_refused("hello");
+                warn!(reason = %why, "handshake refused");
+            }
             Err(_) => {
-                warn!("closing connection: no hello within {:?}", self.hello_timeout);
+                self.metrics.on_refused("timeout");
+                warn!(reason = %format!("no hello within {:?}", self.hello_timeout), "handshake refused");
                 conn.close(close_code::PROTOCOL_ERROR.into(), b"no hello in time");
             }
         }
@@ -220,45 +297,82 @@ impl Coordinator {
         mut recv: quinn::RecvStream,
     ) {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.shared.lock().writers.insert(id, tx);
+        {
+            let mut shared = self.shared.lock();
+            shared.writers.insert(id, tx);
+            shared.peers.insert(id, conn.remote_address());
+        }
+        self.metrics.on_open();
         let writer = tokio::spawn(write_loop(conn.clone(), send, rx).in_current_span());
 
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut chunk = vec![0u8; 64 * 1024];
-        let detail = 'read: loop {
+        let (detail, clean) = 'read: loop {
             match recv.read(&mut chunk).await {
                 Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
-                Ok(None) => break 'read "closed its stream".to_string(),
-                Err(e) => break 'read connection_detail(&e),
+                Ok(None) => break 'read ("closed its stream".to_string(), true),
+                Err(e) => break 'read (connection_detail(&e), is_clean(&e)),
             }
             let mut used = 0;
             loop {
                 match decode_frame::<ToCoordinator>(&buf[used..]) {
                     Ok(Some((msg, n))) => {
                         used += n;
+                        self.metrics.on_receive(id, &msg);
                         let mut shared = self.shared.lock();
+                        if let ToCoordinator::Status { req } = msg {
+                            // Answered here rather than by the registry: only this layer knows
+                            // peer addresses and times.
+                            let report = shared.status_report(self.started);
+                            shared.dispatch(vec![Output::Send(id, ToProcess::Status { req, report })]);
+                            continue;
+                        }
                         let mut out = Vec::new();
                         shared.registry.handle_message(id, msg, &mut out);
                         shared.dispatch(out);
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        warn!("closing connection: {e}");
+                        warn!(reason = %e, "closing connection: bad frame");
                         conn.close(close_code::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
-                        break 'read format!("sent a bad frame ({e})");
+                        break 'read (format!("sent a bad frame ({e})"), false);
                     }
                 }
             }
             buf.drain(..used);
         };
-        debug!("disconnected: {detail}");
         let mut shared = self.shared.lock();
+        log_close(shared.registry.place(id), &detail, clean);
         let mut out = Vec::new();
         shared.registry.handle_disconnect(id, &detail, &mut out);
         shared.writers.remove(&id);
+        shared.peers.remove(&id);
         shared.dispatch(out);
         drop(shared);
+        self.metrics.on_close(id, clean);
         writer.abort();
+    }
+}
+
+/// A connection ended: logged at once, a warning unless it ended cleanly. (A rank this loses is
+/// logged again, as "rank lost", by the journal.)
+fn log_close(place: Option<(&str, Option<dsm_proto::Rank>)>, detail: &str, clean: bool) {
+    match (place, clean) {
+        (Some((session, rank)), true) => info!(%session, rank, reason = %detail, "connection closed"),
+        (Some((session, rank)), false) => warn!(%session, rank, reason = %detail, "connection closed"),
+        (None, true) => info!(reason = %detail, "connection closed"),
+        (None, false) => warn!(reason = %detail, "connection closed"),
+    }
+}
+
+/// Whether the peer ended the connection on purpose (closed it with code 0, or we did).
+fn is_clean(e: &quinn::ReadError) -> bool {
+    match e {
+        quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(c)) => {
+            u64::from(c.error_code) == u64::from(close_code::OK)
+        }
+        quinn::ReadError::ConnectionLost(quinn::ConnectionError::LocallyClosed) => true,
+        _ => false,
     }
 }
 
@@ -319,7 +433,9 @@ async fn write_loop(
 /// coordinator down and joins the thread.
 pub struct CoordinatorThread {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     status: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+    report: Box<dyn Fn() -> dsm_proto::StatusReport + Send + Sync>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -333,6 +449,16 @@ impl CoordinatorThread {
     /// One line per session (see [`Coordinator::status`]).
     pub fn status(&self) -> Vec<String> {
         (self.status)()
+    }
+
+    /// The full status report (what `dsm status` gets).
+    pub fn report(&self) -> dsm_proto::StatusReport {
+        (self.report)()
+    }
+
+    /// The address `/metrics` is served on, if [`Config::metrics`] asked for it.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 }
 
@@ -367,8 +493,12 @@ pub fn spawn(config: Config) -> Result<CoordinatorThread, ServeError> {
                     return;
                 }
             };
-            let status: Box<dyn Fn() -> Vec<String> + Send + Sync> = Box::new(coordinator.status_handle());
-            let _ = ready_tx.send(coordinator.local_addr().map(|a| (a, status)).map_err(ServeError::Io));
+            let handles = Handles {
+                metrics_addr: coordinator.metrics_addr(),
+                status: Box::new(coordinator.status_handle()),
+                report: Box::new(coordinator.report_handle()),
+            };
+            let _ = ready_tx.send(coordinator.local_addr().map(|a| (a, handles)).map_err(ServeError::Io));
             coordinator
                 .run(async move {
                     let _ = stop_rx.await;
@@ -376,8 +506,22 @@ pub fn spawn(config: Config) -> Result<CoordinatorThread, ServeError> {
                 .await;
         });
     })?;
-    let (addr, status) = ready_rx
+    let (addr, handles) = ready_rx
         .recv()
         .map_err(|_| ServeError::Io(std::io::Error::other("coordinator thread died")))??;
-    Ok(CoordinatorThread { addr, status, stop: Some(stop_tx), thread: Some(thread) })
+    Ok(CoordinatorThread {
+        addr,
+        metrics_addr: handles.metrics_addr,
+        status: handles.status,
+        report: handles.report,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+/// What [`spawn`]'s thread hands back once the coordinator is bound.
+struct Handles {
+    metrics_addr: Option<SocketAddr>,
+    status: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+    report: Box<dyn Fn() -> dsm_proto::StatusReport + Send + Sync>,
 }

@@ -56,7 +56,7 @@ impl From<Error> for Failure {
         let hint = match &e {
             Error::Config(_) => "check the dsm_cfg fields or DSM_COORDINATOR, DSM_SESSION, DSM_SIZE and DSM_NPROCS",
             Error::Certificates(_) | Error::CertificateRejected { .. } | Error::Tls { .. } => {
-                "check DSM_CERT_DIR (create dev certificates with `cargo xtask certs`)"
+                "check DSM_CERT_DIR (create certificates with `dsm certs`)"
             }
             Error::Refused(_) => "check that every process passes the same session name, nproc and map_size",
             Error::Version(_) => "use the same DSM version for the coordinator and the programs",

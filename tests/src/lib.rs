@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 pub use dsm_coordinator::CoordinatorThread;
 
+pub mod coordinator_process;
 pub mod native;
+pub mod netns;
 pub mod programs;
+pub mod scrape;
 
 /// A coordinator on 127.0.0.1 with its own certificates in a temporary directory.
 pub struct TestEnv {
@@ -35,16 +38,25 @@ impl TestEnv {
     }
 
     pub fn with_transport(transport: dsm_cert::Transport) -> TestEnv {
-        Self::try_at("127.0.0.1:0".parse().unwrap(), transport).expect("start coordinator")
+        Self::with_config(|c| c.transport = transport)
+    }
+
+    /// A coordinator whose config `adjust` changes (e.g. to serve metrics on 127.0.0.1:0).
+    pub fn with_config(adjust: impl FnOnce(&mut dsm_coordinator::Config)) -> TestEnv {
+        Self::try_with_config("127.0.0.1:0".parse().unwrap(), adjust).expect("start coordinator")
     }
 
     /// A coordinator listening on `addr` exactly; an error if it cannot (the port is taken).
     pub fn try_at(addr: SocketAddr, transport: dsm_cert::Transport) -> anyhow::Result<TestEnv> {
+        Self::try_with_config(addr, |c| c.transport = transport)
+    }
+
+    fn try_with_config(addr: SocketAddr, adjust: impl FnOnce(&mut dsm_coordinator::Config)) -> anyhow::Result<TestEnv> {
         let certs = tempfile::tempdir()?;
         dsm_cert::generate(certs.path(), &[])?;
         let mut config = dsm_coordinator::Config::new(addr);
         config.cert_dir = certs.path().to_path_buf();
-        config.transport = transport;
+        adjust(&mut config);
         let coordinator = dsm_coordinator::spawn(config)?;
         Ok(TestEnv { certs, coordinator })
     }
@@ -89,120 +101,6 @@ impl Default for TestEnv {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// A `dsm-coordinator` process (the binary `cargo test --workspace` builds), for tests that
-/// kill or stop it. Killed on drop.
-pub struct CoordinatorProcess {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub certs: tempfile::TempDir,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl CoordinatorProcess {
-    /// Starts it on a free loopback port with fresh certificates and `extra` arguments (e.g.
-    /// `--idle-timeout 3s`), and waits for its "listening" line.
-    pub fn start(extra: &[&str]) -> CoordinatorProcess {
-        let certs = tempfile::tempdir().expect("tempdir");
-        dsm_cert::generate(certs.path(), &[]).expect("generate dev certificates");
-        let mut child = Command::new(sibling_binary("dsm-coordinator"))
-            .args(["--listen", "127.0.0.1:0", "--cert-dir"])
-            .arg(certs.path())
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start dsm-coordinator (built by cargo build --workspace)");
-        let stderr = child.stderr.take().expect("piped");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let keep = std::sync::Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let plain = strip_ansi(&line);
-                if let (Some(t), Some(addr)) = (&tx, listening_addr(&plain)) {
-                    let _ = t.send(addr);
-                    tx = None;
-                }
-                let mut l = keep.lock().unwrap_or_else(|e| e.into_inner());
-                l.push_str(&plain);
-                l.push('\n');
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("the coordinator did not start: {}", log.lock().unwrap_or_else(|e| e.into_inner()))
-        });
-        CoordinatorProcess { child, addr, certs, log }
-    }
-
-    pub fn cert_dir(&self) -> &Path {
-        self.certs.path()
-    }
-
-    /// What it logged so far.
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Sends it `signal` (e.g. `libc::SIGTERM`).
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: plain syscall on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-
-    /// Environment for a worker process of `session` at this coordinator.
-    pub fn worker_env(&self, session: &str, size: u64, nprocs: u32) -> Vec<(String, String)> {
-        vec![
-            ("DSM_COORDINATOR".into(), self.addr.to_string()),
-            ("DSM_CERT_DIR".into(), self.cert_dir().display().to_string()),
-            ("DSM_SESSION".into(), session.into()),
-            ("DSM_SIZE".into(), size.to_string()),
-            ("DSM_NPROCS".into(), nprocs.to_string()),
-            ("DSM_ATTACH_TIMEOUT".into(), "60s".into()),
-        ]
-    }
-}
-
-impl Drop for CoordinatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `text` without ANSI escape sequences.
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ ... final byte in @..~
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The address of the coordinator's "listening" log line (`... listening addr=127.0.0.1:5000`).
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    if !line.contains("listening") {
-        return None;
-    }
-    line.split_whitespace().find_map(|w| w.strip_prefix("addr=")?.parse().ok())
 }
 
 /// One line a worker printed.
@@ -356,6 +254,28 @@ pub fn session_name(test: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{test}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Sends signal `name` (`TERM`, `STOP`, `CONT`, ...) to `pid` with kill(1); whether it was
+/// delivered.
+pub fn signal(pid: u32, name: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// [`sibling_binary`], checked to exist (with what to do if not).
+pub fn built_binary(name: &str) -> PathBuf {
+    let path = sibling_binary(name);
+    assert!(
+        path.is_file(),
+        "{} is not built; build the workspace's binaries first (`cargo build --workspace`, which `cargo xtask test` does)",
+        path.display()
+    );
+    path
 }
 
 /// Path of a binary built next to the test executable (for binaries of other packages, such as

@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use dsm_tests::{session_name, CoordinatorProcess, Workers};
+use dsm_tests::coordinator_process::CoordinatorProcess;
+use dsm_tests::{session_name, Workers};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_dsm-worker");
 /// The idle timeout the coordinators and workers of these tests use.
@@ -20,12 +21,45 @@ fn worker() -> &'static std::path::Path {
     std::path::Path::new(WORKER)
 }
 
+/// A coordinator process with a short idle timeout, its certificates and log in `dir`.
+struct Coordinator {
+    process: CoordinatorProcess,
+    dir: tempfile::TempDir,
+}
+
+impl Coordinator {
+    fn start() -> Coordinator {
+        let dir = tempfile::tempdir().unwrap();
+        dsm_cert::generate(dir.path(), &[]).expect("dev certificates");
+        let certs = dir.path().to_str().unwrap().to_string();
+        let args = ["--listen", "127.0.0.1:0", "--cert-dir", &certs, "--idle-timeout", IDLE, "--keep-alive", "500ms"];
+        let process = CoordinatorProcess::start(&[], &args, &dir.path().join("coordinator.log"));
+        Coordinator { process, dir }
+    }
+
+    fn signal(&self, name: &str) {
+        assert!(dsm_tests::signal(self.process.pid(), name), "kill -{name} the coordinator");
+    }
+
+    /// A worker's environment, with the same short idle timeout.
+    fn worker_env(&self, session: &str, nprocs: u32) -> Vec<(String, String)> {
+        vec![
+            ("DSM_COORDINATOR".into(), self.process.addr.to_string()),
+            ("DSM_CERT_DIR".into(), self.dir.path().display().to_string()),
+            ("DSM_SESSION".into(), session.into()),
+            ("DSM_SIZE".into(), "4096".into()),
+            ("DSM_NPROCS".into(), nprocs.to_string()),
+            ("DSM_ATTACH_TIMEOUT".into(), "60s".into()),
+            ("DSM_IDLE_TIMEOUT".into(), IDLE.into()),
+            ("DSM_KEEP_ALIVE".into(), "500ms".into()),
+        ]
+    }
+}
+
 /// Two spinning ping-pong workers at a fresh coordinator, both past their first barrier.
-fn spinning_pair() -> (CoordinatorProcess, Workers) {
-    let coordinator = CoordinatorProcess::start(&["--idle-timeout", IDLE, "--keep-alive", "500ms"]);
-    let mut env = coordinator.worker_env(&session_name("coord-gone"), 4096, 2);
-    env.push(("DSM_IDLE_TIMEOUT".into(), IDLE.into()));
-    env.push(("DSM_KEEP_ALIVE".into(), "500ms".into()));
+fn spinning_pair() -> (Coordinator, Workers) {
+    let coordinator = Coordinator::start();
+    let env = coordinator.worker_env(&session_name("coord-gone"), 2);
     let mut w = Workers::spawn(worker(), &["spin-pingpong", "--rounds", "100000000000"], &env, 2);
     for rank in 0..2 {
         let started = w.wait_line(Duration::from_secs(60), |l| l.text == format!("rank {rank} passed the first barrier"));
@@ -59,29 +93,27 @@ fn assert_both_stopped(w: &mut Workers, within: Duration, expect: &str) {
 #[test]
 fn busy_wait_ping_pong_stops_with_a_clear_error_when_the_coordinator_is_killed() {
     let (coordinator, mut w) = spinning_pair();
-    coordinator.signal(libc::SIGKILL);
+    coordinator.signal("KILL");
     assert_both_stopped(&mut w, Duration::from_secs(IDLE_SECS) + MARGIN, "went silent");
 }
 
 #[test]
 fn busy_wait_ping_pong_stops_with_a_clear_error_when_the_coordinator_shuts_down() {
     let (coordinator, mut w) = spinning_pair();
-    coordinator.signal(libc::SIGTERM);
+    coordinator.signal("TERM");
     // A graceful shutdown is announced: no need to wait for the idle timeout.
     assert_both_stopped(&mut w, Duration::from_secs(10), "shut down");
 }
 
 #[test]
 fn a_process_spinning_on_a_read_only_copy_stops_when_the_coordinator_is_killed() {
-    let coordinator = CoordinatorProcess::start(&["--idle-timeout", IDLE, "--keep-alive", "500ms"]);
-    let mut env = coordinator.worker_env(&session_name("spin-read"), 4096, 2);
-    env.push(("DSM_IDLE_TIMEOUT".into(), IDLE.into()));
-    env.push(("DSM_KEEP_ALIVE".into(), "500ms".into()));
+    let coordinator = Coordinator::start();
+    let env = coordinator.worker_env(&session_name("spin-read"), 2);
     let mut w = Workers::spawn(worker(), &["spin-read"], &env, 2);
     let spinning = w.wait_line(Duration::from_secs(60), |l| l.text.contains("spinning on a read-only copy"));
     let spinner = spinning.unwrap_or_else(|| panic!("nobody spins:\n{}", w.transcript())).worker;
     assert!(w.wait_line(Duration::from_secs(60), |l| l.text == "rank 0 waiting in a barrier").is_some());
-    coordinator.signal(libc::SIGKILL);
+    coordinator.signal("KILL");
     let codes = w.wait_all(Duration::from_secs(IDLE_SECS) + MARGIN);
     assert!(codes.iter().all(|c| c.is_some_and(|c| c != 0)), "codes {codes:?}:\n{}", w.transcript());
     // The spinner never faults by itself: its copy is revoked, and its next load stops it.

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
     name = "cargo xtask",
     after_help = "Examples:\n  \
     cargo xtask test                      # the whole test suite (installs build prerequisites first)\n  \
-    cargo xtask certs --san myhost        # dev certificates in ~/.config/dsm/certs\n  \
+    cargo xtask certs --san myhost        # certificates in ~/.config/dsm/certs (same as `dsm certs`)\n  \
     cargo xtask relay --listen 127.0.0.1:5000 --to 127.0.0.1:4200 --loss 0.05 --delay 10ms --jitter 5ms\n  \
     cargo xtask itest --procs 4 --loss 0.05 --delay 10ms --jitter 5ms   # suites through a lossy link\n  \
     cargo xtask bench                     # benchmarks, as ratios to floors measured in the same run\n  \
@@ -35,7 +35,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create dev TLS certificates (a CA, the coordinator's, a client's).
+    /// Create or extend TLS certificates (same as the installed `dsm certs`).
     Certs(certs::Args),
     /// Run a lossy UDP relay in front of a coordinator.
     Relay(relay::Args),
@@ -59,12 +59,16 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    // Colours only on a terminal, and never with NO_COLOR set (as dsm and dsm-coordinator).
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     match Cli::parse().cmd {
         Cmd::Certs(a) => certs::run(a),

@@ -9,6 +9,7 @@
 //! - [`fault_track`]: the life cycle of faults on the process side (holds, replays, failure);
 //! - [`replay_slot`]: the hand-over protocol between the runtime thread and the signal handler
 //!   of a replayed store.
+//! - [`status`]: the coordinator's status report (`dsm status`).
 //!
 //! Both the runtime (`dsm`) and the coordinator depend on it, so the two sides can never
 //! disagree about the format.
@@ -19,6 +20,7 @@ pub mod frame;
 pub mod handshake;
 pub mod pages;
 pub mod replay_slot;
+pub mod status;
 pub mod units;
 pub mod wire;
 
@@ -26,6 +28,7 @@ pub use directory::{DirectoryError, DirectoryStats, PageDirectory, PageView};
 pub use frame::{decode_frame, encode_frame, FrameError, MAX_FRAME_LEN};
 pub use handshake::{Hello, HelloError, HELLO_LEN, MAGIC, PROTOCOL_VERSION};
 pub use pages::{Access, PageMemory, PageState, PageStats, PagesError, ProcessPages};
+pub use status::{LostRank, MemberState, MemberStatus, PageTraffic, SessionState, SessionStatus, StatusReport};
 pub use wire::*;
 
 /// Size of one coherence unit (an x86-64 base page).

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{NameError, SizeError};
+use crate::{NameError, SizeError, StatusReport};
 
 /// A process's rank within its session, `0..nprocs`.
 pub type Rank = u32;
@@ -172,6 +172,13 @@ pub enum ToCoordinator {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
+    /// Ask for the coordinator's [`StatusReport`] (what `dsm status` shows). Allowed on any
+    /// connection at any time, attached or not: a status client never joins a session.
+    /// Answered by [`ToProcess::Status`].
+    Status {
+        /// Request id echoed in the reply.
+        req: ReqId,
+    },
 }
 
 /// Messages from the coordinator to a process.
@@ -316,6 +323,13 @@ pub enum ToProcess {
         /// The bytes sent.
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
+    },
+    /// Answer to [`ToCoordinator::Status`].
+    Status {
+        /// The request.
+        req: ReqId,
+        /// The coordinator's sessions and counters.
+        report: StatusReport,
     },
 }
 

@@ -49,6 +49,14 @@ enum Scenario {
         #[arg(long)]
         victim: u32,
     },
+    /// Every rank attaches; rank `rank` then exits with status `code` without detaching, the
+    /// others wait without touching DSM until they are stopped (so exactly one process fails).
+    ExitRank {
+        #[arg(long)]
+        rank: u32,
+        #[arg(long, default_value_t = 7)]
+        code: i32,
+    },
     /// Every rank does `adds` fetch_add(1) on one shared AtomicU64; rank 0 checks the total.
     Counter {
         #[arg(long, default_value_t = 10000)]
@@ -191,6 +199,15 @@ fn run(scenario: Scenario) -> Result<(), dsm::Error> {
             println!("entering second barrier");
             s.barrier()?;
             println!("second barrier passed");
+        }
+        Scenario::ExitRank { rank: victim, code } => {
+            if rank == victim {
+                println!("rank {rank} exits with status {code}");
+                std::process::exit(code);
+            }
+            loop {
+                std::thread::park();
+            }
         }
         _ => unreachable!("region scenarios are handled above"),
     }

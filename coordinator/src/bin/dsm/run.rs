@@ -1,5 +1,7 @@
-//! `dsm`: the DSM launcher. `dsm run -n N -- PROGRAM ARGS...` starts N processes of one session,
-//! like `mpirun`, with a private coordinator unless `--coordinator` names one.
+//! `dsm run -n N -- PROGRAM ARGS...`: starts N processes of one session, like `mpirun`, with a
+//! private coordinator unless `--coordinator` names one, and waits for them all. While they
+//! attach and when one fails it asks the coordinator (`watch.rs`) which processes joined and
+//! which DSM rank each got.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -10,46 +12,43 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
 use dsm_proto::units::{parse_duration, parse_size};
+use dsm_proto::MAX_PROCESSES;
 
-/// The DSM launcher: starts the processes of one session.
-#[derive(Parser, Debug)]
-#[command(name = "dsm", version)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
+use crate::watch::Watch;
 
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Start N processes of PROGRAM in one DSM session and wait for them all.
-    #[command(after_help = RUN_HELP)]
-    Run(RunArgs),
-}
-
-const RUN_HELP: &str = "\
+pub const HELP: &str = "\
 Each process gets DSM_COORDINATOR, DSM_SESSION, DSM_NPROCS, DSM_RANK (0..N-1, launch order;
 informational: global ids are assigned by the coordinator in attach order), DSM_SIZE and
 DSM_CERT_DIR, which dsm::Region::from_env() and dsm_init() with a NULL config read. Each output
-line is prefixed with [launch index]. If a process fails, dsm run says which and how, stops the
-others (SIGTERM, then SIGKILL after --grace) and exits non-zero; Ctrl-C stops everything.
+line is prefixed with [launch index]. After a second at attach, dsm run says which processes
+have not joined yet. If a process fails, dsm run names it by DSM rank and launch index and says
+how it ended, stops the others (SIGTERM, then SIGKILL after --grace) and exits non-zero; Ctrl-C
+stops everything. A session holds at most 1024 processes.
 
 Without --coordinator, a private coordinator runs inside dsm run on a free loopback port, with the
 certificates of --cert-dir (or $DSM_CERT_DIR, ~/.config/dsm/certs) when they include the
-coordinator's, else with fresh dev certificates in a temporary directory.
+coordinator's, else with fresh dev certificates in a temporary directory. It logs only errors;
+RUST_LOG=dsm_coordinator=info shows its whole log.
 
 Examples:
   dsm run -n 4 -- ./target/release/pi --steps 100000000
   dsm run -n 4 --size 16MiB -- ./contrast
   dsm run -n 8 --coordinator 10.0.0.5:4200 --session sim --cert-dir /etc/dsm/certs -- ./sim in.dat
+  # one session over two machines, 4 processes each (run on both):
+  dsm run -n 4 --total 8 --coordinator 10.0.0.5:4200 --session sim --size 1GiB -- ./sim
   mpirun -n 4 env DSM_COORDINATOR=10.0.0.5:4200 DSM_SESSION=sim DSM_SIZE=1GiB ./sim   # also works";
 
+/// Options of `dsm run`.
 #[derive(clap::Args, Debug)]
-struct RunArgs {
-    /// Number of processes.
+pub struct RunArgs {
+    /// Number of processes to start here.
     #[arg(short = 'n', long = "nprocs", value_parser = clap::value_parser!(u32).range(1..))]
     nprocs: u32,
+    /// Processes in the whole session, when dsm run on other machines starts the rest (needs
+    /// --coordinator and --session) [default: N].
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..))]
+    total: Option<u32>,
     /// Coordinator address (host:port); default: a private coordinator on a free loopback port.
     #[arg(long, env = "DSM_COORDINATOR")]
     coordinator: Option<String>,
@@ -70,23 +69,11 @@ struct RunArgs {
     command: Vec<String>,
 }
 
-fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let Cmd::Run(args) = Cli::parse().cmd;
-    match run(args) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("dsm run: {e:#}");
-            std::process::exit(1);
-        }
-    }
-}
+/// How often the session is looked at while its processes attach.
+const ATTACH_POLL: Duration = Duration::from_millis(50);
+/// After this long at attach, say which processes have not joined; then again this often.
+const FIRST_WAITING_REPORT: Duration = Duration::from_secs(1);
+const WAITING_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// The signal that asked us to stop (0: none yet).
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -175,12 +162,12 @@ fn exit_code(status: ExitStatus) -> i32 {
     }
 }
 
-/// Copies `from` line by line to our stdout or stderr, each line prefixed with `[rank] `.
-fn forward(rank: usize, from: impl Read + Send + 'static, to_stderr: bool, done: mpsc::Sender<()>) {
+/// Copies `from` line by line to our stdout or stderr, each line prefixed with `[launch index] `.
+fn forward(launch: usize, from: impl Read + Send + 'static, to_stderr: bool, done: mpsc::Sender<()>) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(from);
         let mut line = Vec::new();
-        let prefix = format!("[{rank}] ");
+        let prefix = format!("[{launch}] ");
         loop {
             line.clear();
             match reader.read_until(b'\n', &mut line) {
@@ -258,7 +245,19 @@ impl Drop for Group {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<i32> {
+pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    // Before anything starts: the coordinator would refuse them all, after they were forked.
+    let total = args.total.unwrap_or(args.nprocs);
+    if total > MAX_PROCESSES {
+        let what = if args.total.is_some() { "--total" } else { "-n" };
+        bail!("{what} {total} is more than one session can hold: at most {MAX_PROCESSES} processes; nothing was started");
+    }
+    if total < args.nprocs {
+        bail!("--total {total} is less than -n {}: the session must hold the processes started here", args.nprocs);
+    }
+    if args.total.is_some() && (args.coordinator.is_none() || args.session.is_none()) {
+        bail!("--total needs --coordinator and --session: the other machines' processes must find the same session");
+    }
     install_signal_handlers()?;
     let cert_dir = args.cert_dir.clone().unwrap_or_else(dsm_cert::default_dir);
     let mut _temp_certs = None;
@@ -289,13 +288,31 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (program, program_args) = args.command.split_first().expect("clap requires a program");
     let mut group = Group { children: Vec::new(), pids: Vec::new(), grace: args.grace };
     let (done_tx, done_rx) = mpsc::channel();
-    for rank in 0..args.nprocs as usize {
-        let spawned = Command::new(program)
+    let launcher = std::process::id();
+    for launch in 0..args.nprocs as usize {
+        let mut cmd = Command::new(program);
+        // If dsm run itself dies (even by SIGKILL, which it cannot catch), its processes get
+        // SIGTERM from the kernel instead of running on without it.
+        // SAFETY: the closure runs in the child between fork and exec and only makes two
+        // async-signal-safe system calls (prctl, getppid) and possibly _exit.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // dsm run may have died before the prctl: then nobody would signal us.
+                if libc::getppid() as u32 != launcher {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let spawned = cmd
             .args(program_args)
             .env("DSM_COORDINATOR", &addr)
             .env("DSM_SESSION", &session)
-            .env("DSM_NPROCS", args.nprocs.to_string())
-            .env("DSM_RANK", rank.to_string())
+            .env("DSM_NPROCS", total.to_string())
+            .env("DSM_RANK", launch.to_string())
             .env("DSM_SIZE", args.size.to_string())
             .env("DSM_CERT_DIR", &cert_dir)
             .stdin(Stdio::null())
@@ -307,16 +324,20 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             Ok(c) => c,
             Err(e) => {
                 group.stop();
-                bail!("cannot start process {rank} ({program}): {e}");
+                bail!("cannot start process {launch} ({program}): {e}");
             }
         };
-        forward(rank, child.stdout.take().expect("piped"), false, done_tx.clone());
-        forward(rank, child.stderr.take().expect("piped"), true, done_tx.clone());
+        forward(launch, child.stdout.take().expect("piped"), false, done_tx.clone());
+        forward(launch, child.stderr.take().expect("piped"), true, done_tx.clone());
         group.pids.push(child.id());
         group.children.push(Some(child));
     }
     drop(done_tx);
 
+    let mut watch = Watch::new(&addr, cert_dir.clone(), &session).context("starting the session watch")?;
+    let launched = Instant::now();
+    let mut next_look = launched;
+    let mut next_waiting_report = launched + FIRST_WAITING_REPORT;
     let mut code = 0;
     loop {
         let sig = STOP_SIGNAL.load(Ordering::SeqCst);
@@ -328,19 +349,23 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             break;
         }
         let mut failed = None;
-        for (rank, c) in group.children.iter_mut().enumerate() {
+        for (launch, c) in group.children.iter_mut().enumerate() {
             let Some(child) = c else { continue };
             if let Some(status) = child.try_wait().context("waiting for a process")? {
                 *c = None;
                 if !status.success() && failed.is_none() {
-                    failed = Some((rank, status));
+                    failed = Some((launch, status));
                 }
             }
         }
-        if let Some((rank, status)) = failed {
-            let pid = group.pids[rank];
+        if let Some((launch, status)) = failed {
+            let pid = group.pids[launch];
+            if !watch.started() {
+                // One fresh look: the session still lists a member it just lost.
+                watch.refresh(&group.pids);
+            }
             let running = group.children.iter().filter(|c| c.is_some()).count();
-            eprintln!("dsm run: process {rank} (pid {pid}) {}", describe(status));
+            eprintln!("dsm run: process {} {}", watch.describe(launch, pid), describe(status));
             if running > 0 {
                 eprintln!("dsm run: stopping the other {running} process(es)");
             }
@@ -350,6 +375,16 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         if group.children.iter().all(Option::is_none) {
             break;
+        }
+        let now = Instant::now();
+        if !watch.started() && now >= next_look {
+            watch.refresh(&group.pids);
+            // An unreachable status (an old coordinator, say) is asked less often.
+            next_look = now + if watch.error().is_some() { Duration::from_secs(1) } else { ATTACH_POLL };
+            if !watch.started() && now >= next_waiting_report {
+                eprintln!("dsm run: {}", watch.waiting_report(&group.pids));
+                next_waiting_report = now + WAITING_REPORT_EVERY;
+            }
         }
         std::thread::sleep(Duration::from_millis(5));
     }
