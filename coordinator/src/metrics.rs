@@ -223,7 +223,10 @@ impl Metrics {
         let bytes = match msg {
             ToCoordinator::DowngradeAck { data: Some(d), .. }
             | ToCoordinator::RecallAck { data: Some(d), .. }
-            | ToCoordinator::Writeback { data: d, .. } => d.0.len(),
+            | ToCoordinator::Writeback { data: d, .. }
+            | ToCoordinator::DowngradeAckRun { data: Some(d), .. }
+            | ToCoordinator::RecallAckRun { data: Some(d), .. }
+            | ToCoordinator::WritebackRun { data: d, .. } => d.0.len(),
             _ => 0,
         };
         if bytes > 0 {
@@ -232,7 +235,7 @@ impl Metrics {
                 .inc_by(bytes as u64);
         }
         let awaited = match msg {
-            ToCoordinator::Fetch { req, .. } => Some((Awaited::Reply(*req), "fetch")),
+            ToCoordinator::Fetch { req, .. } | ToCoordinator::FetchRun { req, .. } => Some((Awaited::Reply(*req), "fetch")),
             ToCoordinator::Own { req, .. } => Some((Awaited::Reply(*req), "own")),
             ToCoordinator::Write { req, .. } | ToCoordinator::Rmw { req, .. } => {
                 Some((Awaited::Reply(*req), "replay"))
@@ -254,8 +257,8 @@ impl Metrics {
         let kind = sent_kind(msg);
         self.messages.get_or_create(&MessageLabels { direction: "sent", kind }).inc();
         let (served, bytes) = match msg {
-            ToProcess::Data { data, .. } => (Some("read"), data.as_ref().map_or(0, |d| d.0.len())),
-            ToProcess::Grant { data, .. } => (
+            ToProcess::Data { data, .. } | ToProcess::DataRun { data, .. } => (Some("read"), data.as_ref().map_or(0, |d| d.0.len())),
+            ToProcess::Grant { data, .. } | ToProcess::GrantRun { data, .. } => (
                 Some("write"),
                 match data {
                     Some(GrantData::Bytes(d)) => d.0.len(),
@@ -274,6 +277,8 @@ impl Metrics {
         let answered = match msg {
             ToProcess::Data { req, .. }
             | ToProcess::Grant { req, .. }
+            | ToProcess::DataRun { req, .. }
+            | ToProcess::GrantRun { req, .. }
             | ToProcess::WriteAck { req, .. }
             | ToProcess::Retry { req, .. }
             | ToProcess::SemaphoreAcquired { req }
@@ -348,6 +353,13 @@ fn received_kind(msg: &ToCoordinator) -> &'static str {
         ToCoordinator::Advise { .. } => "advise",
         ToCoordinator::Ping { .. } => "ping",
         ToCoordinator::Status { .. } => "status",
+        ToCoordinator::FetchRun { .. } => "fetch_run",
+        ToCoordinator::OwnRun { conditional: false, .. } => "own_run",
+        ToCoordinator::OwnRun { conditional: true, .. } => "write_ahead",
+        ToCoordinator::InvalidateAckRun { .. } => "invalidate_ack_run",
+        ToCoordinator::DowngradeAckRun { .. } => "downgrade_ack_run",
+        ToCoordinator::RecallAckRun { .. } => "recall_ack_run",
+        ToCoordinator::WritebackRun { .. } => "writeback_run",
     }
 }
 
@@ -373,6 +385,12 @@ fn sent_kind(msg: &ToProcess) -> &'static str {
         ToProcess::Detached => "detached",
         ToProcess::Pong { .. } => "pong",
         ToProcess::Status { .. } => "status",
+        ToProcess::DataRun { .. } => "data_run",
+        ToProcess::GrantRun { .. } => "grant_run",
+        ToProcess::Denied { .. } => "denied",
+        ToProcess::InvalidateRun { .. } => "invalidate_run",
+        ToProcess::DowngradeRun { .. } => "downgrade_run",
+        ToProcess::RecallRun { .. } => "recall_run",
     }
 }
 

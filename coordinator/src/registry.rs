@@ -475,12 +475,15 @@ fn kind(msg: &ToCoordinator) -> &'static str {
         ToCoordinator::Barrier { .. } => "barrier",
         ToCoordinator::SemaphoreWait { .. } => "semaphore wait",
         ToCoordinator::SemaphorePost { .. } => "semaphore post",
-        ToCoordinator::Fetch { .. } => "page fetch",
-        ToCoordinator::Own { .. } => "page ownership request",
+        ToCoordinator::Fetch { .. } | ToCoordinator::FetchRun { .. } => "page fetch",
+        ToCoordinator::Own { .. } | ToCoordinator::OwnRun { .. } => "page ownership request",
         ToCoordinator::InvalidateAck { .. }
         | ToCoordinator::DowngradeAck { .. }
-        | ToCoordinator::RecallAck { .. } => "page acknowledgement",
-        ToCoordinator::Writeback { .. } => "page writeback",
+        | ToCoordinator::RecallAck { .. }
+        | ToCoordinator::InvalidateAckRun { .. }
+        | ToCoordinator::DowngradeAckRun { .. }
+        | ToCoordinator::RecallAckRun { .. } => "page acknowledgement",
+        ToCoordinator::Writeback { .. } | ToCoordinator::WritebackRun { .. } => "page writeback",
         ToCoordinator::Write { .. } | ToCoordinator::Rmw { .. } => "replayed write",
         ToCoordinator::Advise { .. } => "coherence advice",
         ToCoordinator::Detach => "detach",

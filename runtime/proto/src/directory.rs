@@ -100,6 +100,10 @@ pub struct DirectoryStats {
     pub to_update: u64,
     /// Switches to invalidate mode.
     pub to_invalidate: u64,
+    /// Write-ahead pages granted (nobody held them).
+    pub ahead_granted: u64,
+    /// Write-ahead pages denied (someone held them, or they were busy or in update mode).
+    pub ahead_denied: u64,
 }
 
 /// A message the directory cannot accept.
@@ -146,6 +150,9 @@ pub enum DirectoryError {
     /// An advice range outside the region, or more ranges than [`MAX_ADVICE`].
     #[error("bad coherence advice: {0}")]
     BadAdvice(String),
+    /// A run of pages with a bad count or data length.
+    #[error("bad run: {0}")]
+    BadRun(String),
 }
 
 /// A read-only view of one page's directory entry (for tests, logs and debugging).
@@ -391,11 +398,98 @@ impl PageDirectory {
                     }
                 }
             }
+            ToCoordinator::FetchRun { req, first, count } => {
+                self.check_span("fetch run", first, count, None)?;
+                for page in first..first + u64::from(count) {
+                    self.admit(from, page, Kind::Fetch)?;
+                    self.stats.fetches += 1;
+                    self.submit(page, Request { from, req, kind: Kind::Fetch }, out);
+                }
+            }
+            ToCoordinator::OwnRun { req, first, count, conditional: false } => {
+                self.check_span("ownership run", first, count, None)?;
+                for page in first..first + u64::from(count) {
+                    self.admit(from, page, Kind::Own)?;
+                    self.submit(page, Request { from, req, kind: Kind::Own }, out);
+                }
+            }
+            ToCoordinator::OwnRun { req, first, count, conditional: true } => {
+                self.check_span("write-ahead run", first, count, None)?;
+                for page in first..first + u64::from(count) {
+                    self.own_ahead(from, req, page, out);
+                }
+            }
+            run @ (ToCoordinator::InvalidateAckRun { .. }
+            | ToCoordinator::DowngradeAckRun { .. }
+            | ToCoordinator::RecallAckRun { .. }
+            | ToCoordinator::WritebackRun { .. }) => {
+                let (first, count, len) = match &run {
+                    ToCoordinator::InvalidateAckRun { first, count } => (*first, *count, None),
+                    ToCoordinator::DowngradeAckRun { first, count, data } | ToCoordinator::RecallAckRun { first, count, data } => {
+                        (*first, *count, data.as_ref().map(|d| d.0.len()))
+                    }
+                    ToCoordinator::WritebackRun { first, count, data } => (*first, *count, Some(data.0.len())),
+                    _ => unreachable!("matched above"),
+                };
+                self.check_span("acknowledgement run", first, count, len)?;
+                for msg in crate::runs::expand_to_coordinator(run) {
+                    self.handle(from, msg, out)?;
+                }
+            }
             other => {
                 return Err(DirectoryError::Unexpected(format!("not a page message: {other:?}")))
             }
         }
         Ok(())
+    }
+
+    /// Checks a run's pages are inside the region and its data (if any) their size.
+    fn check_span(&self, what: &str, first: PageNo, count: u32, len: Option<usize>) -> Result<(), DirectoryError> {
+        crate::runs::check_run(what, count, len).map_err(DirectoryError::BadRun)?;
+        match first.checked_add(u64::from(count)) {
+            Some(end) if end <= self.pages => Ok(()),
+            _ => Err(DirectoryError::OutOfRange { page: first.saturating_add(u64::from(count)) - 1, pages: self.pages }),
+        }
+    }
+
+    /// Write-ahead: grants `page` to `from` if nobody holds it and nothing is under way for it
+    /// (no owner, no readers, no transaction or queue, invalidate mode and not advised update);
+    /// otherwise answers `Denied` and changes nothing. Never recalls or invalidates.
+    fn own_ahead(&mut self, from: Rank, req: ReqId, page: PageNo, out: &mut Vec<(Rank, ToProcess)>) {
+        let policy = self.policy_for(page);
+        let free = match self.entries.get(&page) {
+            None => policy != Coherence::Update,
+            Some(e) => {
+                e.mode == Mode::Invalidate
+                    && e.policy != Coherence::Update
+                    && e.owner.is_none()
+                    && e.readers.is_empty()
+                    && e.busy.is_none()
+                    && e.queue.is_empty()
+            }
+        };
+        if !free {
+            self.stats.ahead_denied += 1;
+            out.push((from, ToProcess::Denied { req, first: page, count: 1 }));
+            return;
+        }
+        let stats = &mut self.stats;
+        let e = self.entries.entry(page).or_insert_with(|| Entry::new(policy));
+        e.owner = Some(from);
+        let data = match &e.home {
+            None => GrantData::Zero,
+            Some(bytes) => {
+                stats.pages_sent += 1;
+                stats.bytes_sent += bytes.len() as u64;
+                GrantData::Bytes(PageData(bytes.clone()))
+            }
+        };
+        stats.ownership_grants += 1;
+        stats.ahead_granted += 1;
+        // Not an alternation: nobody else held the page.
+        e.last_grantee = Some(from);
+        e.alternations = 0;
+        out.push((from, ToProcess::Grant { req, page, data: Some(data) }));
     }
 
     /// `rank` detached or was lost: removes it from every reader set and owner slot (its pages

@@ -20,6 +20,7 @@ pub mod frame;
 pub mod handshake;
 pub mod pages;
 pub mod replay_slot;
+pub mod runs;
 pub mod status;
 pub mod units;
 pub mod wire;

@@ -125,6 +125,42 @@ pub trait PageMemory {
     /// Stores `width` bytes of `value` at `offset` of a ReadOnly (update-mode) page, with a
     /// single store of that width so no reader sees a torn value (rule 7).
     fn store(&mut self, page: PageNo, offset: u16, width: u8, value: u128);
+
+    /// [`install`](Self::install) of `count` consecutive pages (`data`: `count` pages of bytes,
+    /// or `None` for zeros) — one copy and one wake-up in a real mapping.
+    fn install_run(&mut self, first: PageNo, count: u32, data: Option<&[u8]>, writable: bool) {
+        for i in 0..count {
+            let page = data.map(|d| &d[i as usize * crate::PAGE_SIZE..(i as usize + 1) * crate::PAGE_SIZE]);
+            self.install(first + u64::from(i), page, writable);
+        }
+    }
+    /// [`make_writable`](Self::make_writable) of `count` consecutive pages.
+    fn make_writable_run(&mut self, first: PageNo, count: u32) {
+        for i in 0..count {
+            self.make_writable(first + u64::from(i));
+        }
+    }
+    /// [`write_protect`](Self::write_protect) of `count` consecutive pages; their contents,
+    /// page after page.
+    fn write_protect_run(&mut self, first: PageNo, count: u32) -> Vec<u8> {
+        (0..count).flat_map(|i| self.write_protect(first + u64::from(i))).collect()
+    }
+    /// [`drop_page`](Self::drop_page) of `count` consecutive pages.
+    fn drop_run(&mut self, first: PageNo, count: u32, want_contents: bool) -> Option<Vec<u8>> {
+        let mut all = Vec::new();
+        for i in 0..count {
+            if let Some(d) = self.drop_page(first + u64::from(i), want_contents) {
+                all.extend(d);
+            }
+        }
+        want_contents.then_some(all)
+    }
+    /// [`wake`](Self::wake) of `count` consecutive pages.
+    fn wake_run(&mut self, first: PageNo, count: u32) {
+        for i in 0..count {
+            self.wake(first + u64::from(i));
+        }
+    }
 }
 
 /// Counters of one process's coherence activity.
@@ -156,6 +192,12 @@ pub struct PageStats {
     pub bytes_received: u64,
     /// Page bytes sent in acks and writebacks.
     pub bytes_sent: u64,
+    /// Pages asked for by write-ahead (conditional ownership).
+    pub write_ahead: u64,
+    /// Write-ahead pages denied (someone else held them).
+    pub write_ahead_denied: u64,
+    /// Run messages received (each several pages).
+    pub runs_received: u64,
 }
 
 /// A coordinator message that breaks the protocol.
@@ -171,6 +213,8 @@ pub enum PagesError {
 struct Pending {
     req: ReqId,
     access: Access,
+    /// Write-ahead: asked conditionally, may be answered `Denied`.
+    ahead: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -190,6 +234,7 @@ pub struct ProcessPages {
     in_flight: usize,
     stats: PageStats,
     readahead: ReadAhead,
+    writeahead: ReadAhead,
     /// Replayed writes in flight: request -> page.
     writes: HashMap<ReqId, PageNo>,
     /// Last known mode of pages, kept after their copies are dropped: a store to an Invalid
@@ -218,8 +263,8 @@ struct ReadAhead {
     next: PageNo,
 }
 
-/// Largest read-ahead window, in pages (256 KiB).
-pub const MAX_READ_AHEAD: u64 = 64;
+/// Largest read-ahead (and write-ahead) window, in pages: one run (almost 1 MiB).
+pub const MAX_READ_AHEAD: u64 = crate::runs::MAX_RUN as u64;
 
 impl Default for ProcessPages {
     fn default() -> Self {
@@ -236,6 +281,7 @@ impl ProcessPages {
             in_flight: 0,
             stats: PageStats::default(),
             readahead: ReadAhead::default(),
+            writeahead: ReadAhead::default(),
             writes: HashMap::new(),
             completions: Vec::new(),
             hints: HashMap::new(),
@@ -248,7 +294,7 @@ impl ProcessPages {
     /// accesses that do not fit a page, are protocol errors (never a panic or an out-of-bounds
     /// store); sequential read-ahead is on.
     pub fn for_region(pages: u64) -> Self {
-        let mut p = Self::new().with_read_ahead(pages);
+        let mut p = Self::new().with_read_ahead(pages).with_write_ahead(pages);
         p.limit = pages;
         p
     }
@@ -256,6 +302,14 @@ impl ProcessPages {
     /// Enables sequential read-ahead within a region of `pages` pages.
     pub fn with_read_ahead(mut self, pages: u64) -> Self {
         self.readahead.pages = pages;
+        self
+    }
+
+    /// Enables sequential write-ahead within a region of `pages` pages: sequential write faults
+    /// ask for ownership of the next pages too (conditionally for pages this process holds
+    /// no copy of — only pages nobody holds are granted — and for read-only copies it holds).
+    pub fn with_write_ahead(mut self, pages: u64) -> Self {
+        self.writeahead.pages = pages;
         self
     }
 
@@ -372,20 +426,114 @@ impl ProcessPages {
         };
         let req = self.next_req;
         self.next_req = self.next_req.wrapping_add(1);
-        self.slots.insert(page, Slot { pending: Some(Pending { req, access }), ..slot });
+        self.slots.insert(page, Slot { pending: Some(Pending { req, access, ahead: false }), ..slot });
         self.in_flight += 1;
         match access {
             Access::Read => {
                 self.stats.fetches += 1;
-                out.push(ToCoordinator::Fetch { req, page });
-                self.read_ahead(page, out);
+                // The pages read-ahead wants right after this one travel in the same request.
+                let ahead = self.read_ahead_span(page);
+                let count = 1 + self.claim_run(page + 1, ahead, req, Access::Read, false, |s| s.state == PageState::Invalid);
+                self.stats.fetches += u64::from(count - 1);
+                self.stats.prefetches += u64::from(count - 1);
+                if count == 1 {
+                    out.push(ToCoordinator::Fetch { req, page });
+                } else {
+                    out.push(ToCoordinator::FetchRun { req, first: page, count });
+                }
             }
             Access::Write => {
                 self.stats.ownership_requests += 1;
                 out.push(ToCoordinator::Own { req, page });
+                self.write_ahead(page, slot.state, req, out);
             }
         }
         FaultAction::Wait
+    }
+
+    /// Marks up to `max` consecutive pages from `first` that satisfy `eligible` (and have no
+    /// request in flight) as requested by `req`; returns how many (they form one run).
+    fn claim_run(
+        &mut self,
+        first: PageNo,
+        max: u64,
+        req: ReqId,
+        access: Access,
+        ahead: bool,
+        eligible: impl Fn(&Slot) -> bool,
+    ) -> u32 {
+        let mut n = 0u32;
+        let limit = self.readahead.pages.max(self.writeahead.pages);
+        while u64::from(n) < max.min(u64::from(crate::runs::MAX_RUN) - 1) {
+            let q = first + u64::from(n);
+            if q >= limit {
+                break;
+            }
+            let slot = self.slots.get(&q).copied().unwrap_or_default();
+            if slot.pending.is_some() || !eligible(&slot) {
+                break;
+            }
+            self.slots.insert(q, Slot { pending: Some(Pending { req, access, ahead }), ..slot });
+            self.in_flight += 1;
+            n += 1;
+        }
+        n
+    }
+
+    /// How many pages after `page` a read fault on it should fetch too (0 unless read faults
+    /// are walking the region in order).
+    fn read_ahead_span(&mut self, page: PageNo) -> u64 {
+        let ra = &mut self.readahead;
+        if ra.pages == 0 {
+            return 0;
+        }
+        // Sequential: the next page, or a page inside what was prefetched already (the thread
+        // caught up with a run in flight).
+        let sequential = ra.last.is_some_and(|l| page > l && page <= ra.next.max(l + 1));
+        ra.last = Some(page);
+        if !sequential {
+            ra.window = 0;
+            ra.next = page + 1;
+            return 0;
+        }
+        ra.window = (ra.window * 2).clamp(4, MAX_READ_AHEAD);
+        let end = (page + 1 + ra.window).min(ra.pages);
+        ra.next = ra.next.max(end);
+        end - (page + 1)
+    }
+
+    /// After a write fault on `page` (whose copy was `state`), when write faults walk the region
+    /// in order: ask for the next pages in the same state too — conditionally for pages with no
+    /// copy (granted only if nobody holds them: first writes to fresh memory cost one round trip
+    /// per run), unconditionally for read-only copies (upgrades in place, no data).
+    fn write_ahead(&mut self, page: PageNo, state: PageState, req: ReqId, out: &mut Vec<ToCoordinator>) {
+        let wa = &mut self.writeahead;
+        if wa.pages == 0 || state == PageState::Writable {
+            return;
+        }
+        let sequential = wa.last.is_some_and(|l| page > l && page <= wa.next.max(l + 1));
+        wa.last = Some(page);
+        if !sequential {
+            wa.window = 0;
+            wa.next = page + 1;
+            return;
+        }
+        wa.window = (wa.window * 2).clamp(4, MAX_READ_AHEAD);
+        let want = wa.window;
+        let first = page + 1;
+        let conditional = state == PageState::Invalid;
+        let count = if conditional {
+            self.claim_run(first, want, req, Access::Write, true, |s| s.state == PageState::Invalid)
+        } else {
+            self.claim_run(first, want, req, Access::Write, false, |s| s.state == PageState::ReadOnly && s.mode == Mode::Invalidate)
+        };
+        let wa = &mut self.writeahead;
+        wa.next = wa.next.max(first + u64::from(count)).max(page + 1);
+        if count > 0 {
+            self.stats.write_ahead += u64::from(count);
+            self.stats.ownership_requests += u64::from(count);
+            out.push(ToCoordinator::OwnRun { req, first, count, conditional });
+        }
     }
 
     fn hint(&self, page: PageNo) -> Mode {
@@ -406,36 +554,35 @@ impl ProcessPages {
         self.hints.insert(page, mode);
     }
 
-    /// Prefetches the pages after `page` when read faults are walking the region in order.
+    /// A read fault on `page`, whose request is in flight already: when read faults walk the
+    /// region in order, fetch the next pages beyond what is in flight, as one run.
     fn read_ahead(&mut self, page: PageNo, out: &mut Vec<ToCoordinator>) {
-        let ra = &mut self.readahead;
-        if ra.pages == 0 {
+        let span = self.read_ahead_span(page);
+        if span == 0 {
             return;
         }
-        let sequential = ra.last.is_some_and(|l| page == l + 1);
-        ra.last = Some(page);
-        if !sequential {
-            ra.window = 0;
-            ra.next = page + 1;
+        // Start after the pages already valid or in flight.
+        let mut first = page + 1;
+        while first < page + 1 + span && self.slots.contains_key(&first) {
+            first += 1;
+        }
+        let max = page + 1 + span - first;
+        if max == 0 {
             return;
         }
-        ra.window = (ra.window * 2).clamp(4, MAX_READ_AHEAD);
-        let end = (page + 1 + ra.window).min(ra.pages);
-        let from = ra.next.max(page + 1);
-        ra.next = end.max(ra.next);
-        for q in from..end {
-            if self.slots.contains_key(&q) {
-                continue; // valid already, or a request in flight
-            }
-            let req = self.next_req;
-            self.next_req = self.next_req.wrapping_add(1);
-            let pending = Some(Pending { req, access: Access::Read });
-            self.slots.insert(q, Slot { state: PageState::Invalid, pending, mode: Mode::Invalidate });
-            self.in_flight += 1;
-            self.stats.fetches += 1;
-            self.stats.prefetches += 1;
-            out.push(ToCoordinator::Fetch { req, page: q });
+        let req = self.next_req;
+        let count = self.claim_run(first, max, req, Access::Read, false, |s| s.state == PageState::Invalid);
+        if count == 0 {
+            return;
         }
+        self.next_req = self.next_req.wrapping_add(1);
+        self.stats.fetches += u64::from(count);
+        self.stats.prefetches += u64::from(count);
+        out.push(if count == 1 {
+            ToCoordinator::Fetch { req, page: first }
+        } else {
+            ToCoordinator::FetchRun { req, first, count }
+        });
     }
 
     /// A page message from the coordinator (`Data`, `Grant`, `Invalidate`, `Downgrade`,
@@ -602,10 +749,133 @@ impl ProcessPages {
                 self.stats.bytes_sent += data.as_ref().map_or(0, |d| d.len() as u64);
                 out.push(ToCoordinator::RecallAck { page, data: data.map(PageData) });
             }
+            run @ (ToProcess::DataRun { .. }
+            | ToProcess::GrantRun { .. }
+            | ToProcess::Denied { .. }
+            | ToProcess::InvalidateRun { .. }
+            | ToProcess::DowngradeRun { .. }
+            | ToProcess::RecallRun { .. }) => {
+                self.stats.runs_received += 1;
+                return self.handle_run(run, mem, out);
+            }
             other => {
                 return Err(PagesError::Protocol(format!("not a page message: {other:?}")));
             }
         }
+        Ok(())
+    }
+
+    /// A run message: when every page of it is in the state its fast path needs, one memory
+    /// operation for the whole run (one copy, one ioctl, one wake-up) and one reply; otherwise
+    /// its pages one by one, exactly as the per-page messages it stands for (`crate::runs`).
+    fn handle_run(
+        &mut self,
+        msg: ToProcess,
+        mem: &mut impl PageMemory,
+        out: &mut Vec<ToCoordinator>,
+    ) -> Result<(), PagesError> {
+        let all = |this: &Self, first: PageNo, count: u32, f: &dyn Fn(&Slot) -> bool| {
+            (0..u64::from(count)).all(|i| this.slots.get(&(first + i)).is_some_and(|s| f(s)))
+        };
+        let pending = |req: ReqId, access: Access| move |s: &Slot| s.pending.is_some_and(|p| p.req == req && p.access == access);
+        match &msg {
+            ToProcess::DataRun { req, first, count, data, mode } => {
+                let is = pending(*req, Access::Read);
+                if all(self, *first, *count, &|s| is(s) && s.state == PageState::Invalid) {
+                    mem.install_run(*first, *count, data.as_ref().map(|d| d.0.as_slice()), false);
+                    self.stats.bytes_received += data.as_ref().map_or(0, |d| d.0.len() as u64);
+                    for page in *first..*first + u64::from(*count) {
+                        self.finish(page, PageState::ReadOnly, *mode);
+                        self.set_hint(page, *mode);
+                    }
+                    return Ok(());
+                }
+            }
+            ToProcess::GrantRun { req, first, count, data } => {
+                let is = pending(*req, Access::Write);
+                let fast = match data {
+                    None => all(self, *first, *count, &|s| is(s) && s.state == PageState::ReadOnly),
+                    Some(_) => all(self, *first, *count, &|s| is(s) && s.state == PageState::Invalid),
+                };
+                if fast {
+                    match data {
+                        None => mem.make_writable_run(*first, *count),
+                        Some(GrantData::Zero) => mem.install_run(*first, *count, None, true),
+                        Some(GrantData::Bytes(b)) => {
+                            self.stats.bytes_received += b.0.len() as u64;
+                            mem.install_run(*first, *count, Some(&b.0), true);
+                        }
+                    }
+                    for page in *first..*first + u64::from(*count) {
+                        self.finish(page, PageState::Writable, Mode::Invalidate);
+                        self.set_hint(page, Mode::Invalidate);
+                    }
+                    return Ok(());
+                }
+            }
+            ToProcess::Denied { req, first, count } => {
+                let is = pending(*req, Access::Write);
+                if !all(self, *first, *count, &|s| is(s) && s.pending.is_some_and(|p| p.ahead)) {
+                    return Err(PagesError::Protocol(format!(
+                        "Denied for pages {first}..+{count} with request {req}, which were not asked for ahead"
+                    )));
+                }
+                for page in *first..*first + u64::from(*count) {
+                    let state = self.state(page);
+                    self.finish(page, state, Mode::Invalidate);
+                    if state == PageState::Invalid {
+                        self.slots.remove(&page);
+                    }
+                }
+                self.stats.write_ahead_denied += u64::from(*count);
+                // A thread that touched one of them meanwhile waits for this answer: it retries
+                // (and asks for the page by itself).
+                mem.wake_run(*first, *count);
+                return Ok(());
+            }
+            ToProcess::InvalidateRun { first, count } => {
+                if all(self, *first, *count, &|s| s.state == PageState::ReadOnly) {
+                    mem.drop_run(*first, *count, false);
+                    self.stats.invalidations += u64::from(*count);
+                    for page in *first..*first + u64::from(*count) {
+                        self.set_state(page, PageState::Invalid);
+                    }
+                    out.push(ToCoordinator::InvalidateAckRun { first: *first, count: *count });
+                    return Ok(());
+                }
+            }
+            ToProcess::DowngradeRun { first, count } => {
+                if all(self, *first, *count, &|s| s.state == PageState::Writable) {
+                    let bytes = mem.write_protect_run(*first, *count);
+                    self.stats.downgrades += u64::from(*count);
+                    self.stats.bytes_sent += bytes.len() as u64;
+                    for page in *first..*first + u64::from(*count) {
+                        self.set_state(page, PageState::ReadOnly);
+                    }
+                    out.push(ToCoordinator::DowngradeAckRun { first: *first, count: *count, data: Some(PageData(bytes)) });
+                    return Ok(());
+                }
+            }
+            ToProcess::RecallRun { first, count } => {
+                if all(self, *first, *count, &|s| s.state == PageState::Writable) {
+                    let bytes = mem.drop_run(*first, *count, true).unwrap_or_default();
+                    self.stats.recalls += u64::from(*count);
+                    self.stats.bytes_sent += bytes.len() as u64;
+                    for page in *first..*first + u64::from(*count) {
+                        self.set_state(page, PageState::Invalid);
+                    }
+                    out.push(ToCoordinator::RecallAckRun { first: *first, count: *count, data: Some(PageData(bytes)) });
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+        // Mixed states: page by page; the replies are merged into runs again by the driver.
+        let mut acks = Vec::new();
+        for m in crate::runs::expand_to_process(msg) {
+            self.handle_message(m, mem, &mut acks)?;
+        }
+        out.extend(crate::runs::coalesce_to_coordinator(acks));
         Ok(())
     }
 
@@ -652,6 +922,29 @@ impl ProcessPages {
 
     /// Checks what a message carries against the region before anything acts on it.
     fn validate(&self, msg: &ToProcess) -> Result<(), PagesError> {
+        let run = match msg {
+            ToProcess::DataRun { first, count, data, .. } => Some((*first, *count, data.as_ref().map(|d| d.0.len()))),
+            ToProcess::GrantRun { first, count, data, .. } => {
+                let len = match data {
+                    Some(GrantData::Bytes(b)) => Some(b.0.len()),
+                    _ => None,
+                };
+                Some((*first, *count, len))
+            }
+            ToProcess::Denied { first, count, .. }
+            | ToProcess::InvalidateRun { first, count }
+            | ToProcess::DowngradeRun { first, count }
+            | ToProcess::RecallRun { first, count } => Some((*first, *count, None)),
+            _ => None,
+        };
+        if let Some((first, count, len)) = run {
+            crate::runs::check_run("a run", count, len.filter(|_| self.limit > 0)).map_err(PagesError::Protocol)?;
+            let end = first.checked_add(u64::from(count));
+            if self.limit > 0 && end.is_none_or(|e| e > self.limit) {
+                return Err(PagesError::Protocol(format!("a run of {count} pages from page {first} leaves the region of {} pages", self.limit)));
+            }
+            return Ok(());
+        }
         let (page, access, data) = match msg {
             ToProcess::Data { page, data, .. } => (*page, None, data.as_ref().map(|d| d.0.len())),
             ToProcess::Grant { page, data, .. } => {
@@ -696,7 +989,7 @@ impl ProcessPages {
         what: &str,
     ) -> Result<Slot, PagesError> {
         match self.slots.get(&page) {
-            Some(slot) if slot.pending == Some(Pending { req, access }) => Ok(*slot),
+            Some(slot) if slot.pending.is_some_and(|p| p.req == req && p.access == access) => Ok(*slot),
             slot => Err(PagesError::Protocol(format!(
                 "{what} for page {page} with request {req}, but the request in flight is {:?}",
                 slot.and_then(|s| s.pending)
@@ -855,30 +1148,63 @@ mod tests {
     }
 
     #[test]
-    fn sequential_read_faults_prefetch_a_growing_window() {
+    fn sequential_read_faults_prefetch_a_growing_window_in_runs() {
         let (mut p, mut m) = (ProcessPages::new().with_read_ahead(100), Mem::default());
-        let fetched = |out: &[ToCoordinator]| -> Vec<PageNo> {
+        // (first page, pages) of each request.
+        let fetched = |out: &[ToCoordinator]| -> Vec<(PageNo, u32)> {
             out.iter()
                 .map(|o| match o {
-                    ToCoordinator::Fetch { page, .. } => *page,
+                    ToCoordinator::Fetch { page, .. } => (*page, 1),
+                    ToCoordinator::FetchRun { first, count, .. } => (*first, *count),
                     other => panic!("unexpected {other:?}"),
                 })
                 .collect()
         };
         // A first fault is not sequential yet: no read-ahead.
-        assert_eq!(fetched(&fault(&mut p, &mut m, 10, Access::Read)), vec![10]);
-        // The next page: 11 plus a window of 4.
-        assert_eq!(fetched(&fault(&mut p, &mut m, 11, Access::Read)), vec![11, 12, 13, 14, 15]);
-        // 12 is in flight already: only the window grows (8 pages after 12: 16..=20).
-        assert_eq!(fetched(&fault(&mut p, &mut m, 12, Access::Read)), vec![16, 17, 18, 19, 20]);
+        assert_eq!(fetched(&fault(&mut p, &mut m, 10, Access::Read)), vec![(10, 1)]);
+        // The next page: 11 plus a window of 4, in one request.
+        assert_eq!(fetched(&fault(&mut p, &mut m, 11, Access::Read)), vec![(11, 5)]);
+        // 12 is in flight already: the window grows past what is in flight (16..=20).
+        assert_eq!(fetched(&fault(&mut p, &mut m, 12, Access::Read)), vec![(16, 5)]);
         // A scattered fault resets it.
-        assert_eq!(fetched(&fault(&mut p, &mut m, 50, Access::Read)), vec![50]);
+        assert_eq!(fetched(&fault(&mut p, &mut m, 50, Access::Read)), vec![(50, 1)]);
         // Never past the end of the region.
         fault(&mut p, &mut m, 97, Access::Read);
-        assert_eq!(fetched(&fault(&mut p, &mut m, 98, Access::Read)), vec![98, 99]);
+        assert_eq!(fetched(&fault(&mut p, &mut m, 98, Access::Read)), vec![(98, 2)]);
         assert_eq!(p.stats().prefetches, 4 + 5 + 1);
         // Write faults never prefetch.
         assert_eq!(fault(&mut p, &mut m, 70, Access::Write).len(), 1);
+        // A run reply for pages that were never asked for is an error.
+        let req = match fault(&mut p, &mut m, 60, Access::Read).first() {
+            Some(ToCoordinator::Fetch { req, .. }) => *req,
+            other => panic!("{other:?}"),
+        };
+        let mut out = Vec::new();
+        let bogus = ToProcess::DataRun { req, first: 60, count: 2, data: None, mode: Mode::Invalidate };
+        assert!(p.handle_message(bogus, &mut m, &mut out).is_err(), "page 61 was never asked for");
+    }
+
+    #[test]
+    fn runs_install_in_one_operation_and_fall_back_page_by_page() {
+        let (mut p, mut m) = (ProcessPages::new().with_read_ahead(100), Mem::default());
+        fault(&mut p, &mut m, 0, Access::Read);
+        let out = fault(&mut p, &mut m, 1, Access::Read);
+        let ToCoordinator::FetchRun { req, first: 1, count: 5 } = out[0] else { panic!("{out:?}") };
+        let reply = ToProcess::DataRun { req, first: 1, count: 5, data: None, mode: Mode::Invalidate };
+        msg(&mut p, &mut m, reply);
+        assert!((1..6).all(|q| p.state(q) == PageState::ReadOnly));
+        assert_eq!(p.stats().runs_received, 1);
+        // Downgrade of a run in mixed states: page by page, acks merged into runs again.
+        for q in [7u64, 8] {
+            fault(&mut p, &mut m, q, Access::Write);
+            let req = p.slots[&q].pending.unwrap().req;
+            msg(&mut p, &mut m, ToProcess::Grant { req, page: q, data: Some(GrantData::Zero) });
+        }
+        let acks = msg(&mut p, &mut m, ToProcess::DowngradeRun { first: 7, count: 2 });
+        assert_eq!(acks.len(), 1, "{acks:?}");
+        let acks = msg(&mut p, &mut m, ToProcess::InvalidateRun { first: 4, count: 5 });
+        // 4, 5 read-only, 6 invalid, 7, 8 read-only again (downgraded): all acknowledged.
+        assert_eq!(crate::runs::expand_to_coordinator(acks[0].clone()).len() + acks[1..].len(), 5, "{acks:?}");
     }
 
     #[test]

@@ -164,6 +164,67 @@ pub enum ToCoordinator {
         /// The policy.
         coherence: Coherence,
     },
+    /// `Fetch` of the `count` pages from `first` (a run: one request id for all of them). The
+    /// coordinator serves each page as its own `Fetch`; the replies come back as runs where
+    /// consecutive pages are answered together ([`ToProcess::DataRun`]).
+    FetchRun {
+        /// Request id echoed in every reply.
+        req: ReqId,
+        /// First page.
+        first: PageNo,
+        /// Pages, 1 to [`crate::runs::MAX_RUN`].
+        count: u32,
+    },
+    /// Ownership of the `count` pages from `first`, one request id for all. Unconditional
+    /// (`conditional: false`): each page is served as its own `Own`. Conditional (write-ahead):
+    /// a page is granted only if nobody holds it (no owner, no readers, no transaction, in
+    /// invalidate mode), else answered [`ToProcess::Denied`] with nothing changed: a
+    /// speculative request never takes a page from another process.
+    OwnRun {
+        /// Request id echoed in every reply.
+        req: ReqId,
+        /// First page.
+        first: PageNo,
+        /// Pages, 1 to [`crate::runs::MAX_RUN`].
+        count: u32,
+        /// Write-ahead: grant only pages nobody holds.
+        conditional: bool,
+    },
+    /// [`ToCoordinator::InvalidateAck`] for `count` pages from `first`.
+    InvalidateAckRun {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+    },
+    /// [`ToCoordinator::DowngradeAck`] for `count` pages from `first`, all with data
+    /// (`count` pages of bytes) or all without.
+    DowngradeAckRun {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+        /// Their contents, page after page.
+        data: Option<PageData>,
+    },
+    /// [`ToCoordinator::RecallAck`] for a run, as [`ToCoordinator::DowngradeAckRun`].
+    RecallAckRun {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+        /// Their contents, page after page.
+        data: Option<PageData>,
+    },
+    /// [`ToCoordinator::Writeback`] of `count` pages from `first`.
+    WritebackRun {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+        /// Their contents, page after page.
+        data: PageData,
+    },
     /// Echo `payload` back (used to measure the round trip through the coordinator).
     Ping {
         /// Request id echoed in the reply.
@@ -313,6 +374,63 @@ pub enum ToProcess {
         count: u64,
         /// The policy.
         coherence: Coherence,
+    },
+    /// [`ToProcess::Data`] for `count` consecutive pages from `first`, all answering `req`,
+    /// all in `mode`; `data` holds every page (page after page) or is `None` (all zero).
+    DataRun {
+        /// The request.
+        req: ReqId,
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+        /// Their contents (`None`: all zero).
+        data: Option<PageData>,
+        /// Their mode.
+        mode: Mode,
+    },
+    /// [`ToProcess::Grant`] for `count` consecutive pages from `first`, all answering `req`;
+    /// `data` is `None` (every copy current), `Zero` (all zero) or every page's bytes.
+    GrantRun {
+        /// The request.
+        req: ReqId,
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+        /// Their contents when the process needs them.
+        data: Option<GrantData>,
+    },
+    /// Pages of a conditional [`ToCoordinator::OwnRun`] that were not granted (someone holds
+    /// them, or they are in update mode): nothing changed for them.
+    Denied {
+        /// The request.
+        req: ReqId,
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+    },
+    /// [`ToProcess::Invalidate`] for `count` pages from `first`.
+    InvalidateRun {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+    },
+    /// [`ToProcess::Downgrade`] for `count` pages from `first`.
+    DowngradeRun {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+    },
+    /// [`ToProcess::Recall`] for `count` pages from `first`.
+    RecallRun {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
     },
     /// The process left the session; the connection can be closed.
     Detached,

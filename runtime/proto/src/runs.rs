@@ -1,0 +1,376 @@
+//! Runs of pages on the wire: one message for consecutive pages that the protocol handles alike.
+//!
+//! The coherence rules are per page (DESIGN.md): the directory serves every page as its own
+//! transaction, and a process applies every page message in order. A *run* message is only an
+//! encoding of consecutive per-page messages on one FIFO channel — `DataRun { first: 5, count:
+//! 3 }` is `Data(5), Data(6), Data(7)` sent back to back — so it changes no order that the
+//! protocol can observe (the per-destination order is exactly the per-page one). What it buys is
+//! one frame, one ioctl and one copy per run instead of per page.
+//!
+//! * [`coalesce_to_process`] / [`coalesce_to_coordinator`] merge adjacent mergeable per-page
+//!   messages of one channel into run messages (same kind, consecutive pages, same request id,
+//!   same mode, same shape of data), at most [`MAX_RUN`] pages each. They never reorder.
+//! * [`expand_to_process`] / [`expand_to_coordinator`] turn a run message back into its
+//!   per-page messages (the property tests check `expand(coalesce(x)) == x`).
+//!
+//! The one new protocol element, write-ahead (a conditional [`ToCoordinator::OwnRun`] granted
+//! only for pages nobody holds, else [`ToProcess::Denied`]), is model-checked in
+//! `runtime/proto/model/` (a copy of `../shared/protocol-model/`).
+
+use crate::wire::{GrantData, PageData, PageNo, ToCoordinator, ToProcess};
+use crate::PAGE_SIZE;
+
+/// Most pages in one run message (almost 1 MiB of data: the frame limit is 1 MiB).
+pub const MAX_RUN: u32 = 255;
+
+/// Merges adjacent per-page messages to one process into run messages (see the module docs).
+pub fn coalesce_to_process(msgs: Vec<ToProcess>) -> Vec<ToProcess> {
+    let mut out: Vec<ToProcess> = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        if let Some(last) = out.last_mut() {
+            if let Some(merged) = merge_to_process(last, &m) {
+                *last = merged;
+                continue;
+            }
+        }
+        out.push(m);
+    }
+    out
+}
+
+/// Merges adjacent per-page messages to the coordinator into run messages.
+pub fn coalesce_to_coordinator(msgs: Vec<ToCoordinator>) -> Vec<ToCoordinator> {
+    let mut out: Vec<ToCoordinator> = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        if let Some(last) = out.last_mut() {
+            if let Some(merged) = merge_to_coordinator(last, &m) {
+                *last = merged;
+                continue;
+            }
+        }
+        out.push(m);
+    }
+    out
+}
+
+/// The shape of page contents in a message, for merging: runs hold one shape.
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Shape {
+    None,
+    Zero,
+    Bytes,
+}
+
+fn shape_of(data: &Option<PageData>) -> Shape {
+    if data.is_some() {
+        Shape::Bytes
+    } else {
+        Shape::None
+    }
+}
+
+fn grant_shape(data: &Option<GrantData>) -> Shape {
+    match data {
+        None => Shape::None,
+        Some(GrantData::Zero) => Shape::Zero,
+        Some(GrantData::Bytes(_)) => Shape::Bytes,
+    }
+}
+
+fn join(a: &Option<PageData>, b: &Option<PageData>) -> Option<PageData> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let mut v = Vec::with_capacity(a.0.len() + b.0.len());
+            v.extend_from_slice(&a.0);
+            v.extend_from_slice(&b.0);
+            Some(PageData(v))
+        }
+        _ => None,
+    }
+}
+
+fn join_grant(a: &Option<GrantData>, b: &Option<GrantData>) -> Option<GrantData> {
+    match (a, b) {
+        (Some(GrantData::Bytes(a)), Some(GrantData::Bytes(b))) => {
+            join(&Some(a.clone()), &Some(b.clone())).map(GrantData::Bytes)
+        }
+        (Some(GrantData::Zero), _) => Some(GrantData::Zero),
+        _ => None,
+    }
+}
+
+/// `(first, count)` of a run or single-page message of a mergeable kind.
+fn span_to_process(m: &ToProcess) -> Option<(PageNo, u32)> {
+    Some(match m {
+        ToProcess::Data { page, .. }
+        | ToProcess::Grant { page, .. }
+        | ToProcess::Invalidate { page }
+        | ToProcess::Downgrade { page }
+        | ToProcess::Recall { page } => (*page, 1),
+        ToProcess::DataRun { first, count, .. }
+        | ToProcess::GrantRun { first, count, .. }
+        | ToProcess::Denied { first, count, .. }
+        | ToProcess::InvalidateRun { first, count }
+        | ToProcess::DowngradeRun { first, count }
+        | ToProcess::RecallRun { first, count } => (*first, *count),
+        _ => return None,
+    })
+}
+
+/// `a` then `b` as one message, if they merge.
+fn merge_to_process(a: &ToProcess, b: &ToProcess) -> Option<ToProcess> {
+    let (first, n) = span_to_process(a)?;
+    let (next, m) = span_to_process(b)?;
+    if first.checked_add(u64::from(n)) != Some(next) || n + m > MAX_RUN {
+        return None;
+    }
+    let count = n + m;
+    use ToProcess as P;
+    Some(match (as_run_process(a), as_run_process(b)) {
+        (P::DataRun { req, data, mode, .. }, P::DataRun { req: r2, data: d2, mode: m2, .. })
+            if req == r2 && mode == m2 && shape_of(&data) == shape_of(&d2) =>
+        {
+            P::DataRun { req, first, count, data: join(&data, &d2), mode }
+        }
+        (P::GrantRun { req, data, .. }, P::GrantRun { req: r2, data: d2, .. })
+            if req == r2 && grant_shape(&data) == grant_shape(&d2) =>
+        {
+            P::GrantRun { req, first, count, data: join_grant(&data, &d2) }
+        }
+        (P::Denied { req, .. }, P::Denied { req: r2, .. }) if req == r2 => P::Denied { req, first, count },
+        (P::InvalidateRun { .. }, P::InvalidateRun { .. }) => P::InvalidateRun { first, count },
+        (P::DowngradeRun { .. }, P::DowngradeRun { .. }) => P::DowngradeRun { first, count },
+        (P::RecallRun { .. }, P::RecallRun { .. }) => P::RecallRun { first, count },
+        _ => return None,
+    })
+}
+
+/// A single-page message as a one-page run (others unchanged).
+fn as_run_process(m: &ToProcess) -> ToProcess {
+    match m.clone() {
+        ToProcess::Data { req, page, data, mode } => ToProcess::DataRun { req, first: page, count: 1, data, mode },
+        ToProcess::Grant { req, page, data } => ToProcess::GrantRun { req, first: page, count: 1, data },
+        ToProcess::Invalidate { page } => ToProcess::InvalidateRun { first: page, count: 1 },
+        ToProcess::Downgrade { page } => ToProcess::DowngradeRun { first: page, count: 1 },
+        ToProcess::Recall { page } => ToProcess::RecallRun { first: page, count: 1 },
+        other => other,
+    }
+}
+
+fn span_to_coordinator(m: &ToCoordinator) -> Option<(PageNo, u32)> {
+    Some(match m {
+        ToCoordinator::InvalidateAck { page }
+        | ToCoordinator::DowngradeAck { page, .. }
+        | ToCoordinator::RecallAck { page, .. }
+        | ToCoordinator::Writeback { page, .. } => (*page, 1),
+        ToCoordinator::InvalidateAckRun { first, count }
+        | ToCoordinator::DowngradeAckRun { first, count, .. }
+        | ToCoordinator::RecallAckRun { first, count, .. }
+        | ToCoordinator::WritebackRun { first, count, .. } => (*first, *count),
+        _ => return None,
+    })
+}
+
+fn as_run_coordinator(m: &ToCoordinator) -> ToCoordinator {
+    match m.clone() {
+        ToCoordinator::InvalidateAck { page } => ToCoordinator::InvalidateAckRun { first: page, count: 1 },
+        ToCoordinator::DowngradeAck { page, data } => ToCoordinator::DowngradeAckRun { first: page, count: 1, data },
+        ToCoordinator::RecallAck { page, data } => ToCoordinator::RecallAckRun { first: page, count: 1, data },
+        ToCoordinator::Writeback { page, data } => ToCoordinator::WritebackRun { first: page, count: 1, data },
+        other => other,
+    }
+}
+
+fn merge_to_coordinator(a: &ToCoordinator, b: &ToCoordinator) -> Option<ToCoordinator> {
+    let (first, n) = span_to_coordinator(a)?;
+    let (next, m) = span_to_coordinator(b)?;
+    if first.checked_add(u64::from(n)) != Some(next) || n + m > MAX_RUN {
+        return None;
+    }
+    let count = n + m;
+    use ToCoordinator as C;
+    Some(match (as_run_coordinator(a), as_run_coordinator(b)) {
+        (C::InvalidateAckRun { .. }, C::InvalidateAckRun { .. }) => C::InvalidateAckRun { first, count },
+        (C::DowngradeAckRun { data, .. }, C::DowngradeAckRun { data: d2, .. }) if shape_of(&data) == shape_of(&d2) => {
+            C::DowngradeAckRun { first, count, data: join(&data, &d2) }
+        }
+        (C::RecallAckRun { data, .. }, C::RecallAckRun { data: d2, .. }) if shape_of(&data) == shape_of(&d2) => {
+            C::RecallAckRun { first, count, data: join(&data, &d2) }
+        }
+        (C::WritebackRun { data, .. }, C::WritebackRun { data: d2, .. }) => {
+            C::WritebackRun { first, count, data: join(&Some(data), &Some(d2)).unwrap_or(PageData(Vec::new())) }
+        }
+        _ => return None,
+    })
+}
+
+/// The `i`-th page of run data (`None` stays `None`). Callers check lengths first
+/// ([`check_run`]).
+pub fn page_of(data: &Option<PageData>, i: u32) -> Option<PageData> {
+    data.as_ref().map(|d| {
+        let at = i as usize * PAGE_SIZE;
+        PageData(d.0.get(at..at + PAGE_SIZE).map(<[u8]>::to_vec).unwrap_or_default())
+    })
+}
+
+/// Checks a run's page count and, when it carries bytes, their length. `what` names it.
+pub fn check_run(what: &str, count: u32, data_len: Option<usize>) -> Result<(), String> {
+    if count == 0 || count > MAX_RUN {
+        return Err(format!("{what} of {count} pages (1 to {MAX_RUN})"));
+    }
+    if let Some(len) = data_len {
+        let want = count as usize * PAGE_SIZE;
+        if len != want {
+            return Err(format!("{what} of {count} pages carries {len} bytes instead of {want}"));
+        }
+    }
+    Ok(())
+}
+
+/// The per-page messages a run message to a process stands for (a per-page message: itself).
+pub fn expand_to_process(m: ToProcess) -> Vec<ToProcess> {
+    let pages = |first: PageNo, count: u32| (0..count).map(move |i| (i, first + u64::from(i)));
+    match m {
+        ToProcess::DataRun { req, first, count, data, mode } => pages(first, count)
+            .map(|(i, page)| ToProcess::Data { req, page, data: page_of(&data, i), mode })
+            .collect(),
+        ToProcess::GrantRun { req, first, count, data } => pages(first, count)
+            .map(|(i, page)| {
+                let data = match &data {
+                    None => None,
+                    Some(GrantData::Zero) => Some(GrantData::Zero),
+                    Some(GrantData::Bytes(b)) => page_of(&Some(b.clone()), i).map(GrantData::Bytes),
+                };
+                ToProcess::Grant { req, page, data }
+            })
+            .collect(),
+        ToProcess::InvalidateRun { first, count } => pages(first, count).map(|(_, page)| ToProcess::Invalidate { page }).collect(),
+        ToProcess::DowngradeRun { first, count } => pages(first, count).map(|(_, page)| ToProcess::Downgrade { page }).collect(),
+        ToProcess::RecallRun { first, count } => pages(first, count).map(|(_, page)| ToProcess::Recall { page }).collect(),
+        other => vec![other],
+    }
+}
+
+/// The per-page messages a run message to the coordinator stands for. `FetchRun`, `OwnRun`
+/// and `Denied`-style conditional requests have no per-page form and are returned unchanged.
+pub fn expand_to_coordinator(m: ToCoordinator) -> Vec<ToCoordinator> {
+    let pages = |first: PageNo, count: u32| (0..count).map(move |i| (i, first + u64::from(i)));
+    match m {
+        ToCoordinator::InvalidateAckRun { first, count } => {
+            pages(first, count).map(|(_, page)| ToCoordinator::InvalidateAck { page }).collect()
+        }
+        ToCoordinator::DowngradeAckRun { first, count, data } => pages(first, count)
+            .map(|(i, page)| ToCoordinator::DowngradeAck { page, data: page_of(&data, i) })
+            .collect(),
+        ToCoordinator::RecallAckRun { first, count, data } => pages(first, count)
+            .map(|(i, page)| ToCoordinator::RecallAck { page, data: page_of(&data, i) })
+            .collect(),
+        ToCoordinator::WritebackRun { first, count, data } => {
+            let data = Some(data);
+            pages(first, count)
+                .map(|(i, page)| ToCoordinator::Writeback { page, data: page_of(&data, i).unwrap_or(PageData(Vec::new())) })
+                .collect()
+        }
+        other => vec![other],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Mode;
+    use proptest::prelude::*;
+
+    fn filled(b: u8) -> PageData {
+        PageData(vec![b; PAGE_SIZE])
+    }
+
+    #[test]
+    fn consecutive_data_of_one_request_becomes_one_run() {
+        let msgs: Vec<ToProcess> = (5..8)
+            .map(|p| ToProcess::Data { req: 1, page: p, data: Some(filled(p as u8)), mode: Mode::Invalidate })
+            .collect();
+        let out = coalesce_to_process(msgs.clone());
+        assert_eq!(out.len(), 1);
+        match &out[0] {
+            ToProcess::DataRun { req: 1, first: 5, count: 3, data: Some(d), mode: Mode::Invalidate } => {
+                assert_eq!(d.0.len(), 3 * PAGE_SIZE);
+                assert_eq!((d.0[0], d.0[PAGE_SIZE], d.0[2 * PAGE_SIZE]), (5, 6, 7));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(expand_to_process(out[0].clone()), msgs);
+    }
+
+    #[test]
+    fn runs_split_at_gaps_other_requests_shapes_and_the_cap() {
+        let d = |req, page, data: Option<PageData>| ToProcess::Data { req, page, data, mode: Mode::Invalidate };
+        let msgs = vec![
+            d(1, 0, None),
+            d(1, 1, None),
+            d(1, 3, None),             // gap
+            d(2, 4, None),             // another request
+            d(2, 5, Some(filled(1))),    // another shape
+            ToProcess::Invalidate { page: 6 }, // another kind
+            ToProcess::Invalidate { page: 7 },
+        ];
+        let out = coalesce_to_process(msgs.clone());
+        assert_eq!(out.len(), 5, "{out:?}");
+        let back: Vec<ToProcess> = out.into_iter().flat_map(expand_to_process).collect();
+        assert_eq!(back, msgs);
+        let many: Vec<ToProcess> = (0..(MAX_RUN as u64 + 3)).map(|p| ToProcess::Recall { page: p }).collect();
+        let out = coalesce_to_process(many);
+        assert_eq!(out, vec![ToProcess::RecallRun { first: 0, count: MAX_RUN }, ToProcess::RecallRun { first: MAX_RUN as u64, count: 3 }]);
+    }
+
+    #[test]
+    fn runs_are_checked() {
+        assert!(check_run("x", 0, None).is_err());
+        assert!(check_run("x", MAX_RUN + 1, None).is_err());
+        assert!(check_run("x", 2, Some(PAGE_SIZE)).is_err());
+        assert!(check_run("x", 2, Some(2 * PAGE_SIZE)).is_ok());
+    }
+
+    fn to_process() -> impl Strategy<Value = ToProcess> {
+        let data = prop_oneof![Just(None), (0u8..3).prop_map(|b| Some(filled(b)))];
+        let grant = prop_oneof![Just(None), Just(Some(GrantData::Zero)), (0u8..3).prop_map(|b| Some(GrantData::Bytes(filled(b))))];
+        let pg = 0u64..12;
+        prop_oneof![
+            (0u64..3, pg.clone(), data).prop_map(|(req, page, data)| ToProcess::Data { req, page, data, mode: Mode::Invalidate }),
+            (0u64..3, pg.clone(), grant).prop_map(|(req, page, data)| ToProcess::Grant { req, page, data }),
+            pg.clone().prop_map(|page| ToProcess::Invalidate { page }),
+            pg.clone().prop_map(|page| ToProcess::Downgrade { page }),
+            pg.prop_map(|page| ToProcess::Recall { page }),
+            Just(ToProcess::Detached),
+        ]
+    }
+
+    fn to_coordinator() -> impl Strategy<Value = ToCoordinator> {
+        let data = prop_oneof![Just(None), (0u8..3).prop_map(|b| Some(filled(b)))];
+        let pg = 0u64..12;
+        prop_oneof![
+            pg.clone().prop_map(|page| ToCoordinator::InvalidateAck { page }),
+            (pg.clone(), data.clone()).prop_map(|(page, data)| ToCoordinator::DowngradeAck { page, data }),
+            (pg.clone(), data).prop_map(|(page, data)| ToCoordinator::RecallAck { page, data }),
+            (pg.clone(), 0u8..3).prop_map(|(page, b)| ToCoordinator::Writeback { page, data: filled(b) }),
+            (0u64..3, pg).prop_map(|(req, page)| ToCoordinator::Fetch { req, page }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn coalescing_then_expanding_gives_back_the_same_messages(msgs in proptest::collection::vec(to_process(), 0..40)) {
+            let runs = coalesce_to_process(msgs.clone());
+            prop_assert!(runs.len() <= msgs.len());
+            let back: Vec<ToProcess> = runs.into_iter().flat_map(expand_to_process).collect();
+            prop_assert_eq!(back, msgs);
+        }
+
+        #[test]
+        fn the_same_holds_towards_the_coordinator(msgs in proptest::collection::vec(to_coordinator(), 0..40)) {
+            let runs = coalesce_to_coordinator(msgs.clone());
+            let back: Vec<ToCoordinator> = runs.into_iter().flat_map(expand_to_coordinator).collect();
+            prop_assert_eq!(back, msgs);
+        }
+    }
+}
