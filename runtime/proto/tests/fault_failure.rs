@@ -70,8 +70,8 @@ fn run(seed: u64, failure: Failure) {
     // The model: pages with a thread waiting, and claims outstanding.
     let mut waiting: BTreeSet<PageNo> = BTreeSet::new();
     let mut claims: BTreeSet<u32> = BTreeSet::new();
-    // Requests sent and not answered: req -> (page, is Own).
-    let mut requests: BTreeMap<u64, (PageNo, bool)> = BTreeMap::new();
+    // Requests sent and not answered: req -> pages, each (page, is Own, conditional).
+    let mut requests: BTreeMap<u64, Vec<(PageNo, bool, bool)>> = BTreeMap::new();
     let mut next_claim = 0u32;
     let steps = rng.gen_range(0..40);
     for step in 0..steps {
@@ -84,11 +84,18 @@ fn run(seed: u64, failure: Failure) {
                 let mut out = Vec::new();
                 let action = pages.handle_fault(page, access, &mut mem, &mut out);
                 for m in out {
-                    match m {
-                        ToCoordinator::Fetch { req, page } => requests.insert(req, (page, false)),
-                        ToCoordinator::Own { req, page } => requests.insert(req, (page, true)),
+                    let (req, pages): (u64, Vec<(PageNo, bool, bool)>) = match m {
+                        ToCoordinator::Fetch { req, page } => (req, vec![(page, false, false)]),
+                        ToCoordinator::Own { req, page } => (req, vec![(page, true, false)]),
+                        ToCoordinator::FetchRun { req, first, count } => {
+                            (req, (first..first + u64::from(count)).map(|q| (q, false, false)).collect())
+                        }
+                        ToCoordinator::OwnRun { req, first, count, conditional } => {
+                            (req, (first..first + u64::from(count)).map(|q| (q, true, conditional)).collect())
+                        }
                         other => panic!("unexpected {other:?}"),
                     };
+                    requests.entry(req).or_default().extend(pages);
                 }
                 // As the runtime does: a replay is tracked by its claim, a fault that must wait
                 // for a reply by its page; one resolved at once by nothing.
@@ -102,17 +109,24 @@ fn run(seed: u64, failure: Failure) {
                 }
             }
             1 => {
-                // The coordinator answers the oldest request correctly.
-                let Some((&req, &(page, own))) = requests.iter().next() else { continue };
-                requests.remove(&req);
-                let msg = if own {
-                    ToProcess::Grant { req, page, data: Some(GrantData::Zero) }
-                } else {
-                    ToProcess::Data { req, page, data: None, mode: Mode::Invalidate }
-                };
-                pages.handle_message(msg, &mut mem, &mut Vec::new()).expect("a correct reply");
-                tracker.installed(page, now);
-                waiting.remove(&page);
+                // The coordinator answers the oldest request correctly, page by page; a
+                // write-ahead page is granted or denied.
+                let Some((&req, _)) = requests.iter().next() else { continue };
+                for (page, own, conditional) in requests.remove(&req).unwrap_or_default() {
+                    let msg = if conditional && rng.gen() {
+                        ToProcess::Denied { req, first: page, count: 1 }
+                    } else if own {
+                        ToProcess::Grant { req, page, data: Some(GrantData::Zero) }
+                    } else {
+                        ToProcess::Data { req, page, data: None, mode: Mode::Invalidate }
+                    };
+                    let installs = !matches!(msg, ToProcess::Denied { .. });
+                    pages.handle_message(msg, &mut mem, &mut Vec::new()).expect("a correct reply");
+                    if installs {
+                        tracker.installed(page, now);
+                        waiting.remove(&page);
+                    }
+                }
             }
             2 => {
                 // A claim ends (its handler's request was taken).
