@@ -529,11 +529,23 @@ impl Running {
         }
     }
 
+    /// Sends the directory's messages, each process's in their order, with consecutive pages
+    /// merged into run messages (`dsm_proto::runs`: only the order per destination matters,
+    /// and it is kept).
     fn send_pages(&self, sends: Vec<(Rank, ToProcess)>, out: &mut Outbox) {
+        let mut by_rank: Vec<(Rank, Vec<ToProcess>)> = Vec::new();
         for (r, msg) in sends {
-            if self.members[r as usize].state == MemberState::Active {
-                out.push(Output::Send(self.conn(r), msg));
+            if self.members[r as usize].state != MemberState::Active {
+                continue;
             }
+            match by_rank.iter_mut().find(|(q, _)| *q == r) {
+                Some((_, msgs)) => msgs.push(msg),
+                None => by_rank.push((r, vec![msg])),
+            }
+        }
+        for (r, msgs) in by_rank {
+            let conn = self.conn(r);
+            out.extend(dsm_proto::runs::coalesce_to_process(msgs).into_iter().map(|m| Output::Send(conn, m)));
         }
     }
 

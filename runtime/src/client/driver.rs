@@ -109,8 +109,9 @@ impl Driver {
     /// one that cannot be framed would leave the coherence protocol waiting forever, so it is
     /// fatal.
     fn queue_all(&mut self, msgs: &[ToCoordinator]) {
-        for m in msgs {
-            if let Err(e) = self.queue(m) {
+        // Consecutive acknowledgements and writebacks of neighbouring pages travel as runs.
+        for m in dsm_proto::runs::coalesce_to_coordinator(msgs.to_vec()) {
+            if let Err(e) = self.queue(&m) {
                 fatal("queueing a coherence message", &e);
             }
         }
@@ -397,7 +398,13 @@ impl Driver {
             | ToProcess::WriteAck { .. }
             | ToProcess::Retry { .. }
             | ToProcess::ModeHint { .. }
-            | ToProcess::Advice { .. }) => self.handle_page_message(page_msg),
+            | ToProcess::Advice { .. }
+            | ToProcess::DataRun { .. }
+            | ToProcess::GrantRun { .. }
+            | ToProcess::Denied { .. }
+            | ToProcess::InvalidateRun { .. }
+            | ToProcess::DowngradeRun { .. }
+            | ToProcess::RecallRun { .. }) => self.handle_page_message(page_msg),
             other => warn!("ignoring unexpected message from the coordinator: {other:?}"),
         }
     }

@@ -1,17 +1,20 @@
 //! [`Mem`]: the [`PageMemory`] of the protocol core over the real mappings — userfaultfd ioctls
-//! on the view, copies and holes through the alias.
+//! on the view, copies and holes through the alias. Runs of pages take one ioctl and one copy
+//! each (one TLB flush for a write-protected run, one wake-up for an installed one).
 //!
 //! A failing ioctl means the region is unusable: the faulting threads could never be served, so
 //! the process stops with a clear message instead of hanging (see [`crate::fatal`]).
 
 use dsm_proto::pages::PageMemory;
+use dsm_proto::runs::MAX_RUN;
 use dsm_proto::PageNo;
 
 use crate::fatal::fatal;
 use crate::region::RegionMaps;
 use crate::sys::PAGE;
 
-static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
+/// Zeros for installing untouched pages: the largest run. In `.bss`, so it costs nothing.
+static ZEROS: [u8; MAX_RUN as usize * PAGE] = [0; MAX_RUN as usize * PAGE];
 
 /// [`PageMemory`] over one region's mappings.
 pub(crate) struct Mem<'a> {
@@ -22,63 +25,92 @@ impl Mem<'_> {
     fn addr(&self, page: PageNo) -> usize {
         self.maps.view.addr() + page as usize * PAGE
     }
+
+    /// A page of a run that was already in the memfd (should not happen: Invalid pages are
+    /// holes): drop the stale page and install this one.
+    fn replace_stale(&self, page: PageNo, src: &[u8], writable: bool) {
+        if let Err(e) = self.maps.alias.punch_hole(page) {
+            fatal("punching a stale page", &e);
+        }
+        match self.maps.fault.install(self.addr(page), src, writable) {
+            Ok(n) if n == PAGE => {}
+            Ok(_) => fatal("installing a page", &"it is still there after punching a hole"),
+            Err(e) => fatal("installing a page", &e),
+        }
+    }
 }
 
 impl PageMemory for Mem<'_> {
     fn install(&mut self, page: PageNo, data: Option<&[u8]>, writable: bool) {
+        self.install_run(page, 1, data, writable);
+    }
+
+    fn install_run(&mut self, first: PageNo, count: u32, data: Option<&[u8]>, writable: bool) {
+        let len = count as usize * PAGE;
         let src = match data {
-            Some(d) if d.len() == PAGE => d,
+            Some(d) if d.len() == len => d,
             // `ProcessPages::for_region` refuses such messages before they get here.
-            Some(d) => fatal("installing a page", &format!("{} bytes instead of {PAGE}", d.len())),
-            None => &ZERO_PAGE[..],
+            Some(d) => fatal("installing pages", &format!("{} bytes for {count} pages", d.len())),
+            None if len <= ZEROS.len() => &ZEROS[..len],
+            None => fatal("installing pages", &format!("a run of {count} pages")),
         };
-        let addr = self.addr(page);
-        match self.maps.fault.install(addr, src, writable) {
-            Ok(true) => {}
-            Ok(false) => {
-                // A stale page is in the memfd (should not happen: Invalid pages are holes).
-                // Drop it and install again.
-                if let Err(e) = self.maps.alias.punch_hole(page) {
-                    fatal("punching a stale page", &e);
+        let mut off = 0usize;
+        while off < len {
+            match self.maps.fault.install(self.addr(first) + off, &src[off..], writable) {
+                Ok(n) if off + n == len => break,
+                // The page after the first `n` bytes was there already.
+                Ok(n) => {
+                    let at = off + n;
+                    self.replace_stale(first + (at / PAGE) as u64, &src[at..at + PAGE], writable);
+                    off = at + PAGE;
                 }
-                if let Err(e) = self.maps.fault.install(addr, src, writable) {
-                    fatal("installing a page", &e);
-                }
+                Err(e) => fatal("installing pages", &e),
             }
-            Err(e) => fatal("installing a page", &e),
         }
     }
 
     fn make_writable(&mut self, page: PageNo) {
-        if let Err(e) = self.maps.fault.make_writable(self.addr(page)) {
-            fatal("unprotecting a page", &e);
+        self.make_writable_run(page, 1);
+    }
+
+    fn make_writable_run(&mut self, first: PageNo, count: u32) {
+        if let Err(e) = self.maps.fault.make_writable(self.addr(first), count as usize * PAGE) {
+            fatal("unprotecting pages", &e);
         }
     }
 
     fn write_protect(&mut self, page: PageNo) -> Vec<u8> {
-        if let Err(e) = self.maps.fault.write_protect(self.addr(page)) {
-            fatal("write-protecting a page", &e);
+        self.write_protect_run(page, 1)
+    }
+
+    fn write_protect_run(&mut self, first: PageNo, count: u32) -> Vec<u8> {
+        if let Err(e) = self.maps.fault.write_protect(self.addr(first), count as usize * PAGE) {
+            fatal("write-protecting pages", &e);
         }
-        // After the ioctl's TLB flush no thread of ours can store to the page any more.
-        self.maps.alias.read_page(page)
+        // After the ioctl's TLB flush no thread of ours can store to these pages any more.
+        self.maps.alias.read_run(first, count)
     }
 
     fn drop_page(&mut self, page: PageNo, want_contents: bool) -> Option<Vec<u8>> {
-        let data = if want_contents {
-            // Protect first so no store lands between the copy and the hole.
-            Some(self.write_protect(page))
-        } else {
-            None
-        };
-        if let Err(e) = self.maps.alias.punch_hole(page) {
-            fatal("dropping a page", &e);
+        self.drop_run(page, 1, want_contents)
+    }
+
+    fn drop_run(&mut self, first: PageNo, count: u32, want_contents: bool) -> Option<Vec<u8>> {
+        // Protect first so no store lands between the copy and the hole.
+        let data = want_contents.then(|| self.write_protect_run(first, count));
+        if let Err(e) = self.maps.alias.punch_run(first, count) {
+            fatal("dropping pages", &e);
         }
         data
     }
 
     fn wake(&mut self, page: PageNo) {
-        if let Err(e) = self.maps.fault.wake(self.addr(page)) {
-            fatal("waking a faulting thread", &e);
+        self.wake_run(page, 1);
+    }
+
+    fn wake_run(&mut self, first: PageNo, count: u32) {
+        if let Err(e) = self.maps.fault.wake(self.addr(first), count as usize * PAGE) {
+            fatal("waking faulting threads", &e);
         }
     }
 

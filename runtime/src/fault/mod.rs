@@ -115,16 +115,19 @@ impl FaultService {
     /// A page message from the coordinator, in arrival order. A message that breaks the
     /// protocol is returned as an error: the caller must [`fail`](Self::fail) the region.
     pub fn handle_page_message(&mut self, msg: ToProcess, out: &mut Vec<ToCoordinator>) -> Result<(), PagesError> {
-        if let Some(page) = revocation_page(&msg) {
-            // Let a thread woken for this page retire its instruction first (progress rule).
-            if let Some(until) = self.tracker.take_hold(page) {
+        if let Some((first, count)) = revocation_pages(&msg) {
+            // Let a thread woken for one of these pages retire its instruction first (progress
+            // rule): wait for the latest hold among them.
+            let until = (first..first + u64::from(count)).filter_map(|p| self.tracker.take_hold(p)).max();
+            if let Some(until) = until {
                 while Instant::now() < until {
                     std::thread::yield_now();
                 }
             }
         }
         let installs = match &msg {
-            ToProcess::Data { page, .. } | ToProcess::Grant { page, .. } => Some(*page),
+            ToProcess::Data { page, .. } | ToProcess::Grant { page, .. } => Some((*page, 1)),
+            ToProcess::DataRun { first, count, .. } | ToProcess::GrantRun { first, count, .. } => Some((*first, *count)),
             _ => None,
         };
         let mut mem = Mem { maps: &self.maps };
@@ -137,8 +140,11 @@ impl FaultService {
                 });
             }
         }
-        if let Some(page) = installs {
-            self.tracker.installed(page, Instant::now());
+        if let Some((first, count)) = installs {
+            let now = Instant::now();
+            for page in first..first + u64::from(count) {
+                self.tracker.installed(page, now);
+            }
         }
         Ok(())
     }
@@ -193,10 +199,13 @@ impl FaultService {
     }
 }
 
-/// The page a coherence message concerns, if it revokes access.
-fn revocation_page(msg: &ToProcess) -> Option<PageNo> {
+/// The pages a coherence message revokes access to, if it does.
+fn revocation_pages(msg: &ToProcess) -> Option<(PageNo, u32)> {
     match msg {
-        ToProcess::Invalidate { page } | ToProcess::Downgrade { page } | ToProcess::Recall { page } => Some(*page),
+        ToProcess::Invalidate { page } | ToProcess::Downgrade { page } | ToProcess::Recall { page } => Some((*page, 1)),
+        ToProcess::InvalidateRun { first, count } | ToProcess::DowngradeRun { first, count } | ToProcess::RecallRun { first, count } => {
+            Some((*first, *count))
+        }
         _ => None,
     }
 }

@@ -111,15 +111,16 @@ impl Mapping {
         self.len
     }
 
-    /// Copies page `page` out through this mapping (the alias).
-    pub fn read_page(&self, page: u64) -> Vec<u8> {
-        let off = page as usize * PAGE;
-        assert!(off + PAGE <= self.len, "page {page} outside the mapping");
-        let mut out = vec![0u8; PAGE];
+    /// Copies `count` pages from `first` out through this mapping (the alias), in one copy.
+    pub fn read_run(&self, first: u64, count: u32) -> Vec<u8> {
+        let off = first as usize * PAGE;
+        let len = count as usize * PAGE;
+        assert!(off + len <= self.len, "pages {first}..+{count} outside the mapping");
+        let mut out = vec![0u8; len];
         // SAFETY: the range is inside the live mapping (checked above); the alias is never
         // registered with userfaultfd, so reading it cannot fault into our own handler. Other
         // processes' writes cannot land here (only our runtime installs pages).
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr().add(off), out.as_mut_ptr(), PAGE) };
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr().add(off), out.as_mut_ptr(), len) };
         out
     }
 
@@ -170,11 +171,17 @@ impl Mapping {
 
     /// Gives page `page` back to the kernel: a hole in the memfd, zapped from every mapping.
     pub fn punch_hole(&self, page: u64) -> Result<(), Error> {
-        let off = page as usize * PAGE;
-        assert!(off + PAGE <= self.len, "page {page} outside the mapping");
-        // SAFETY: the range is a page inside the live mapping; MADV_REMOVE frees the backing
-        // pages of the shared memfd, which is exactly the Invalid state.
-        let r = unsafe { libc::madvise(self.ptr().add(off).cast(), PAGE, libc::MADV_REMOVE) };
+        self.punch_run(page, 1)
+    }
+
+    /// Gives `count` pages from `first` back to the kernel at once.
+    pub fn punch_run(&self, first: u64, count: u32) -> Result<(), Error> {
+        let off = first as usize * PAGE;
+        let len = count as usize * PAGE;
+        assert!(off + len <= self.len, "pages {first}..+{count} outside the mapping");
+        // SAFETY: the range is inside the live mapping; MADV_REMOVE frees the backing pages of
+        // the shared memfd, which is exactly the Invalid state.
+        let r = unsafe { libc::madvise(self.ptr().add(off).cast(), len, libc::MADV_REMOVE) };
         if r != 0 {
             return Err(Error::os("MADV_REMOVE", std::io::Error::last_os_error()));
         }
@@ -259,40 +266,55 @@ impl Fault {
         }
     }
 
-    /// Installs `src` (one page) at `dst` in the view, write-protected unless `writable`, and
-    /// wakes the threads waiting on it. `EEXIST` (a page already there) is reported as false.
-    pub fn install(&self, dst: usize, src: &[u8], writable: bool) -> Result<bool, Error> {
-        assert_eq!(src.len(), PAGE);
-        let mut copy = UffdioCopy {
-            dst: dst as u64,
-            src: src.as_ptr() as u64,
-            len: PAGE as u64,
-            mode: if writable { 0 } else { COPY_MODE_WP },
-            copy: 0,
-        };
-        // SAFETY: dst is a page of the registered view (callers compute it from the region's
-        // base); src is a live PAGE-byte buffer; the struct layout matches `struct uffdio_copy`.
-        match unsafe { uffdio_copy(self.uffd.as_raw_fd(), &mut copy) } {
-            Ok(_) => Ok(true),
-            Err(nix::errno::Errno::EEXIST) => Ok(false),
-            Err(e) => Err(Error::os("UFFDIO_COPY", e)),
+    /// Installs `src` (whole pages) at `dst` in the view, write-protected unless `writable`,
+    /// in one ioctl, and wakes the threads waiting on those pages. Returns how many bytes were
+    /// installed: all of `src`, or fewer when the page after them was already there (`EEXIST`;
+    /// the caller decides about that page).
+    pub fn install(&self, dst: usize, src: &[u8], writable: bool) -> Result<usize, Error> {
+        assert!(!src.is_empty() && src.len().is_multiple_of(PAGE));
+        let mut done = 0usize;
+        loop {
+            let mut copy = UffdioCopy {
+                dst: (dst + done) as u64,
+                src: src[done..].as_ptr() as u64,
+                len: (src.len() - done) as u64,
+                mode: if writable { 0 } else { COPY_MODE_WP },
+                copy: 0,
+            };
+            // SAFETY: dst..dst+len is inside the registered view (callers compute it from the
+            // region's base and check the run against the region); src[done..] is a live buffer
+            // of exactly `len` bytes; the struct layout matches `struct uffdio_copy`.
+            let r = unsafe { uffdio_copy(self.uffd.as_raw_fd(), &mut copy) };
+            // The kernel reports in `copy` how many bytes it installed (and woke) before
+            // stopping; a partial copy returns EAGAIN, and the retry then names the cause.
+            let copied = usize::try_from(copy.copy).unwrap_or(0);
+            match r {
+                Ok(_) => return Ok(src.len()),
+                Err(nix::errno::Errno::EAGAIN) => done += copied,
+                Err(nix::errno::Errno::EEXIST) => return Ok(done + copied),
+                Err(e) => return Err(Error::os("UFFDIO_COPY", e)),
+            }
         }
     }
 
-    pub fn write_protect(&self, dst: usize) -> Result<(), Error> {
+    /// Write-protects `len` bytes (whole pages) of the view at `dst`, in one ioctl (one TLB
+    /// flush for the whole range).
+    pub fn write_protect(&self, dst: usize, len: usize) -> Result<(), Error> {
         self.uffd
-            .write_protect(dst as *mut libc::c_void, PAGE)
+            .write_protect(dst as *mut libc::c_void, len)
             .map_err(|e| Error::os("UFFDIO_WRITEPROTECT", e))
     }
 
-    pub fn make_writable(&self, dst: usize) -> Result<(), Error> {
+    /// Clears write protection of `len` bytes at `dst` and wakes the threads waiting there.
+    pub fn make_writable(&self, dst: usize, len: usize) -> Result<(), Error> {
         self.uffd
-            .remove_write_protection(dst as *mut libc::c_void, PAGE, true)
+            .remove_write_protection(dst as *mut libc::c_void, len, true)
             .map_err(|e| Error::os("UFFDIO_WRITEPROTECT (clear)", e))
     }
 
-    pub fn wake(&self, dst: usize) -> Result<(), Error> {
-        self.uffd.wake(dst as *mut libc::c_void, PAGE).map_err(|e| Error::os("UFFDIO_WAKE", e))
+    /// Wakes the threads waiting on `len` bytes at `dst`.
+    pub fn wake(&self, dst: usize, len: usize) -> Result<(), Error> {
+        self.uffd.wake(dst as *mut libc::c_void, len).map_err(|e| Error::os("UFFDIO_WAKE", e))
     }
 }
 
