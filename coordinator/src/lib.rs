@@ -8,6 +8,7 @@
 //! - `metrics.rs` (+ `metrics/http.rs`): Prometheus metrics and their `/metrics` endpoint;
 //! - `journal.rs`: registry events as log lines; `logging.rs`: the binaries' log set-up.
 
+mod homes;
 mod journal;
 pub mod logging;
 mod metrics;

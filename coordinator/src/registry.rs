@@ -417,7 +417,7 @@ impl Registry {
             lost: None,
             losses: Vec::new(),
             stats: SessionStats::default(),
-            directory: PageDirectory::new(s.nprocs, s.size / dsm_proto::PAGE_SIZE as u64),
+            directory: session_directory(s.nprocs, s.size / dsm_proto::PAGE_SIZE as u64),
         }));
         self.events.push(Event::SessionStarted { session: req.session, nprocs: s.nprocs, size: s.size });
     }
@@ -460,6 +460,19 @@ impl Registry {
                 Phase::Running(r) => Some(r.members[*rank as usize].label.clone()),
                 Phase::Pending(_) => None,
             },
+        }
+    }
+}
+
+/// The page directory of a new session, its home copies in a mapping of their own (returned
+/// to the OS when the session ends); on the heap if that mapping cannot be made.
+fn session_directory(nprocs: u32, pages: u64) -> PageDirectory {
+    let d = PageDirectory::new(nprocs, pages);
+    match crate::homes::MappedHomes::new(pages) {
+        Ok(homes) => d.with_homes(Box::new(homes)),
+        Err(e) => {
+            tracing::warn!(pages, "cannot map the session's home copies ({e}); keeping them on the heap");
+            d
         }
     }
 }

@@ -71,6 +71,39 @@ pub const MAX_PENDING_PER_RANK: u32 = 1 << 16;
 /// first).
 pub const MAX_ADVICE: usize = 4096;
 
+/// Where a session's home copies live. The directory reads and writes whole pages through
+/// it; all-zero pages are never stored (writing zeros frees a page), so untouched memory costs
+/// nothing. The coordinator keeps them in one sparse mapping per session, returned to the OS
+/// when the session ends; [`HeapHomes`] keeps them on the heap (tests, simulations).
+pub trait HomeStore: Send + std::fmt::Debug {
+    /// The home copy of `page`, `None` when it is all zero.
+    fn read(&self, page: PageNo) -> Option<Vec<u8>>;
+    /// Makes `bytes` (one page) the home copy of `page`.
+    fn write(&mut self, page: PageNo, bytes: &[u8]);
+    /// Pages with a (non-zero) home copy stored.
+    fn stored_pages(&self) -> usize;
+}
+
+/// Home copies on the heap, one allocation per non-zero page.
+#[derive(Debug, Default)]
+pub struct HeapHomes(HashMap<PageNo, Box<[u8]>>);
+
+impl HomeStore for HeapHomes {
+    fn read(&self, page: PageNo) -> Option<Vec<u8>> {
+        self.0.get(&page).map(|b| b.to_vec())
+    }
+    fn write(&mut self, page: PageNo, bytes: &[u8]) {
+        if bytes.iter().all(|&b| b == 0) {
+            self.0.remove(&page);
+        } else {
+            self.0.insert(page, bytes.into());
+        }
+    }
+    fn stored_pages(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Counters of the coherence traffic of one session.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DirectoryStats {
@@ -216,7 +249,6 @@ impl Txn {
 struct Entry {
     owner: Option<Rank>,
     readers: BTreeSet<Rank>,
-    home: Option<Vec<u8>>,
     busy: Option<Txn>,
     queue: VecDeque<Request>,
     mode: Mode,
@@ -235,9 +267,6 @@ impl Entry {
         Entry { policy, mode, ..Entry::default() }
     }
 
-    fn set_home(&mut self, bytes: Vec<u8>) {
-        self.home = if bytes.iter().all(|&b| b == 0) { None } else { Some(bytes) };
-    }
 }
 
 /// The coordinator side of the INVALIDATE protocol for one session (see the module docs).
@@ -253,6 +282,8 @@ pub struct PageDirectory {
     default_policy: Coherence,
     /// Requests of each rank waiting in page queues (bounded by [`MAX_PENDING_PER_RANK`]).
     pending: Vec<u32>,
+    /// The home copies.
+    homes: Box<dyn HomeStore>,
 }
 
 impl PageDirectory {
@@ -266,7 +297,14 @@ impl PageDirectory {
             advice: Vec::new(),
             default_policy: Coherence::Adaptive,
             pending: vec![0; nprocs as usize],
+            homes: Box::new(HeapHomes::default()),
         }
+    }
+
+    /// Keeps the home copies in `homes` (it must be empty).
+    pub fn with_homes(mut self, homes: Box<dyn HomeStore>) -> Self {
+        self.homes = homes;
+        self
     }
 
     /// The policy of pages no `Advise` covers (default: adaptive).
@@ -392,7 +430,7 @@ impl PageDirectory {
                 check_len(page, Some(&data))?;
                 if let Some(e) = self.entries.get_mut(&page) {
                     if e.owner == Some(from) {
-                        e.set_home(data.0);
+                        self.homes.write(page, &data.0);
                         e.owner = None;
                         self.stats.writebacks += 1;
                     }
@@ -476,12 +514,12 @@ impl PageDirectory {
         let stats = &mut self.stats;
         let e = self.entries.entry(page).or_insert_with(|| Entry::new(policy));
         e.owner = Some(from);
-        let data = match &e.home {
+        let data = match self.homes.read(page) {
             None => GrantData::Zero,
             Some(bytes) => {
                 stats.pages_sent += 1;
                 stats.bytes_sent += bytes.len() as u64;
-                GrantData::Bytes(PageData(bytes.clone()))
+                GrantData::Bytes(PageData(bytes))
             }
         };
         stats.ownership_grants += 1;
@@ -531,7 +569,7 @@ impl PageDirectory {
     /// Pages that have a non-zero home copy stored (the memory cost: untouched and all-zero
     /// pages cost nothing).
     pub fn stored_pages(&self) -> usize {
-        self.entries.values().filter(|e| e.home.is_some()).count()
+        self.homes.stored_pages()
     }
 
     /// The directory's view of `page` (an untouched page reads as the default view).
@@ -541,7 +579,7 @@ impl PageDirectory {
             Some(e) => PageView {
                 owner: e.owner,
                 readers: e.readers.iter().copied().collect(),
-                home: e.home.clone(),
+                home: self.homes.read(page),
                 busy: e.busy.is_some(),
                 queued: e.queue.len(),
                 mode: e.mode,
@@ -608,7 +646,7 @@ impl PageDirectory {
         // current contents. Without: the owner wrote back before (home is current).
         e.owner = None;
         if let Some(d) = data {
-            e.set_home(d.0);
+            self.homes.write(page, &d.0);
             if downgrade {
                 // Downgraded to ReadOnly, keeps a copy equal to the new home.
                 e.readers.insert(from);
@@ -623,13 +661,14 @@ impl PageDirectory {
         let Some(e) = self.entries.get_mut(&page) else { return };
         let stats = &mut self.stats;
         let pending = &mut self.pending;
+        let homes = &mut *self.homes;
         let nprocs = self.nprocs;
         loop {
             match &e.busy {
                 Some(txn) if !txn.done() => return,
                 Some(_) => {
                     if let Some(txn) = e.busy.take() {
-                        complete(e, stats, nprocs, page, &txn, out);
+                        complete(e, homes, stats, nprocs, page, &txn, out);
                     }
                 }
                 None => {}
@@ -640,7 +679,7 @@ impl PageDirectory {
                     *n = n.saturating_sub(1);
                 }
             }
-            start(e, stats, page, request, out);
+            start(e, homes, stats, page, request, out);
         }
     }
 }
@@ -649,6 +688,7 @@ impl PageDirectory {
 /// busy (a transaction with nothing to wait for completes at the next step of `progress`).
 fn start(
     e: &mut Entry,
+    homes: &mut dyn HomeStore,
     stats: &mut DirectoryStats,
     page: PageNo,
     request: Request,
@@ -690,7 +730,7 @@ fn start(
             }
         }
         Kind::Write(op) => {
-            write(e, stats, page, request, op, out);
+            write(e, homes, stats, page, request, op, out);
             return;
         }
         Kind::Switch(Mode::Invalidate) => {
@@ -741,6 +781,7 @@ fn check_access(offset: u16, width: u8, max_width: u8) -> Result<(), DirectoryEr
 /// readers and acknowledges it; or answers Retry (phase-2 rule 2 and rule 6).
 fn write(
     e: &mut Entry,
+    homes: &mut dyn HomeStore,
     stats: &mut DirectoryStats,
     page: PageNo,
     request: Request,
@@ -753,7 +794,7 @@ fn write(
         out.push((from, ToProcess::Retry { req, page }));
         return;
     }
-    let mut bytes = e.home.take().unwrap_or_else(|| vec![0; crate::PAGE_SIZE]);
+    let mut bytes = homes.read(page).unwrap_or_else(|| vec![0; crate::PAGE_SIZE]);
     if bytes.len() < crate::PAGE_SIZE {
         bytes.resize(crate::PAGE_SIZE, 0);
     }
@@ -776,7 +817,7 @@ fn write(
     if stored {
         bytes[offset..offset + width].copy_from_slice(&new.to_le_bytes()[..width]);
     }
-    e.set_home(bytes);
+    homes.write(page, &bytes);
     stats.replayed_writes += 1;
     let value = if stored { new } else { old128 };
     let (offset, width) = (offset as u16, width as u8);
@@ -807,6 +848,7 @@ fn write(
 /// Finishes a transaction whose acks have all arrived: updates the entry and replies.
 fn complete(
     e: &mut Entry,
+    homes: &mut dyn HomeStore,
     stats: &mut DirectoryStats,
     nprocs: u32,
     page: PageNo,
@@ -821,7 +863,7 @@ fn complete(
             if txn.requester_gone {
                 return;
             }
-            let data = e.home.clone().map(PageData);
+            let data = homes.read(page).map(PageData);
             if let Some(d) = &data {
                 stats.pages_sent += 1;
                 stats.bytes_sent += d.0.len() as u64;
@@ -857,12 +899,12 @@ fn complete(
             let data = if had_copy {
                 None
             } else {
-                Some(match &e.home {
+                Some(match homes.read(page) {
                     None => GrantData::Zero,
                     Some(bytes) => {
                         stats.pages_sent += 1;
                         stats.bytes_sent += bytes.len() as u64;
-                        GrantData::Bytes(PageData(bytes.clone()))
+                        GrantData::Bytes(PageData(bytes))
                     }
                 })
             };
