@@ -226,6 +226,7 @@ pub fn lossy_relay(to: SocketAddr, seed: u64) -> dsm_relay::RelayThread {
             reorder: 0.01,
             duplicate: 0.01,
             seed,
+            ..dsm_relay::LinkConfig::default()
         },
     })
     .expect("start relay")

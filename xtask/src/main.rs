@@ -38,6 +38,7 @@ enum Cmd {
     /// Create dev TLS certificates (a CA, the coordinator's, a client's).
     Certs(certs::Args),
     /// Run a lossy UDP relay in front of a coordinator.
+    #[command(after_help = relay::EXAMPLES)]
     Relay(relay::Args),
     /// Run the whole test suite (the README's test command).
     Test(test::Args),
