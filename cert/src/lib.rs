@@ -25,8 +25,8 @@ pub use error::Error;
 pub use gen::{ensure, generate, issue_client, self_signed_client};
 pub use load::{client_tls_config, client_tls_config_from, server_tls_config, ALPN};
 pub use transport::{
-    quic_client_config, quic_server_config, Congestion, Transport, RECEIVE_WINDOW, SEND_WINDOW,
-    STREAM_RECEIVE_WINDOW,
+    quic_client_config, quic_server_config, Congestion, Transport, MAX_ACK_DELAY, RECEIVE_WINDOW,
+    REORDERING_THRESHOLD, SEND_WINDOW, STREAM_RECEIVE_WINDOW,
 };
 
 /// File name of the CA certificate.

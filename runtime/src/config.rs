@@ -11,6 +11,7 @@
 //! | `DSM_CERT_DIR` | directory with `ca.pem`, `client.pem`, `client.key` | `~/.config/dsm/certs` |
 //! | `DSM_ATTACH_TIMEOUT` | how long to wait for all processes (`30s`) | `60s` |
 //! | `DSM_IDLE_TIMEOUT` | declare the coordinator lost after this silence | `10s` |
+//! | `DSM_KEEP_ALIVE` | send a keep-alive after this much silence (`0s`: never) | `1s` |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -213,6 +214,11 @@ impl ConfigBuilder {
                 self.idle_timeout = Some(parse_duration(&v).map_err(|e| bad("DSM_IDLE_TIMEOUT", e))?);
             }
         }
+        if self.keep_alive.is_none() {
+            if let Some(v) = var("DSM_KEEP_ALIVE") {
+                self.keep_alive = Some(parse_duration(&v).map_err(|e| bad("DSM_KEEP_ALIVE", e))?);
+            }
+        }
         Ok(self)
     }
 
@@ -280,6 +286,28 @@ mod tests {
         assert_eq!(c.size(), 4096);
         assert_eq!(c.coordinator(), DEFAULT_COORDINATOR);
         assert!(Config::builder().session("s").size(1).nprocs(0).build().is_err());
+    }
+
+    #[test]
+    fn keep_alive_and_idle_timeout_from_the_environment() {
+        // The only test of this crate that touches these variables (the environment is
+        // process-wide).
+        let base = || Config::builder().session("s").size(1).nprocs(1);
+        std::env::set_var("DSM_KEEP_ALIVE", "250ms");
+        std::env::set_var("DSM_IDLE_TIMEOUT", "30s");
+        let c = base().env_overrides().unwrap().build().unwrap();
+        assert_eq!(c.transport.keep_alive, Duration::from_millis(250));
+        assert_eq!(c.transport.idle_timeout, Duration::from_secs(30));
+        // The builder wins over the environment.
+        let c = base().keep_alive(Duration::from_secs(2)).env_overrides().unwrap().build().unwrap();
+        assert_eq!(c.transport.keep_alive, Duration::from_secs(2));
+        std::env::set_var("DSM_KEEP_ALIVE", "often");
+        let e = base().env_overrides().unwrap_err().to_string();
+        std::env::remove_var("DSM_KEEP_ALIVE");
+        std::env::remove_var("DSM_IDLE_TIMEOUT");
+        assert!(e.contains("DSM_KEEP_ALIVE") && e.contains("often"), "{e}");
+        let c = base().env_overrides().unwrap().build().unwrap();
+        assert_eq!(c.transport.keep_alive, dsm_cert::Transport::default().keep_alive);
     }
 
     #[test]

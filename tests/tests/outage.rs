@@ -61,6 +61,10 @@ fn through_an_outage(
         "{early:?} before the outage ended: the workload is too short to be cut\n{}",
         w.transcript()
     );
+    let done = w.wait_line(TIMEOUT, |l| finished(&l.text));
+    // For the log: how long after the link came back the first worker finished (QUIC's
+    // backed-off probes, then the rest of the workload).
+    eprintln!("{args:?}: first worker finished {:?} after the outage ({done:?})", end.elapsed());
     let codes = w.wait_all(TIMEOUT);
     assert_eq!(codes, vec![Some(0); nprocs as usize], "{}", w.transcript());
     let stats = relay.stats();

@@ -1053,12 +1053,13 @@ fn json_line(f: &Figure) -> String {
     )
 }
 
-/// The table; the name and unit columns widen (from 22 and 5) to fit longer entries.
+/// The table; the name, unit and floor columns widen (from 22, 5 and 15) to fit longer entries.
 fn print_table(figures: &[&Figure]) {
     let nw = figures.iter().map(|f| f.name.len()).max().unwrap_or(0).max(22);
     let uw = figures.iter().map(|f| f.unit.len()).max().unwrap_or(0).max(5);
+    let fw = figures.iter().filter_map(|f| f.floor).map(str::len).max().unwrap_or(0).max(15);
     println!(
-        "{:<nw$} {:>10}  {:<uw$}  {:<15} {:>6}   target",
+        "{:<nw$} {:>10}  {:<uw$}  {:<fw$} {:>6}   target",
         "figure", "value", "unit", "floor", "ratio"
     );
     let mut misses = Vec::new();
@@ -1066,7 +1067,7 @@ fn print_table(figures: &[&Figure]) {
         let ratio = f.ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}"));
         let target = f.target.map_or_else(|| "-".into(), |t| t.to_string());
         println!(
-            "{:<nw$} {:>10.1}  {:<uw$}  {:<15} {:>6}   {}",
+            "{:<nw$} {:>10.1}  {:<uw$}  {:<fw$} {:>6}   {}",
             f.name,
             f.value,
             f.unit,

@@ -10,6 +10,9 @@
 //!   hand-off.
 //! * `lossy.touch.{0,5}pct`: `touch.sequential` on 64 MiB (a helper wrote every page, this
 //!   process reads one byte of each in order), MB/s.
+//! * `lossy.quinn_rtt.{0,5,20}pct`, `lossy.quinn_stream.{0,5}pct` (no targets): `quinn.rtt_64b`
+//!   (mean µs, 500 round trips) and `quinn.stream` through the relay: what the transport alone
+//!   does on the same link, to tell its share of a DSM figure from the protocol's.
 //!
 //! Every figure gets a fresh relay (loss as named, no reordering or duplication, seed
 //! [`SEED`]) in front of the run's coordinator; both processes of a figure talk through it. A
@@ -52,6 +55,10 @@ const QUINN: [Member; 3] = [
     ("lossy.quinn_rtt.5pct", 0.05, None),
     ("lossy.quinn_rtt.20pct", 0.20, None),
 ];
+const QUINN_STREAM: [Member; 2] = [
+    ("lossy.quinn_stream.0pct", 0.0, None),
+    ("lossy.quinn_stream.5pct", 0.05, None),
+];
 const PINGPONG: [Member; 4] = [
     ("lossy.pingpong.0pct", 0.0, None),
     ("lossy.pingpong.1pct", 0.01, Some(Target::AtMost(1.3))),
@@ -78,6 +85,10 @@ pub(super) fn measure(env: &TestEnv, selected: &dyn Fn(&str) -> bool, figures: &
         let r = quinn_bench_via(env.cert_dir(), load, Some(link), QUINN_ROUNDS)?;
         Ok((mean_us(&r.rtts), r.relay.unwrap_or_default()))
     };
+    let quinn_stream = |link| -> Result<(f64, RelayStats)> {
+        let r = quinn_bench_via(env.cert_dir(), QuinnLoad::Stream, Some(link), QUINN_ROUNDS)?;
+        Ok((r.mb_per_s, r.relay.unwrap_or_default()))
+    };
     let pingpong = |link| {
         through_relay(env, link, |addr| Ok(mean_us(&spin_handoff_via(env, addr, SPIN_WARMUP, SPIN_ROUNDS, None)?)))
     };
@@ -86,8 +97,9 @@ pub(super) fn measure(env: &TestEnv, selected: &dyn Fn(&str) -> bool, figures: &
         through_relay(env, link, |addr| Ok(mean_us(&semaphore_handoff_via(env, addr, SEM_WARMUP, SEM_ROUNDS)?) / 2.0))
     };
     let touch = |link| through_relay(env, link, |addr| touch_sequential_via(env, addr, TOUCH_BYTES));
-    let families: [(&[Member], &str, Measure<'_>); 4] = [
+    let families: [(&[Member], &str, Measure<'_>); 5] = [
         (&QUINN, "us", &quinn),
+        (&QUINN_STREAM, "MB/s", &quinn_stream),
         (&PINGPONG, "us", &pingpong),
         (&SEMAPHORE, "us", &semaphore),
         (&TOUCH, "MB/s", &touch),
