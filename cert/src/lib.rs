@@ -28,8 +28,8 @@ pub use gen::{ensure, generate, issue_client, self_signed_client, DEFAULT_SANS};
 pub use load::{client_tls_config, client_tls_config_from, server_tls_config, ALPN};
 pub use setup::{make_certs, CertsReport, CertsRequest, Written, CLIENTS_DIR};
 pub use transport::{
-    quic_client_config, quic_server_config, Congestion, Transport, TransportError, MIN_IDLE_PER_KEEP_ALIVE,
-    RECEIVE_WINDOW, SEND_WINDOW, STREAM_RECEIVE_WINDOW,
+    quic_client_config, quic_server_config, Congestion, Transport, TransportError, MAX_ACK_DELAY,
+    MIN_IDLE_PER_KEEP_ALIVE, RECEIVE_WINDOW, REORDERING_THRESHOLD, SEND_WINDOW, STREAM_RECEIVE_WINDOW,
 };
 
 /// File name of the CA certificate.

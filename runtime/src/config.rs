@@ -11,7 +11,7 @@
 //! | `DSM_CERT_DIR` | directory with `ca.pem`, `client.pem`, `client.key` | `~/.config/dsm/certs` |
 //! | `DSM_ATTACH_TIMEOUT` | how long to wait for all processes (`30s`) | `60s` |
 //! | `DSM_IDLE_TIMEOUT` | declare the coordinator lost after this silence (at least 3 keep-alives) | `10s` |
-//! | `DSM_KEEP_ALIVE` | interval of keep-alive packets | `1s` |
+//! | `DSM_KEEP_ALIVE` | send a keep-alive after this much silence | `1s` |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -296,6 +296,28 @@ mod tests {
         assert!(matches!(e, Error::Config(_)) && e.to_string().contains("keep-alive"), "{e}");
         let ok = b().idle_timeout(Duration::from_secs(2)).keep_alive(Duration::from_millis(500)).build();
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn keep_alive_and_idle_timeout_from_the_environment() {
+        // The only test of this crate that touches these variables (the environment is
+        // process-wide).
+        let base = || Config::builder().session("s").size(1).nprocs(1);
+        std::env::set_var("DSM_KEEP_ALIVE", "250ms");
+        std::env::set_var("DSM_IDLE_TIMEOUT", "30s");
+        let c = base().env_overrides().unwrap().build().unwrap();
+        assert_eq!(c.transport.keep_alive, Duration::from_millis(250));
+        assert_eq!(c.transport.idle_timeout, Duration::from_secs(30));
+        // The builder wins over the environment.
+        let c = base().keep_alive(Duration::from_secs(2)).env_overrides().unwrap().build().unwrap();
+        assert_eq!(c.transport.keep_alive, Duration::from_secs(2));
+        std::env::set_var("DSM_KEEP_ALIVE", "often");
+        let e = base().env_overrides().unwrap_err().to_string();
+        std::env::remove_var("DSM_KEEP_ALIVE");
+        std::env::remove_var("DSM_IDLE_TIMEOUT");
+        assert!(e.contains("DSM_KEEP_ALIVE") && e.contains("often"), "{e}");
+        let c = base().env_overrides().unwrap().build().unwrap();
+        assert_eq!(c.transport.keep_alive, dsm_cert::Transport::default().keep_alive);
     }
 
     #[test]

@@ -201,6 +201,18 @@ impl Workers {
         codes
     }
 
+    /// `replayed_writes: N` of every stats line (a `RegionStats` debug dump) containing `marker`.
+    pub fn replayed_writes(&self, marker: &str) -> Vec<u64> {
+        self.seen
+            .iter()
+            .filter(|l| l.text.contains(marker) && l.text.contains("replayed_writes"))
+            .map(|l| {
+                let rest = &l.text[l.text.find("replayed_writes: ").unwrap() + "replayed_writes: ".len()..];
+                rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().unwrap()
+            })
+            .collect()
+    }
+
     /// Everything printed so far, for assertion messages.
     pub fn transcript(&self) -> String {
         self.seen
@@ -244,6 +256,7 @@ pub fn lossy_relay(to: SocketAddr, seed: u64) -> dsm_relay::RelayThread {
             reorder: 0.01,
             duplicate: 0.01,
             seed,
+            ..dsm_relay::LinkConfig::default()
         },
     })
     .expect("start relay")

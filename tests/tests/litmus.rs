@@ -68,3 +68,30 @@ fn all_through_a_lossy_link() {
     }
     assert!(relay.stats().dropped > 0);
 }
+
+#[test]
+fn all_at_20_percent_loss_with_reordering_and_duplicates() {
+    // A short delay keeps the run short; reordering holds a datagram back by delay + jitter +
+    // 1 ms, so later ones really overtake it.
+    let env = TestEnv::new();
+    let relay = dsm_relay::spawn(dsm_relay::RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        to: env.addr(),
+        link: dsm_relay::LinkConfig {
+            loss: 0.20,
+            delay: Duration::from_millis(1),
+            jitter: Duration::from_micros(500),
+            reorder: 0.02,
+            duplicate: 0.02,
+            seed: 20,
+            ..Default::default()
+        },
+    })
+    .expect("start relay");
+    for (test, procs) in [("SB", 2), ("MP", 2), ("LB", 2), ("2+2W", 2), ("CoRR", 2), ("IRIW", 4)] {
+        litmus(&env, relay.local_addr(), test, procs, 20);
+    }
+    let stats = relay.stats();
+    eprintln!("relay {stats}");
+    assert!(stats.dropped > 0 && stats.reordered > 0 && stats.duplicated > 0, "{stats}");
+}

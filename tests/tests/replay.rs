@@ -23,18 +23,6 @@ fn count(w: &Workers, needle: &str) -> usize {
     w.seen.iter().filter(|l| !l.stderr && l.text.contains(needle)).count()
 }
 
-/// `replayed_writes: N` of every stats line containing `marker`.
-fn replayed(w: &Workers, marker: &str) -> Vec<u64> {
-    w.seen
-        .iter()
-        .filter(|l| l.text.contains(marker) && l.text.contains("replayed_writes"))
-        .map(|l| {
-            let rest = &l.text[l.text.find("replayed_writes: ").unwrap() + "replayed_writes: ".len()..];
-            rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().unwrap()
-        })
-        .collect()
-}
-
 #[test]
 fn differential_every_store_form_through_the_real_replay_path() {
     let env = TestEnv::new();
@@ -50,7 +38,7 @@ fn counter_update_4_processes() {
     let env = TestEnv::new();
     let w = run(&env, &["--coherence", "update", "counter", "--adds", "10000"], 4096, 4);
     assert_eq!(count(&w, "total 40000 expected 40000"), 4, "{}", w.transcript());
-    let r = replayed(&w, "total 40000");
+    let r = w.replayed_writes("total 40000");
     assert!(r.len() == 4 && r.iter().all(|&n| n > 0), "replayed_writes {r:?}:\n{}", w.transcript());
 }
 
@@ -68,7 +56,7 @@ fn neighbours_in_every_mode() {
         let w = run(&env, &["--coherence", mode, "neighbours"], 4096, 2);
         assert_eq!(count(&w, "neighbours done"), 2, "{mode}:\n{}", w.transcript());
         if mode == "update" {
-            let r = replayed(&w, "neighbours done");
+            let r = w.replayed_writes("neighbours done");
             assert!(r.iter().all(|&n| n > 0), "{mode}: replayed_writes {r:?}");
         }
     }

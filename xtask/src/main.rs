@@ -38,6 +38,7 @@ enum Cmd {
     /// Create or extend TLS certificates (same as the installed `dsm certs`).
     Certs(certs::Args),
     /// Run a lossy UDP relay in front of a coordinator.
+    #[command(after_help = relay::EXAMPLES)]
     Relay(relay::Args),
     /// Run the whole test suite (the README's test command).
     Test(test::Args),

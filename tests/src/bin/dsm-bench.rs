@@ -53,11 +53,15 @@
 //! * `pingpong.update`, `pingpong.adaptive`: `pingpong.handoff` with the region advised Update /
 //!   Adaptive.
 //!
+//! * `lossy.*`: latency-bound hand-offs and a bulk read through the lossy relay, each over the
+//!   same figure through the same relay without loss (see the `lossy` module).
+//!
 //! A FILTER (substring) selects which figures are printed and which non-floor figures are
 //! measured; floors are always measured so that ratios stay valid. Ratios are value / floor;
 //! latency figures have a maximum ratio as target, throughput figures a minimum one. A ratio
 //! missing its target only produces a note, never a failing exit code.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -65,6 +69,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, ValueEnum};
 use dsm_tests::{session_name, TestEnv, Workers};
+
+// In a directory of its own: a `mod` of a binary's root file would be looked for next to it, in
+// `src/bin/`, where Cargo would take it for another binary.
+#[path = "dsm-bench/lossy.rs"]
+mod lossy;
 
 /// Region size of the synchronization-only sessions (the region is unused).
 const SIZE: u64 = 64 << 10;
@@ -405,6 +414,8 @@ fn bench(args: &Args) -> Result<()> {
         ));
     }
 
+    lossy::measure(&env, &selected, &mut figures)?;
+
     let shown: Vec<&Figure> = figures.iter().filter(|f| selected(f.name)).collect();
     if args.json {
         for f in &shown {
@@ -430,11 +441,24 @@ enum QuinnLoad {
 struct QuinnResult {
     rtts: Vec<Duration>,
     mb_per_s: f64,
+    /// What the relay did, if there was one.
+    relay: Option<dsm_relay::RelayStats>,
 }
 
 /// Raw quinn: a server thread and a client in this thread, each on its own current-thread
 /// runtime, one bidirectional stream carrying `load`.
 fn quinn_bench(cert_dir: &Path, load: QuinnLoad) -> Result<QuinnResult> {
+    quinn_bench_via(cert_dir, load, None, QUINN_ROUNDS)
+}
+
+/// [`quinn_bench`] with `rounds` timed round trips (for `Echo`), the client talking to the server
+/// through a relay with `link` if given.
+fn quinn_bench_via(
+    cert_dir: &Path,
+    load: QuinnLoad,
+    link: Option<dsm_relay::LinkConfig>,
+    rounds: usize,
+) -> Result<QuinnResult> {
     let transport = dsm_cert::Transport::default();
     let server_config = dsm_cert::quic_server_config(cert_dir, &transport).context("quinn server config")?;
     let tls = dsm_cert::client_tls_config(cert_dir).context("client TLS config")?;
@@ -491,6 +515,14 @@ fn quinn_bench(cert_dir: &Path, load: QuinnLoad) -> Result<QuinnResult> {
             _ => anyhow::anyhow!("the quinn server thread ended without an address"),
         });
     };
+    let relay = match link {
+        None => None,
+        Some(link) => Some(
+            dsm_relay::spawn(dsm_relay::RelayConfig { listen: "127.0.0.1:0".parse()?, to: addr, link })
+                .context("starting the relay")?,
+        ),
+    };
+    let addr = relay.as_ref().map_or(addr, dsm_relay::RelayThread::local_addr);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -505,8 +537,8 @@ fn quinn_bench(cert_dir: &Path, load: QuinnLoad) -> Result<QuinnResult> {
             QuinnLoad::Echo { request, response } => {
                 let out = vec![0x5au8; request];
                 let mut back = vec![0u8; response];
-                result.rtts.reserve(QUINN_ROUNDS);
-                for i in 0..QUINN_WARMUP + QUINN_ROUNDS {
+                result.rtts.reserve(rounds);
+                for i in 0..QUINN_WARMUP + rounds {
                     let t = Instant::now();
                     send.write_all(&out).await.context("write")?;
                     recv.read_exact(&mut back).await.context("read")?;
@@ -549,8 +581,9 @@ fn quinn_bench(cert_dir: &Path, load: QuinnLoad) -> Result<QuinnResult> {
     let served = server
         .join()
         .map_err(|_| anyhow::anyhow!("the quinn server thread panicked"))?;
-    let result = client?;
+    let mut result = client?;
     served.context("quinn server")?;
+    result.relay = relay.map(|r| r.stats());
     Ok(result)
 }
 
@@ -651,21 +684,26 @@ fn remote_faults(env: &TestEnv, write: bool) -> Result<Vec<Duration>> {
 /// `touch.sequential`: a helper fills `TOUCH_BYTES`, then this process reads one byte of every
 /// page in order; MB/s of pages touched.
 fn touch_sequential(env: &TestEnv) -> Result<f64> {
+    touch_sequential_via(env, env.addr(), TOUCH_BYTES)
+}
+
+/// [`touch_sequential`] of `bytes`, every process talking to the coordinator at `addr`.
+fn touch_sequential_via(env: &TestEnv, addr: SocketAddr, bytes: u64) -> Result<f64> {
     let session = session_name("bench-touch");
-    let pages = TOUCH_BYTES as usize / PAGE;
-    with_helpers(env, &session, 2, TOUCH_BYTES, WorkerKind::Fill, pages, |r: &dsm::Region| {
+    let pages = bytes as usize / PAGE;
+    with_helpers_via(env, addr, &session, 2, bytes, WorkerKind::Fill, pages, |r: &dsm::Region| {
         r.barrier().context("barrier after the helper's writes")?;
         let base = r.as_ptr();
         let mut zeros = 0usize;
         let t = Instant::now();
         for p in 0..pages {
-            // SAFETY: the region is TOUCH_BYTES long.
+            // SAFETY: the region is `bytes` long.
             zeros += usize::from(unsafe { std::ptr::read_volatile(base.add(p * PAGE)) } == 0);
         }
         let took = t.elapsed();
         ensure!(zeros == 0, "{zeros} of {pages} pages read as zero after the helper filled them");
         r.barrier().context("final barrier")?;
-        Ok(TOUCH_BYTES as f64 / took.as_secs_f64() / 1e6)
+        Ok(bytes as f64 / took.as_secs_f64() / 1e6)
     })
 }
 
@@ -704,9 +742,21 @@ fn spin_turns(r: &dsm::Region, total: u64, mut on_turn: impl FnMut(u64)) -> Resu
 /// warm-up hand-offs.
 /// With `coherence`, the parent advises the whole region so before the first barrier.
 fn spin_handoff(env: &TestEnv, coherence: Option<dsm::Coherence>) -> Result<Vec<Duration>> {
+    spin_handoff_via(env, env.addr(), SPIN_WARMUP, SPIN_ROUNDS, coherence)
+}
+
+/// [`spin_handoff`] with `warmup` + `rounds` hand-offs, every process talking to the coordinator
+/// at `addr`.
+fn spin_handoff_via(
+    env: &TestEnv,
+    addr: SocketAddr,
+    warmup: u64,
+    rounds: u64,
+    coherence: Option<dsm::Coherence>,
+) -> Result<Vec<Duration>> {
     let session = session_name("bench-spin");
-    let total = SPIN_WARMUP + SPIN_ROUNDS;
-    with_helpers(env, &session, 2, SPIN_SIZE, WorkerKind::Spin, total as usize, |r: &dsm::Region| {
+    let total = warmup + rounds;
+    with_helpers_via(env, addr, &session, 2, SPIN_SIZE, WorkerKind::Spin, total as usize, |r: &dsm::Region| {
         if let Some(c) = coherence {
             r.advise(0, r.len(), c).context("advising the region")?;
         }
@@ -714,7 +764,7 @@ fn spin_handoff(env: &TestEnv, coherence: Option<dsm::Coherence>) -> Result<Vec<
         spin_turns(r, total, |t| turns.push((t, Instant::now())))?;
         Ok(turns
             .windows(2)
-            .filter(|w| w[0].0 >= SPIN_WARMUP)
+            .filter(|w| w[0].0 >= warmup)
             .map(|w| (w[1].1 - w[0].1) / 2)
             .collect())
     })
@@ -825,24 +875,31 @@ fn barrier(env: &TestEnv, nprocs: u32, rounds: usize) -> Result<Vec<Duration>> {
 
 /// Ping-pong iterations (post `ping`, wait `pong`) with one helper, timed in this process.
 fn semaphore_handoff(env: &TestEnv) -> Result<Vec<Duration>> {
+    semaphore_handoff_via(env, env.addr(), SEM_WARMUP, SEM_ROUNDS)
+}
+
+/// [`semaphore_handoff`] with `warmup` + `rounds` iterations, both processes talking to the
+/// coordinator at `addr`.
+fn semaphore_handoff_via(env: &TestEnv, addr: SocketAddr, warmup: usize, rounds: usize) -> Result<Vec<Duration>> {
     let session = session_name("bench-sem");
-    with_helpers(
+    with_helpers_via(
         env,
+        addr,
         &session,
         2,
         SIZE,
         WorkerKind::Semaphore,
-        SEM_WARMUP + SEM_ROUNDS,
+        warmup + rounds,
         |s: &dsm::Session| {
             let ping = s.semaphore("ping")?;
             let pong = s.semaphore("pong")?;
-            let mut samples = Vec::with_capacity(SEM_ROUNDS);
-            for i in 0..SEM_WARMUP + SEM_ROUNDS {
+            let mut samples = Vec::with_capacity(rounds);
+            for i in 0..warmup + rounds {
                 let t = Instant::now();
                 ping.post().with_context(|| format!("post ping {i}"))?;
                 pong.wait().with_context(|| format!("wait pong {i}"))?;
                 let took = t.elapsed();
-                if i >= SEM_WARMUP {
+                if i >= warmup {
                     samples.push(took);
                 }
             }
@@ -876,8 +933,12 @@ impl Participant for dsm::Region {
 }
 
 fn attach<P: Participant>(env: &TestEnv, session: &str, nprocs: u32, size: u64) -> Result<P> {
+    attach_via(env, env.addr(), session, nprocs, size)
+}
+
+fn attach_via<P: Participant>(env: &TestEnv, addr: SocketAddr, session: &str, nprocs: u32, size: u64) -> Result<P> {
     let config = env
-        .config(session, size, nprocs)
+        .config_via(addr, session, size, nprocs)
         .build()
         .context("building the session config")?;
     P::attach(&config).with_context(|| format!("attaching session {session}"))
@@ -895,12 +956,27 @@ fn with_helpers<P: Participant, T>(
     helper_rounds: usize,
     body: impl FnOnce(&P) -> Result<T>,
 ) -> Result<T> {
+    with_helpers_via(env, env.addr(), session, nprocs, size, kind, helper_rounds, body)
+}
+
+/// [`with_helpers`], every process talking to the coordinator at `addr` (e.g. a relay).
+#[allow(clippy::too_many_arguments)]
+fn with_helpers_via<P: Participant, T>(
+    env: &TestEnv,
+    addr: SocketAddr,
+    session: &str,
+    nprocs: u32,
+    size: u64,
+    kind: WorkerKind,
+    helper_rounds: usize,
+    body: impl FnOnce(&P) -> Result<T>,
+) -> Result<T> {
     let exe = std::env::current_exe().context("locating the benchmark binary")?;
-    let worker_env = env.worker_env(env.addr(), session, size, nprocs);
+    let worker_env = env.worker_env(addr, session, size, nprocs);
     let rounds = helper_rounds.to_string();
     let args = ["--worker", kind.arg(), "--rounds", rounds.as_str()];
     let mut helpers = Workers::spawn(&exe, &args, &worker_env, nprocs as usize - 1);
-    let result = attach::<P>(env, session, nprocs, size).and_then(|s| {
+    let result = attach_via::<P>(env, addr, session, nprocs, size).and_then(|s| {
         let out = body(&s)?;
         s.detach().context("detaching")?;
         Ok(out)
@@ -976,12 +1052,13 @@ fn json_line(f: &Figure) -> String {
     )
 }
 
-/// The table; the name and unit columns widen (from 22 and 5) to fit longer entries.
+/// The table; the name, unit and floor columns widen (from 22, 5 and 15) to fit longer entries.
 fn print_table(figures: &[&Figure]) {
     let nw = figures.iter().map(|f| f.name.len()).max().unwrap_or(0).max(22);
     let uw = figures.iter().map(|f| f.unit.len()).max().unwrap_or(0).max(5);
+    let fw = figures.iter().filter_map(|f| f.floor).map(str::len).max().unwrap_or(0).max(15);
     println!(
-        "{:<nw$} {:>10}  {:<uw$}  {:<15} {:>6}   target",
+        "{:<nw$} {:>10}  {:<uw$}  {:<fw$} {:>6}   target",
         "figure", "value", "unit", "floor", "ratio"
     );
     let mut misses = Vec::new();
@@ -989,7 +1066,7 @@ fn print_table(figures: &[&Figure]) {
         let ratio = f.ratio.map_or_else(|| "-".into(), |r| format!("{r:.2}"));
         let target = f.target.map_or_else(|| "-".into(), |t| t.to_string());
         println!(
-            "{:<nw$} {:>10.1}  {:<uw$}  {:<15} {:>6}   {}",
+            "{:<nw$} {:>10.1}  {:<uw$}  {:<fw$} {:>6}   {}",
             f.name,
             f.value,
             f.unit,

@@ -1,6 +1,8 @@
 //! `dsm-worker`: one process of a multi-process integration test. Reads its session from the
 //! `DSM_*` environment variables, runs one scenario, prints results on stdout and errors on
-//! stderr, and exits non-zero on failure.
+//! stderr, and exits non-zero on failure. The barrier, counter, ping-pong and bulk scenarios
+//! print `rank R begin` when their timed part starts (after attach, and after the first barrier
+//! where there is one), so that a test can act in the middle of it (e.g. cut the link).
 
 use std::time::Duration;
 
@@ -152,6 +154,7 @@ fn run(scenario: Scenario) -> Result<(), dsm::Error> {
     println!("attached rank {rank} of {} pid {}", s.nprocs(), std::process::id());
     match scenario {
         Scenario::Barrier { rounds } => {
+            println!("rank {rank} begin");
             for _ in 0..rounds {
                 s.barrier()?;
             }
@@ -231,6 +234,7 @@ fn counter(config: &dsm::Config, adds: u64, gap_us: u64) -> Result<(), dsm::Erro
     println!("attached rank {rank} of {} pid {}", region.nprocs(), std::process::id());
     let c: &[AtomicU64] = region.as_slice(0, 1).expect("fits");
     region.barrier()?;
+    println!("rank {rank} begin");
     for _ in 0..adds {
         c[0].fetch_add(1, Ordering::SeqCst);
         if gap_us > 0 {
@@ -268,6 +272,7 @@ fn spin_pingpong(region: &dsm::Region, rounds: u64) -> Check {
     let (rank, n) = (u64::from(region.rank()), u64::from(region.nprocs()));
     region.barrier().map_err(|e| e.to_string())?;
     println!("rank {rank} passed the first barrier");
+    println!("rank {rank} begin");
     let mut spins = 0u64;
     loop {
         let t = words[0].load(Ordering::SeqCst);
@@ -428,6 +433,7 @@ fn bulk(region: &dsm::Region, mib: usize) -> Check {
         unsafe { std::ptr::copy_nonoverlapping(pattern.as_ptr(), ptr, len) };
     }
     region.barrier().map_err(|e| e.to_string())?;
+    println!("rank {rank} begin");
     let got = checksum(&bytes(0, len));
     if got != expect {
         return Err(format!("checksum {got:#x}, expected {expect:#x}"));

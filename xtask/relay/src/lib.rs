@@ -9,7 +9,11 @@
 //!
 //! Every direction of every flow has its own seeded RNG, so for a given
 //! [`LinkConfig::seed`] the same sequence of datagrams receives the same
-//! sequence of drop / duplicate / reorder / delay decisions.
+//! sequence of drop / duplicate / reorder / delay decisions. Two impairments
+//! depend on time instead: a bandwidth limit ([`RateLimit`]: a link of a
+//! fixed rate behind a drop-tail queue, per direction and flow) and an outage
+//! ([`Outage`]: nothing passes in either direction for a while, on every flow
+//! at once; [`Relay::begin_outage`] starts one on demand).
 //!
 //! * [`start`] runs the relay on the current tokio runtime and returns a
 //!   [`Relay`] handle (stopped by [`Relay::shutdown`] or on drop).
@@ -34,9 +38,11 @@
 
 mod config;
 mod link;
+mod outage;
+mod rate;
 mod relay;
 mod thread;
 
-pub use config::{LinkConfig, RelayConfig, RelayError, RelayStats};
+pub use config::{LinkConfig, Outage, RateLimit, RelayConfig, RelayError, RelayStats};
 pub use relay::{start, Relay, IDLE_TIMEOUT, MAX_DATAGRAM};
 pub use thread::{spawn, RelayThread};

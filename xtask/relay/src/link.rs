@@ -1,6 +1,7 @@
 //! One direction of one flow: the seeded decision maker ([`Decider`]) that
 //! runs in the receive path, and the timer-queue sender task
-//! ([`run_sender`]) that releases datagrams when they are due.
+//! ([`run_sender`]) that releases datagrams when they are due (unless the
+//! link is down by then).
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
@@ -16,6 +17,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{Counters, LinkConfig};
+use crate::outage::OutageClock;
+use crate::rate::Bottleneck;
 
 /// Capacity of the queue between a receive loop and its sender task. When it
 /// is full (the sender cannot keep up) new datagrams are dropped, like a
@@ -75,16 +78,20 @@ pub(crate) struct Decider {
     link: Arc<LinkConfig>,
     passthrough: bool,
     rng: SmallRng,
+    outages: Arc<OutageClock>,
+    bottleneck: Option<Bottleneck>,
     last_release: Option<Instant>,
     seq: u64,
 }
 
 impl Decider {
-    pub fn new(link: Arc<LinkConfig>, flow: u64, dir: Direction) -> Self {
+    pub fn new(link: Arc<LinkConfig>, outages: Arc<OutageClock>, flow: u64, dir: Direction) -> Self {
         Self {
             passthrough: link.is_passthrough(),
             rng: SmallRng::seed_from_u64(stream_seed(link.seed, flow, dir)),
+            bottleneck: link.rate.map(Bottleneck::new),
             link,
+            outages,
             last_release: None,
             seq: 0,
         }
@@ -99,6 +106,12 @@ impl Decider {
         tx: &mpsc::Sender<Scheduled>,
         counters: &Counters,
     ) {
+        // Checked before any draw: an outage takes no random decisions, so
+        // the rest of the stream stays what the seed says.
+        if self.outages.on_arrival(now.into_std()) {
+            counters.outage_drop();
+            return;
+        }
         if self.passthrough {
             self.enqueue(now, data, tx, counters);
             return;
@@ -122,9 +135,26 @@ impl Decider {
         let hold_back = link.delay + link.jitter + Duration::from_millis(1);
         let mut data = Some(data);
         for copy in 0..copies {
-            let mut at = now + link.delay;
+            let bytes = if copy + 1 == copies {
+                data.take().unwrap_or_default()
+            } else {
+                data.clone().unwrap_or_default()
+            };
+            // The bottleneck comes before the wire: a datagram is delayed
+            // after its last bit left the queue's link.
+            let sent = match self.bottleneck.as_mut() {
+                None => now,
+                Some(b) => match b.admit(now, bytes.len()) {
+                    Some(done) => done,
+                    None => {
+                        counters.overflow_drop();
+                        continue;
+                    }
+                },
+            };
+            let mut at = sent + link.delay;
             if !link.jitter.is_zero() {
-                // uniform(-jitter, +jitter); jitter <= delay so `at >= now`.
+                // uniform(-jitter, +jitter); jitter <= delay so `at >= sent`.
                 let offset = link.jitter.mul_f64(self.rng.gen::<f64>() * 2.0);
                 at = at + offset - link.jitter;
             }
@@ -138,11 +168,6 @@ impl Decider {
                 }
                 self.last_release = Some(at);
             }
-            let bytes = if copy + 1 == copies {
-                data.take().unwrap_or_default()
-            } else {
-                data.clone().unwrap_or_default()
-            };
             self.enqueue(at, bytes, tx, counters);
         }
     }
@@ -159,7 +184,7 @@ impl Decider {
         match tx.try_send(Scheduled { at, seq, data }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                Counters::bump(&counters.dropped);
+                counters.overflow_drop();
                 tracing::debug!("relay queue full, dropping datagram");
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -181,6 +206,7 @@ pub(crate) struct SenderCtx {
     pub counters: Arc<Counters>,
     pub activity: Arc<AtomicU64>,
     pub epoch: Instant,
+    pub outages: Arc<OutageClock>,
 }
 
 /// Releases queued datagrams to `ctx.dest` in release-time order. Datagrams
@@ -213,6 +239,11 @@ pub(crate) async fn run_sender(mut rx: mpsc::Receiver<Scheduled>, ctx: SenderCtx
 }
 
 async fn send(ctx: &SenderCtx, data: &[u8]) {
+    // Still on the wire when the link went down: lost with it.
+    if ctx.outages.is_down(std::time::Instant::now()) {
+        ctx.counters.outage_drop();
+        return;
+    }
     match ctx.socket.send_to(data, ctx.dest).await {
         Ok(_) => {
             Counters::bump(&ctx.counters.forwarded);
@@ -232,7 +263,7 @@ mod tests {
     fn decide(link: LinkConfig, n: usize) -> (Vec<Scheduled>, Instant) {
         let counters = Counters::default();
         let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
-        let mut d = Decider::new(Arc::new(link), 0, Direction::Up);
+        let mut d = Decider::new(Arc::new(link), Arc::new(OutageClock::new(None)), 0, Direction::Up);
         let now = Instant::now();
         for i in 0..n {
             d.process(

@@ -17,6 +17,7 @@ use crate::config::{Counters, LinkConfig, RelayConfig, RelayError, RelayStats};
 use crate::link::{
     millis_since, run_sender, Decider, Direction, Scheduled, SenderCtx, QUEUE_CAPACITY,
 };
+use crate::outage::OutageClock;
 
 /// Largest datagram the relay can carry.
 pub const MAX_DATAGRAM: usize = 65535;
@@ -42,6 +43,7 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 pub struct Relay {
     local_addr: SocketAddr,
     counters: Arc<Counters>,
+    outages: Arc<OutageClock>,
     task: JoinHandle<()>,
 }
 
@@ -56,11 +58,24 @@ impl Relay {
         self.counters.snapshot()
     }
 
+    /// Takes the link down in both directions from now for `duration`
+    /// (replacing a planned [`crate::Outage`]); returns the window
+    /// `[start, end)`. For tests that start the outage at a chosen point of
+    /// their workload.
+    pub fn begin_outage(&self, duration: Duration) -> (std::time::Instant, std::time::Instant) {
+        self.outages.begin(std::time::Instant::now(), duration)
+    }
+
+    /// The current, last or next outage window `[start, end)`, if any.
+    pub fn outage_window(&self) -> Option<(std::time::Instant, std::time::Instant)> {
+        self.outages.window()
+    }
+
     /// Stops the relay (same as dropping the handle).
     pub fn shutdown(self) {}
 
-    pub(crate) fn counters(&self) -> Arc<Counters> {
-        Arc::clone(&self.counters)
+    pub(crate) fn shared(&self) -> (Arc<Counters>, Arc<OutageClock>) {
+        (Arc::clone(&self.counters), Arc::clone(&self.outages))
     }
 }
 
@@ -85,11 +100,13 @@ pub async fn start(cfg: RelayConfig) -> Result<Relay, RelayError> {
         })?;
     let local_addr = socket.local_addr()?;
     let counters = Arc::new(Counters::default());
+    let outages = Arc::new(OutageClock::new(cfg.link.outage));
     let ctx = MainCtx {
         listen: Arc::new(socket),
         to: cfg.to,
         link: Arc::new(cfg.link),
         counters: Arc::clone(&counters),
+        outages: Arc::clone(&outages),
         epoch: Instant::now(),
     };
     tracing::info!(listen = %local_addr, to = %cfg.to, link = ?ctx.link, "relay started");
@@ -97,6 +114,7 @@ pub async fn start(cfg: RelayConfig) -> Result<Relay, RelayError> {
     Ok(Relay {
         local_addr,
         counters,
+        outages,
         task,
     })
 }
@@ -106,6 +124,7 @@ struct MainCtx {
     to: SocketAddr,
     link: Arc<LinkConfig>,
     counters: Arc<Counters>,
+    outages: Arc<OutageClock>,
     epoch: Instant,
 }
 
@@ -146,6 +165,7 @@ impl Flow {
                 counters: Arc::clone(&ctx.counters),
                 activity: Arc::clone(&activity),
                 epoch: ctx.epoch,
+                outages: Arc::clone(&ctx.outages),
             },
         ));
         tasks.spawn(run_sender(
@@ -156,11 +176,12 @@ impl Flow {
                 counters: Arc::clone(&ctx.counters),
                 activity: Arc::clone(&activity),
                 epoch: ctx.epoch,
+                outages: Arc::clone(&ctx.outages),
             },
         ));
         tasks.spawn(run_downstream(
             upstream,
-            Decider::new(Arc::clone(&ctx.link), index, Direction::Down),
+            Decider::new(Arc::clone(&ctx.link), Arc::clone(&ctx.outages), index, Direction::Down),
             down_tx,
             Arc::clone(&ctx.counters),
             Arc::clone(&activity),
@@ -168,7 +189,7 @@ impl Flow {
         ));
         Ok(Self {
             index,
-            up: Decider::new(Arc::clone(&ctx.link), index, Direction::Up),
+            up: Decider::new(Arc::clone(&ctx.link), Arc::clone(&ctx.outages), index, Direction::Up),
             up_tx,
             activity,
             _tasks: tasks,

@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use crate::config::{Counters, RelayConfig, RelayError, RelayStats};
+use crate::outage::OutageClock;
 
 /// Handle of a relay running on its own thread (see [`spawn`]).
 ///
@@ -16,6 +18,7 @@ use crate::config::{Counters, RelayConfig, RelayError, RelayStats};
 pub struct RelayThread {
     local_addr: SocketAddr,
     counters: Arc<Counters>,
+    outages: Arc<OutageClock>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -29,6 +32,18 @@ impl RelayThread {
     /// Counters so far, summed over both directions of all flows.
     pub fn stats(&self) -> RelayStats {
         self.counters.snapshot()
+    }
+
+    /// Takes the link down in both directions from now for `duration`; see
+    /// [`crate::Relay::begin_outage`].
+    pub fn begin_outage(&self, duration: Duration) -> (Instant, Instant) {
+        // The clock is shared with the relay's thread; no message needed.
+        self.outages.begin(Instant::now(), duration)
+    }
+
+    /// The current, last or next outage window `[start, end)`, if any.
+    pub fn outage_window(&self) -> Option<(Instant, Instant)> {
+        self.outages.window()
     }
 
     /// Stops the relay and joins its thread (same as dropping the handle).
@@ -61,7 +76,7 @@ pub fn spawn(cfg: RelayConfig) -> Result<RelayThread, RelayError> {
             runtime.block_on(async move {
                 match crate::start(cfg).await {
                     Ok(relay) => {
-                        let _ = ready_tx.send(Ok((relay.local_addr(), relay.counters())));
+                        let _ = ready_tx.send(Ok((relay.local_addr(), relay.shared())));
                         // Resolves when the handle sends or is dropped.
                         let _ = stop_rx.await;
                         relay.shutdown();
@@ -75,9 +90,10 @@ pub fn spawn(cfg: RelayConfig) -> Result<RelayThread, RelayError> {
             // closes all sockets before the thread is joined.
         })?;
     match ready_rx.recv() {
-        Ok(Ok((local_addr, counters))) => Ok(RelayThread {
+        Ok(Ok((local_addr, (counters, outages)))) => Ok(RelayThread {
             local_addr,
             counters,
+            outages,
             stop: Some(stop_tx),
             thread: Some(thread),
         }),

@@ -1,107 +1,14 @@
-//! Integration tests of the relay over real UDP sockets on 127.0.0.1.
+//! Integration tests of the relay over real UDP sockets on 127.0.0.1: loss,
+//! duplicates, reordering, jitter, flows, validation, binding.
+
+mod common;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::net::UdpSocket;
+use std::time::Duration;
 
-use dsm_relay::{LinkConfig, RelayConfig, RelayError, RelayStats, RelayThread};
-
-const LOCAL: &str = "127.0.0.1:0";
-const DEADLINE: Duration = Duration::from_secs(10);
-
-fn bind() -> UdpSocket {
-    let s = UdpSocket::bind(LOCAL).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-    s
-}
-
-fn relay_to(to: SocketAddr, link: LinkConfig) -> RelayThread {
-    dsm_relay::spawn(RelayConfig {
-        listen: LOCAL.parse().unwrap(),
-        to,
-        link,
-    })
-    .unwrap()
-}
-
-/// Polls `cond` until it holds; panics after [`DEADLINE`].
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-/// Datagrams the relay has fully dealt with so far (one-way traffic only).
-fn processed(s: RelayStats) -> u64 {
-    // Duplicates are counted when decided, copies when sent: saturate.
-    (s.forwarded + s.dropped).saturating_sub(s.duplicated)
-}
-
-type Received = Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>;
-
-/// A server socket whose received datagrams are collected by a thread.
-struct Sink {
-    addr: SocketAddr,
-    got: Received,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Sink {
-    /// `echo`: send every datagram back to its source.
-    fn new(echo: bool) -> Self {
-        let sock = bind();
-        let addr = sock.local_addr().unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (got, stop) = (Arc::clone(&got), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65535];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                        if echo {
-                            sock.send_to(&buf[..n], from).unwrap();
-                        }
-                        got.lock().unwrap().push((from, buf[..n].to_vec()));
-                    }
-                }
-            })
-        };
-        Self {
-            addr,
-            got,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.got.lock().unwrap().len()
-    }
-
-    fn received(&self) -> Vec<(SocketAddr, Vec<u8>)> {
-        self.got.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn seq_of(d: &[u8]) -> u32 {
-    u32::from_be_bytes(d[..4].try_into().unwrap())
-}
+use common::{bind, processed, relay_to, seq_of, wait_until, Sink, DEADLINE, LOCAL};
+use dsm_relay::{LinkConfig, RelayConfig, RelayError, RelayStats};
 
 /// Sends `n` numbered datagrams one way through a relay with `link` and
 /// returns the sequence numbers in arrival order, plus the relay stats.
@@ -113,10 +20,14 @@ fn one_way(link: LinkConfig, n: u32) -> (Vec<u32>, RelayStats) {
         let mut d = i.to_be_bytes().to_vec();
         d.extend_from_slice(&[0xAB; 60]);
         client.send_to(&d, relay.local_addr()).unwrap();
-        // Pace so no kernel buffer overflows (which would add real loss).
+        // Pace so no kernel buffer overflows (which would add real loss): the
+        // relay, and the sink too (on a loaded machine its thread can fall
+        // behind by more than its socket buffer holds).
         if i % 64 == 63 {
             let sent = u64::from(i) + 1;
             wait_until("relay to catch up", || processed(relay.stats()) == sent);
+            let forwarded = relay.stats().forwarded;
+            wait_until("sink to catch up", || sink.len() as u64 >= forwarded);
         }
     }
     wait_until("relay to finish", || {
@@ -159,7 +70,9 @@ fn passthrough_echo_1000_in_order_byte_exact() {
             forwarded: 2000,
             dropped: 0,
             duplicated: 0,
-            reordered: 0
+            reordered: 0,
+            outage_dropped: 0,
+            overflowed: 0,
         }
     );
     // The server saw a single peer, not the client itself.
@@ -319,6 +232,21 @@ fn validate_rejects_bad_configs() {
         ..LinkConfig::default()
     };
     assert!(ok.validate().is_ok());
+
+    for (rate, queue_bytes, what) in [(0.0, 1000, "rate"), (f64::NAN, 1000, "rate"), (-1.0, 1000, "rate"), (10.0, 0, "queue")] {
+        let bad = LinkConfig {
+            rate: Some(dsm_relay::RateLimit { mbit_per_s: rate, queue_bytes }),
+            ..LinkConfig::default()
+        };
+        let msg = bad.validate().unwrap_err().to_string();
+        assert!(msg.contains(what), "{msg}");
+    }
+    let no_outage = LinkConfig {
+        outage: Some(dsm_relay::Outage { at: Duration::from_secs(1), duration: Duration::ZERO }),
+        ..LinkConfig::default()
+    };
+    let msg = no_outage.validate().unwrap_err().to_string();
+    assert!(msg.contains("outage") && msg.contains("positive"), "{msg}");
 
     let err = dsm_relay::spawn(RelayConfig {
         listen: LOCAL.parse().unwrap(),
