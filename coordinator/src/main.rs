@@ -57,7 +57,10 @@ fn main() -> anyhow::Result<()> {
     config.transport.idle_timeout = args.idle_timeout;
     config.transport.keep_alive = args.keep_alive;
     config.metrics = args.metrics;
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Sessions are served in parallel: connections' tasks run on every core, each session's
+    // messages under its own lock.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("dsm-coordinator")
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

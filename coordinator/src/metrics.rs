@@ -269,7 +269,12 @@ impl Metrics {
             _ => (None, 0),
         };
         if let Some(kind) = served {
-            self.faults_served.get_or_create(&KindLabel { kind }).inc();
+            // Pages, not messages: a run serves several.
+            let pages = match msg {
+                ToProcess::DataRun { count, .. } | ToProcess::GrantRun { count, .. } => u64::from(*count),
+                _ => 1,
+            };
+            self.faults_served.get_or_create(&KindLabel { kind }).inc_by(pages);
         }
         if bytes > 0 {
             self.page_bytes.get_or_create(&MessageLabels { direction: "sent", kind }).inc_by(bytes as u64);
@@ -353,13 +358,13 @@ fn received_kind(msg: &ToCoordinator) -> &'static str {
         ToCoordinator::Advise { .. } => "advise",
         ToCoordinator::Ping { .. } => "ping",
         ToCoordinator::Status { .. } => "status",
-        ToCoordinator::FetchRun { .. } => "fetch_run",
-        ToCoordinator::OwnRun { conditional: false, .. } => "own_run",
+        ToCoordinator::FetchRun { .. } => "fetch",
+        ToCoordinator::OwnRun { conditional: false, .. } => "own",
         ToCoordinator::OwnRun { conditional: true, .. } => "write_ahead",
-        ToCoordinator::InvalidateAckRun { .. } => "invalidate_ack_run",
-        ToCoordinator::DowngradeAckRun { .. } => "downgrade_ack_run",
-        ToCoordinator::RecallAckRun { .. } => "recall_ack_run",
-        ToCoordinator::WritebackRun { .. } => "writeback_run",
+        ToCoordinator::InvalidateAckRun { .. } => "invalidate_ack",
+        ToCoordinator::DowngradeAckRun { .. } => "downgrade_ack",
+        ToCoordinator::RecallAckRun { .. } => "recall_ack",
+        ToCoordinator::WritebackRun { .. } => "writeback",
     }
 }
 
@@ -385,12 +390,13 @@ fn sent_kind(msg: &ToProcess) -> &'static str {
         ToProcess::Detached => "detached",
         ToProcess::Pong { .. } => "pong",
         ToProcess::Status { .. } => "status",
-        ToProcess::DataRun { .. } => "data_run",
-        ToProcess::GrantRun { .. } => "grant_run",
+        // A run is the same kind of message for several pages.
+        ToProcess::DataRun { .. } => "data",
+        ToProcess::GrantRun { .. } => "grant",
         ToProcess::Denied { .. } => "denied",
-        ToProcess::InvalidateRun { .. } => "invalidate_run",
-        ToProcess::DowngradeRun { .. } => "downgrade_run",
-        ToProcess::RecallRun { .. } => "recall_run",
+        ToProcess::InvalidateRun { .. } => "invalidate",
+        ToProcess::DowngradeRun { .. } => "downgrade",
+        ToProcess::RecallRun { .. } => "recall",
     }
 }
 

@@ -18,6 +18,9 @@ mod snapshot;
 pub use snapshot::SessionCounts;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use dsm_proto::directory::{DirectoryStats, PageDirectory};
 use dsm_proto::{
@@ -93,7 +96,9 @@ enum Phase {
     /// Waiting for processes; connections in join order.
     Pending(Vec<(ConnId, String)>),
     /// All processes joined; members indexed by rank.
-    Running(Box<Running>),
+    /// Behind its own lock: members' messages are handled under it alone (see
+    /// [`Registry::member`]), so sessions proceed in parallel.
+    Running(Arc<Mutex<Running>>),
 }
 
 #[derive(Debug)]
@@ -129,6 +134,86 @@ enum ConnState {
     Queued { session: String },
     /// Member of a running session with this rank.
     Member { session: String, rank: Rank },
+}
+
+/// A member of a running session, to handle its messages under the session's own lock.
+#[derive(Clone)]
+pub struct MemberHandle {
+    run: Arc<Mutex<Running>>,
+    rank: Rank,
+    session: String,
+}
+
+/// What [`MemberHandle::handle`] leaves for [`Registry::follow_up`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct FollowUp {
+    event: Option<Event>,
+    check_end: bool,
+}
+
+impl FollowUp {
+    /// Whether [`Registry::follow_up`] has anything to do (else the global lock is not needed).
+    pub fn needed(&self) -> bool {
+        self.event.is_some() || self.check_end
+    }
+}
+
+impl MemberHandle {
+    /// The member's session.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// Handles one message of this member (barriers, semaphores, pages) under its session's
+    /// lock, and calls `dispatch` with the outputs while still holding it: messages the session
+    /// sends reach every connection's queue in the order the session made them (rule 2), even
+    /// when members' connections are served on several threads. Messages of a member that left
+    /// are ignored.
+    pub fn handle(&self, msg: ToCoordinator, dispatch: impl FnOnce(Outbox)) -> FollowUp {
+        let mut run = self.run.lock();
+        let rank = self.rank;
+        if run.members[rank as usize].state != MemberState::Active {
+            // Late messages from a member that already detached are ignored.
+            return FollowUp::default();
+        }
+        let mut out = Vec::new();
+        run.handle(rank, msg, &mut out);
+        dispatch(out);
+        self.follow(&run)
+    }
+
+    /// This member's connection is gone: it counts as lost (unless it left already), under the
+    /// session's lock, dispatching as [`handle`](Self::handle) does. The caller then tells the
+    /// registry ([`Registry::follow_up`], [`Registry::handle_disconnect`]).
+    pub fn disconnect(&self, detail: &str, dispatch: impl FnOnce(Outbox)) -> FollowUp {
+        let mut run = self.run.lock();
+        let rank = self.rank;
+        if run.members[rank as usize].state != MemberState::Active {
+            return FollowUp { event: None, check_end: true };
+        }
+        let mut out = Vec::new();
+        run.lose(rank, detail, &mut out);
+        dispatch(out);
+        self.follow(&run)
+    }
+
+    fn follow(&self, run: &Running) -> FollowUp {
+        let rank = self.rank;
+        let state = run.members[rank as usize].state;
+        let event = (state == MemberState::Lost).then(|| {
+            // Closed for breaking the protocol (`Running::violation`).
+            let reason = run.losses.iter().rev().find(|(r, _)| *r == rank).map(|(_, d)| d.clone());
+            Event::RankLost {
+                session: self.session.clone(),
+                rank,
+                label: run.members[rank as usize].label.clone(),
+                reason: reason.unwrap_or_default(),
+            }
+        });
+        let check_end = state != MemberState::Active && run.members.iter().all(|m| m.state != MemberState::Active);
+        FollowUp { event, check_end }
+    }
 }
 
 /// A session that ended, for the I/O layer to log.
@@ -232,6 +317,7 @@ impl Registry {
                     s.size
                 ),
                 Phase::Running(r) => {
+                    let r = r.lock();
                     let active = r.members.iter().filter(|m| m.state == MemberState::Active).count();
                     format!(
                         "session '{name}': running, {active} of {} processes attached, {} bytes, {} barriers",
@@ -276,26 +362,31 @@ impl Registry {
                 ));
                 out.push(Output::Close(conn, "protocol violation"));
             }
-            Some(ConnState::Member { session, rank }) => {
-                let Some(s) = self.sessions.get_mut(&session) else { return };
-                let Phase::Running(run) = &mut s.phase else { return };
-                if run.members[rank as usize].state != MemberState::Active {
-                    // Late messages from a member that already detached are ignored.
-                    return;
+            Some(ConnState::Member { .. }) => {
+                if let Some(member) = self.member(conn) {
+                    let follow = member.handle(msg, |o| out.extend(o));
+                    self.follow_up(&member, follow, out);
                 }
-                run.handle(rank, msg, out);
-                if run.members[rank as usize].state == MemberState::Lost {
-                    // Closed for breaking the protocol (`Running::violation`).
-                    let reason = run.losses.iter().rev().find(|(r, _)| *r == rank).map(|(_, d)| d.clone());
-                    self.events.push(Event::RankLost {
-                        session: session.clone(),
-                        rank,
-                        label: run.members[rank as usize].label.clone(),
-                        reason: reason.unwrap_or_default(),
-                    });
-                }
-                self.reap(&session, out);
             }
+        }
+    }
+
+    /// The running session `conn` is a member of, to handle its messages under that session's
+    /// lock only ([`MemberHandle::handle`], then [`Registry::follow_up`] when it asks for it).
+    pub fn member(&self, conn: ConnId) -> Option<MemberHandle> {
+        let ConnState::Member { session, rank } = self.conns.get(&conn)? else { return None };
+        let Phase::Running(run) = &self.sessions.get(session)?.phase else { return None };
+        Some(MemberHandle { run: Arc::clone(run), rank: *rank, session: session.clone() })
+    }
+
+    /// What a member's message left for the registry: the member was lost (closed for breaking
+    /// the protocol), or the session may have ended.
+    pub fn follow_up(&mut self, member: &MemberHandle, follow: FollowUp, out: &mut Outbox) {
+        if let Some(event) = follow.event {
+            self.events.push(event);
+        }
+        if follow.check_end {
+            self.reap(&member.session, out);
         }
     }
 
@@ -331,6 +422,7 @@ impl Registry {
             ConnState::Member { session, rank } => {
                 let Some(s) = self.sessions.get_mut(&session) else { return };
                 let Phase::Running(run) = &mut s.phase else { return };
+                let mut run = run.lock();
                 if run.members[rank as usize].state == MemberState::Active {
                     run.lose(rank, detail, out);
                     self.events.push(Event::RankLost {
@@ -340,6 +432,7 @@ impl Registry {
                         reason: detail.to_string(),
                     });
                 }
+                drop(run);
                 self.reap(&session, out);
             }
         }
@@ -362,7 +455,7 @@ impl Registry {
             next: Vec::new(),
         });
         if let Phase::Running(run) = &s.phase {
-            if run.members.iter().any(|m| m.state != MemberState::Active) {
+            if run.lock().members.iter().any(|m| m.state != MemberState::Active) {
                 // The session is ending (a process in a loop of sessions, attaching again while
                 // the last detaches of the previous round are in flight): wait for its end.
                 self.conns.insert(conn, ConnState::Queued { session: req.session.clone() });
@@ -410,7 +503,7 @@ impl Registry {
                 ToProcess::Attached { rank, nprocs: s.nprocs, size: s.size },
             ));
         }
-        s.phase = Phase::Running(Box::new(Running {
+        s.phase = Phase::Running(Arc::new(Mutex::new(Running {
             barrier: Barrier { epoch: 0, arrived: vec![false; members.len()], count: 0 },
             members,
             semaphores: HashMap::new(),
@@ -418,7 +511,7 @@ impl Registry {
             losses: Vec::new(),
             stats: SessionStats::default(),
             directory: session_directory(s.nprocs, s.size / dsm_proto::PAGE_SIZE as u64),
-        }));
+        })));
         self.events.push(Event::SessionStarted { session: req.session, nprocs: s.nprocs, size: s.size });
     }
 
@@ -427,6 +520,7 @@ impl Registry {
     fn reap(&mut self, session: &str, out: &mut Outbox) {
         let Some(s) = self.sessions.get(session) else { return };
         let Phase::Running(run) = &s.phase else { return };
+        let run = run.lock();
         if run.members.iter().any(|m| m.state == MemberState::Active) {
             return;
         }
@@ -439,12 +533,9 @@ impl Registry {
             .collect();
         let mut stats = run.stats;
         stats.pages = run.directory.stats();
-        self.ended.push(EndedSession {
-            name: session.to_string(),
-            nprocs: s.nprocs,
-            stats,
-            lost,
-        });
+        let nprocs = s.nprocs;
+        drop(run);
+        self.ended.push(EndedSession { name: session.to_string(), nprocs, stats, lost });
         let next = self.sessions.remove(session).map(|s| s.next).unwrap_or_default();
         for (conn, req) in next {
             self.conns.remove(&conn);
@@ -457,7 +548,7 @@ impl Registry {
         match self.conns.get(&conn)? {
             ConnState::Pending { .. } | ConnState::Queued { .. } => None,
             ConnState::Member { session, rank } => match &self.sessions.get(session)?.phase {
-                Phase::Running(r) => Some(r.members[*rank as usize].label.clone()),
+                Phase::Running(r) => Some(r.lock().members[*rank as usize].label.clone()),
                 Phase::Pending(_) => None,
             },
         }

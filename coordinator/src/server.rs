@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dsm_proto::{decode_frame, encode_frame, Hello, ToCoordinator, ToProcess, HELLO_LEN};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -86,13 +86,16 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// What all connections share, behind one lock: the registry (attach, pending sessions,
+/// disconnects, status) and the operator views. Members' messages of running sessions do not
+/// take it: they go to their session's own lock (`Registry::member`).
 struct Shared {
     registry: Registry,
-    writers: HashMap<ConnId, mpsc::UnboundedSender<WriterCmd>>,
     /// Remote address of every served connection (for the status view).
     peers: HashMap<ConnId, SocketAddr>,
     losses: LossTimes,
     metrics: Arc<Metrics>,
+    writers: Writers,
 }
 
 enum WriterCmd {
@@ -100,23 +103,40 @@ enum WriterCmd {
     Close(&'static str),
 }
 
-impl Shared {
-    fn dispatch(&mut self, out: Vec<Output>) {
+/// Every served connection's writer task, read-mostly: sessions dispatch in parallel under the
+/// read lock; a connection is added or removed under the write lock.
+#[derive(Clone, Default)]
+struct Writers(Arc<RwLock<HashMap<ConnId, mpsc::UnboundedSender<WriterCmd>>>>);
+
+impl Writers {
+    /// Hands every output to its connection's writer, in order.
+    fn dispatch(&self, out: Vec<Output>, metrics: &Metrics) {
+        let writers = self.0.read();
         for o in out {
             match o {
                 Output::Send(conn, msg) => {
-                    if let Some(w) = self.writers.get(&conn) {
-                        self.metrics.on_send(conn, &msg);
+                    if let Some(w) = writers.get(&conn) {
+                        metrics.on_send(conn, &msg);
                         let _ = w.send(WriterCmd::Send(msg));
                     }
                 }
                 Output::Close(conn, why) => {
-                    if let Some(w) = self.writers.get(&conn) {
+                    if let Some(w) = writers.get(&conn) {
                         let _ = w.send(WriterCmd::Close(why));
                     }
                 }
             }
         }
+    }
+
+    fn len(&self) -> usize {
+        self.0.read().len()
+    }
+}
+
+impl Shared {
+    fn dispatch(&mut self, out: Vec<Output>) {
+        self.writers.dispatch(out, &self.metrics);
         let (events, ended) = (self.registry.take_events(), self.registry.take_ended());
         crate::journal::record(events, ended, &self.metrics, &mut self.losses);
     }
@@ -161,10 +181,10 @@ impl Coordinator {
             endpoint,
             shared: Arc::new(Mutex::new(Shared {
                 registry: Registry::new(),
-                writers: HashMap::new(),
                 peers: HashMap::new(),
                 losses: LossTimes::default(),
                 metrics: Arc::clone(&metrics),
+                writers: Writers::default(),
             })),
             hello_timeout: config.hello_timeout,
             next_conn: AtomicU64::new(1),
@@ -297,11 +317,15 @@ impl Coordinator {
         mut recv: quinn::RecvStream,
     ) {
         let (tx, rx) = mpsc::unbounded_channel();
-        {
+        let writers = {
             let mut shared = self.shared.lock();
-            shared.writers.insert(id, tx);
+            shared.writers.0.write().insert(id, tx);
             shared.peers.insert(id, conn.remote_address());
-        }
+            shared.writers.clone()
+        };
+        // Set once this connection is a member of a running session: its messages then take
+        // only that session's lock.
+        let mut member: Option<crate::registry::MemberHandle> = None;
         self.metrics.on_open();
         let writer = tokio::spawn(write_loop(conn.clone(), send, rx).in_current_span());
 
@@ -319,6 +343,21 @@ impl Coordinator {
                     Ok(Some((msg, n))) => {
                         used += n;
                         self.metrics.on_receive(id, &msg);
+                        if !matches!(msg, ToCoordinator::Status { .. } | ToCoordinator::Ping { .. }) {
+                            if member.is_none() {
+                                member = self.shared.lock().registry.member(id);
+                            }
+                            if let Some(m) = &member {
+                                let follow = m.handle(msg, |out| writers.dispatch(out, &self.metrics));
+                                if follow.needed() {
+                                    let mut shared = self.shared.lock();
+                                    let mut out = Vec::new();
+                                    shared.registry.follow_up(m, follow, &mut out);
+                                    shared.dispatch(out);
+                                }
+                                continue;
+                            }
+                        }
                         let mut shared = self.shared.lock();
                         if let ToCoordinator::Status { req } = msg {
                             // Answered here rather than by the registry: only this layer knows
@@ -341,13 +380,19 @@ impl Coordinator {
             }
             buf.drain(..used);
         };
+        // A member is lost under its session's lock (what that sends is ordered with the
+        // session's other messages); the registry then learns of it.
+        let follow = member.as_ref().map(|m| (m, m.disconnect(&detail, |out| writers.dispatch(out, &self.metrics))));
         let mut shared = self.shared.lock();
         log_close(shared.registry.place(id), &detail, clean);
         let mut out = Vec::new();
+        if let Some((m, follow)) = follow {
+            shared.registry.follow_up(m, follow, &mut out);
+        }
         shared.registry.handle_disconnect(id, &detail, &mut out);
-        shared.writers.remove(&id);
-        shared.peers.remove(&id);
         shared.dispatch(out);
+        shared.writers.0.write().remove(&id);
+        shared.peers.remove(&id);
         drop(shared);
         self.metrics.on_close(id, clean);
         writer.abort();
@@ -399,7 +444,12 @@ async fn write_loop(
             match cmd {
                 WriterCmd::Send(msg) => {
                     if let Err(e) = encode_frame(&msg, &mut buf) {
-                        warn!("dropping a message that cannot be encoded: {e}");
+                        // Dropping it would leave the peer waiting forever for an answer:
+                        // close the connection instead, so it gets a clear error.
+                        tracing::error!("a message to this connection cannot be framed ({e}); closing it");
+                        let _ = send.write_all(&buf).await;
+                        conn.close(close_code::PROTOCOL_ERROR.into(), b"internal error: a reply could not be framed");
+                        return;
                     }
                 }
                 WriterCmd::Close(why) => {
@@ -473,12 +523,13 @@ impl Drop for CoordinatorThread {
     }
 }
 
-/// Starts a coordinator on a new thread with a current-thread tokio runtime.
+/// Starts a coordinator on a new thread, serving connections on a multi-threaded tokio runtime
+/// of two workers (as the binary does with one per core).
 pub fn spawn(config: Config) -> Result<CoordinatorThread, ServeError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new().name("dsm-coordinator".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("dsm-coordinator").enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
                 let _ = ready_tx.send(Err(ServeError::Io(e)));

@@ -91,7 +91,8 @@ fn metrics_scraped_during_a_session_parse_as_prometheus_text_and_move() {
     assert!(first.value("dsm_faults_served_total", &[("kind", "write")]) >= 8.0, "{}", first.text);
     assert!(read(&second) >= read(&first) + 8.0, "8 pages were read:\n{}\n{}", first.text, second.text);
     assert!(sent(&second) >= sent(&first) + 8.0 * PAGE as f64, "{}", second.text);
-    assert!(fetch_count(&second) >= fetch_count(&first) + 8.0, "{}", second.text);
+    // Sequential reads travel as runs: at least one fetch transaction, fewer than the pages.
+    assert!(fetch_count(&second) >= fetch_count(&first) + 1.0, "{}", second.text);
     let buckets = second.histogram("dsm_transaction_duration_seconds", &[("kind", "fetch")]);
     let last = buckets.last().copied().unwrap_or_default();
     assert!(last.0.is_infinite() && last.1 == fetch_count(&second), "{buckets:?}");

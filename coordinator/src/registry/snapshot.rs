@@ -55,7 +55,9 @@ impl Registry {
                     pages: PageTraffic::default(),
                     lost: Vec::new(),
                 },
-                Phase::Running(run) => SessionStatus {
+                Phase::Running(run) => {
+                    let run = run.lock();
+                    SessionStatus {
                     name: name.clone(),
                     state: SessionState::Running,
                     nprocs: s.nprocs,
@@ -93,6 +95,7 @@ impl Registry {
                         .iter()
                         .map(|(rank, reason)| LostRank { rank: *rank, reason: reason.clone(), at_unix_ms: None })
                         .collect(),
+                    }
                 },
             })
             .collect();
@@ -112,7 +115,7 @@ impl Registry {
                 Phase::Pending(_) => counts.waiting += 1,
                 Phase::Running(run) => {
                     counts.running += 1;
-                    counts.home_bytes += home_bytes(run.directory.stored_pages());
+                    counts.home_bytes += home_bytes(run.lock().directory.stored_pages());
                 }
             }
         }
