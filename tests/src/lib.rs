@@ -115,6 +115,7 @@ pub struct Line {
 pub struct Workers {
     pub children: Vec<Child>,
     lines: mpsc::Receiver<Line>,
+    tx: mpsc::Sender<Line>,
     pub seen: Vec<Line>,
 }
 
@@ -122,30 +123,36 @@ impl Workers {
     /// Starts `n` copies of `exe args` with `env`.
     pub fn spawn(exe: &Path, args: &[&str], env: &[(String, String)], n: usize) -> Workers {
         let (tx, rx) = mpsc::channel();
-        let mut children = Vec::new();
-        for i in 0..n {
-            let mut child = Command::new(exe)
-                .args(args)
-                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-            for (stream, is_err) in [
-                (Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, false),
-                (Box::new(child.stderr.take().unwrap()), true),
-            ] {
-                let tx = tx.clone();
-                std::thread::spawn(move || {
-                    for text in BufReader::new(stream).lines().map_while(Result::ok) {
-                        let _ = tx.send(Line { worker: i, text, stderr: is_err });
-                    }
-                });
-            }
-            children.push(child);
+        let mut w = Workers { children: Vec::new(), lines: rx, tx, seen: Vec::new() };
+        for _ in 0..n {
+            w.add(exe, args, env);
         }
-        Workers { children, lines: rx, seen: Vec::new() }
+        w
+    }
+
+    /// Starts one more worker, `exe args` with `env` (its lines are numbered after the others).
+    pub fn add(&mut self, exe: &Path, args: &[&str], env: &[(String, String)]) {
+        let i = self.children.len();
+        let mut child = Command::new(exe)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        for (stream, is_err) in [
+            (Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, false),
+            (Box::new(child.stderr.take().unwrap()), true),
+        ] {
+            let tx = self.tx.clone();
+            std::thread::spawn(move || {
+                for text in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(Line { worker: i, text, stderr: is_err });
+                }
+            });
+        }
+        self.children.push(child);
     }
 
     /// Waits for a line matching `pred`, up to `timeout`.

@@ -72,6 +72,8 @@ use dsm_tests::{session_name, TestEnv, Workers};
 
 // In a directory of its own: a `mod` of a binary's root file would be looked for next to it, in
 // `src/bin/`, where Cargo would take it for another binary.
+#[path = "dsm-bench/bulk.rs"]
+mod bulk;
 #[path = "dsm-bench/lossy.rs"]
 mod lossy;
 
@@ -146,6 +148,10 @@ enum WorkerKind {
     Spin,
     /// Region: barrier, `rounds` fetch_adds on the word at offset 0, barrier.
     Counter,
+    /// Region: fill the first `rounds` pages, then three barriers.
+    FillWait,
+    /// Region: barrier, read one byte of each of the first `rounds` pages, two barriers.
+    ReadAll,
 }
 
 impl WorkerKind {
@@ -156,6 +162,8 @@ impl WorkerKind {
             WorkerKind::Fill => "fill",
             WorkerKind::Spin => "spin",
             WorkerKind::Counter => "counter",
+            WorkerKind::FillWait => "fill-wait",
+            WorkerKind::ReadAll => "read-all",
         }
     }
 }
@@ -277,6 +285,29 @@ fn worker(kind: WorkerKind, rounds: usize) -> Result<()> {
         WorkerKind::Counter => {
             let r = dsm::Region::attach(&config).context("attaching the region")?;
             counter_ops(&r, rounds)?;
+            r.detach().context("detaching")
+        }
+        WorkerKind::FillWait => {
+            let r = dsm::Region::attach(&config).context("attaching the region")?;
+            let dst = r.ptr_at(0, rounds * PAGE)?;
+            // SAFETY: the range lies inside the region (ptr_at checked it).
+            unsafe { std::ptr::write_bytes(dst, 0xa5, rounds * PAGE) };
+            for i in 0..3 {
+                r.barrier().with_context(|| format!("barrier {i}"))?;
+            }
+            r.detach().context("detaching")
+        }
+        WorkerKind::ReadAll => {
+            let r = dsm::Region::attach(&config).context("attaching the region")?;
+            let base = r.ptr_at(0, rounds * PAGE)?;
+            r.barrier().context("barrier after the fill")?;
+            for p in 0..rounds {
+                // SAFETY: inside the region (ptr_at checked the range).
+                let v = unsafe { std::ptr::read_volatile(base.add(p * PAGE)) };
+                ensure!(v != 0, "page {p} reads as zero after the fill");
+            }
+            r.barrier().context("barrier after the reads")?;
+            r.barrier().context("final barrier")?;
             r.detach().context("detaching")
         }
     }
@@ -414,6 +445,7 @@ fn bench(args: &Args) -> Result<()> {
         ));
     }
 
+    bulk::measure(&env, &selected, &mut figures)?;
     lossy::measure(&env, &selected, &mut figures)?;
 
     let shown: Vec<&Figure> = figures.iter().filter(|f| selected(f.name)).collect();
