@@ -57,6 +57,12 @@ pub struct RegionStats {
     pub updates_applied: u64,
     /// Pages fetched by sequential read-ahead (also in `pages_fetched`).
     pub prefetches: u64,
+    /// Pages asked for by sequential write-ahead (also in `ownership_requests`).
+    pub write_ahead: u64,
+    /// Write-ahead pages denied because another process held them.
+    pub write_ahead_denied: u64,
+    /// Run messages received (one message for several consecutive pages).
+    pub runs_received: u64,
 }
 
 /// Element types of a typed view of the region ([`Region::as_slice`]): types whose values may

@@ -111,3 +111,11 @@ fn typed_views_check_alignment_and_bounds_and_shared_cells_read_back_their_store
     assert!(matches!(region.ptr_at(usize::MAX, 2), Err(dsm::ViewError::OutOfBounds { .. })));
     region.detach().unwrap();
 }
+
+#[test]
+fn page_runs_split_at_pages_held_elsewhere_and_write_ahead_never_takes_them() {
+    let env = TestEnv::new();
+    let w = run(&env, env.addr(), &["runs-split"], 64 * 4096, 3);
+    let ok = w.seen.iter().filter(|l| l.text.contains("runs-split ok")).count();
+    assert_eq!(ok, 3, "{}", w.transcript());
+}

@@ -84,6 +84,9 @@ impl FaultService {
             write_retries: s.write_retries,
             updates_applied: s.updates_applied,
             prefetches: s.prefetches,
+            write_ahead: s.write_ahead,
+            write_ahead_denied: s.write_ahead_denied,
+            runs_received: s.runs_received,
         }
     }
 

@@ -110,6 +110,16 @@ enum Scenario {
     /// page) and hangs to be killed; rank 0, once its barrier reports the loss, reads the word
     /// back: the coordinator's last copy (the acknowledged value), never a hang.
     OwnerDies,
+    /// Three processes, page runs across pages held elsewhere: rank 1 owns page 10 and reads
+    /// page 12; rank 0 writes pages 0..=9 in order (its write-ahead must not take 10 or 12);
+    /// rank 2 reads pages 0..=15 in order (a read-ahead run across owners); then rank 0
+    /// writes page 10 after all and everyone reads it.
+    RunsSplit,
+    /// Fill the first `mib` MiB of the region, barrier, detach (every page written back).
+    FillLeave {
+        #[arg(long, default_value_t = 64)]
+        mib: usize,
+    },
     /// Attach a huge region, touch a few pages, report the resident memory.
     Huge {
         #[arg(long, default_value_t = 8)]
@@ -143,6 +153,18 @@ fn run(scenario: Scenario) -> Result<(), dsm::Error> {
         Scenario::Threads => return region_run(&config, threads),
         Scenario::Bulk { mib } => return region_run(&config, |r| bulk(r, mib)),
         Scenario::Huge { touch } => return region_run(&config, |r| huge(r, touch)),
+        Scenario::RunsSplit => return region_run(&config, runs_split),
+        Scenario::FillLeave { mib } => {
+            let region = dsm::Region::attach(&config)?;
+            let len = mib << 20;
+            let dst = region.ptr_at(0, len).map_err(|e| dsm::Error::Config(e.to_string()))?;
+            // SAFETY: inside the region (ptr_at checked the range).
+            unsafe { std::ptr::write_bytes(dst, 0x5c, len) };
+            region.barrier()?;
+            region.detach()?;
+            println!("filled {mib} MiB and detached");
+            return Ok(());
+        }
         Scenario::Litmus { test, iterations } => return region_run(&config, |r| litmus(r, &test, iterations)),
         Scenario::Spinlock { iters } => return region_run(&config, |r| spinlock(r, iters)),
         Scenario::OwnerDies => return region_run(&config, owner_dies),
@@ -296,6 +318,72 @@ fn spin_pingpong(region: &dsm::Region, rounds: u64) -> Check {
         return Err(format!("turn ended at {t}, expected {rounds}"));
     }
     println!("rank {rank} done {rounds} hand-offs");
+    Ok(())
+}
+
+fn runs_split(region: &dsm::Region) -> Check {
+    const P: usize = 4096;
+    let e = |e: dsm::Error| e.to_string();
+    let cell = |page: usize| -> Result<&dsm::SharedCell<u64>, String> {
+        region.as_slice::<dsm::SharedCell<u64>>(page * P, 1).map(|s| &s[0]).map_err(|e| e.to_string())
+    };
+    let rank = region.rank();
+    if region.nprocs() != 3 {
+        return Err("runs-split needs 3 processes".into());
+    }
+    region.barrier().map_err(e)?;
+    if rank == 1 {
+        cell(10)?.set(0x11);
+        cell(12)?.get();
+    }
+    region.barrier().map_err(e)?;
+    if rank == 0 {
+        for p in 0..=9 {
+            cell(p)?.set(0x22);
+        }
+    }
+    region.barrier().map_err(e)?;
+    let stats = region.stats().map_err(e)?;
+    match rank {
+        0 if stats.write_ahead_denied == 0 => return Err(format!("write-ahead was never denied: {stats:?}")),
+        1 if stats.pages_recalled + stats.pages_invalidated + stats.pages_downgraded > 0 => {
+            return Err(format!("write-ahead took a page this process held: {stats:?}"));
+        }
+        _ => {}
+    }
+    // Only now may rank 2's reads downgrade rank 1's page 10.
+    region.barrier().map_err(e)?;
+    let stats = region.stats().map_err(e)?;
+    match rank {
+        2 => {
+            for p in 0..=15 {
+                let want = match p {
+                    0..=9 => 0x22,
+                    10 => 0x11,
+                    _ => 0,
+                };
+                let got = cell(p)?.get();
+                if got != want {
+                    return Err(format!("page {p} reads {got:#x}, expected {want:#x}"));
+                }
+            }
+            let stats = region.stats().map_err(e)?;
+            if stats.runs_received == 0 {
+                return Err(format!("the sequential reads came page by page: {stats:?}"));
+            }
+        }
+        _ => {}
+    }
+    region.barrier().map_err(e)?;
+    if rank == 0 {
+        cell(10)?.set(0x33);
+    }
+    region.barrier().map_err(e)?;
+    let got = cell(10)?.get();
+    if got != 0x33 {
+        return Err(format!("page 10 reads {got:#x} after rank 0 wrote it"));
+    }
+    println!("rank {rank} runs-split ok: {stats:?}");
     Ok(())
 }
 
