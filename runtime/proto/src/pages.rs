@@ -266,6 +266,11 @@ struct ReadAhead {
 /// Largest read-ahead (and write-ahead) window, in pages: one run (almost 1 MiB).
 pub const MAX_READ_AHEAD: u64 = crate::runs::MAX_RUN as u64;
 
+/// Windows kept in flight ahead of a sequential stream of faults: with two, the next run is on
+/// its way (through the owner and the coordinator) while the thread works through the current
+/// one, so the two hops of a remote page overlap instead of adding up.
+pub const AHEAD_WINDOWS: u64 = 2;
+
 impl Default for ProcessPages {
     fn default() -> Self {
         Self::new()
@@ -401,8 +406,12 @@ impl ProcessPages {
         }
         if slot.pending.is_some() {
             // Its reply wakes this thread; it re-faults if still not allowed.
-            if access == Access::Read {
-                self.read_ahead(page, out);
+            // A stream of faults that caught up with pages asked for ahead keeps the windows
+            // ahead of it in flight.
+            match (access, slot.pending) {
+                (Access::Read, _) => self.read_ahead(page, out),
+                (Access::Write, Some(p)) if p.access == Access::Write => self.write_ahead(page, slot.state, p.req, out),
+                _ => {}
             }
             return FaultAction::Wait;
         }
@@ -431,9 +440,11 @@ impl ProcessPages {
         match access {
             Access::Read => {
                 self.stats.fetches += 1;
-                // The pages read-ahead wants right after this one travel in the same request.
+                // The pages read-ahead wants right after this one travel in the same request,
+                // the rest of the windows in runs of their own.
                 let ahead = self.read_ahead_span(page);
-                let count = 1 + self.claim_run(page + 1, ahead, req, Access::Read, false, |s| s.state == PageState::Invalid);
+                let first_run = ahead.min(u64::from(crate::runs::MAX_RUN) - 1);
+                let count = 1 + self.claim_run(page + 1, first_run, req, Access::Read, false, |s| s.state == PageState::Invalid);
                 self.stats.fetches += u64::from(count - 1);
                 self.stats.prefetches += u64::from(count - 1);
                 if count == 1 {
@@ -441,6 +452,7 @@ impl ProcessPages {
                 } else {
                     out.push(ToCoordinator::FetchRun { req, first: page, count });
                 }
+                self.fetch_runs(page + u64::from(count), page + 1 + ahead, out);
             }
             Access::Write => {
                 self.stats.ownership_requests += 1;
@@ -453,6 +465,12 @@ impl ProcessPages {
 
     /// Marks up to `max` consecutive pages from `first` that satisfy `eligible` (and have no
     /// request in flight) as requested by `req`; returns how many (they form one run).
+    /// Whether `page` could join a run now: nothing in flight for it and `eligible` holds.
+    fn claimable(&self, page: PageNo, eligible: impl Fn(&Slot) -> bool) -> bool {
+        let slot = self.slots.get(&page).copied().unwrap_or_default();
+        slot.pending.is_none() && eligible(&slot)
+    }
+
     fn claim_run(
         &mut self,
         first: PageNo,
@@ -464,7 +482,7 @@ impl ProcessPages {
     ) -> u32 {
         let mut n = 0u32;
         let limit = self.readahead.pages.max(self.writeahead.pages);
-        while u64::from(n) < max.min(u64::from(crate::runs::MAX_RUN) - 1) {
+        while u64::from(n) < max.min(u64::from(crate::runs::MAX_RUN)) {
             let q = first + u64::from(n);
             if q >= limit {
                 break;
@@ -497,9 +515,33 @@ impl ProcessPages {
             return 0;
         }
         ra.window = (ra.window * 2).clamp(4, MAX_READ_AHEAD);
-        let end = (page + 1 + ra.window).min(ra.pages);
+        let end = (page + 1 + AHEAD_WINDOWS * ra.window).min(ra.pages);
         ra.next = ra.next.max(end);
         end - (page + 1)
+    }
+
+    /// Fetches, as runs of up to [`crate::runs::MAX_RUN`] pages with a request each, every page
+    /// in `from..end` that is Invalid with nothing in flight (pages valid or requested already
+    /// are skipped).
+    fn fetch_runs(&mut self, from: PageNo, end: PageNo, out: &mut Vec<ToCoordinator>) {
+        let mut q = from;
+        let invalid = |s: &Slot| s.state == PageState::Invalid;
+        while q < end {
+            if !self.claimable(q, invalid) {
+                q += 1;
+                continue;
+            }
+            let req = self.next_req;
+            let count = self.claim_run(q, end - q, req, Access::Read, false, invalid);
+            if count == 0 {
+                break;
+            }
+            self.next_req = self.next_req.wrapping_add(1);
+            self.stats.fetches += u64::from(count);
+            self.stats.prefetches += u64::from(count);
+            out.push(if count == 1 { ToCoordinator::Fetch { req, page: q } } else { ToCoordinator::FetchRun { req, first: q, count } });
+            q += u64::from(count);
+        }
     }
 
     /// After a write fault on `page` (whose copy was `state`), when write faults walk the region
@@ -519,21 +561,39 @@ impl ProcessPages {
             return;
         }
         wa.window = (wa.window * 2).clamp(4, MAX_READ_AHEAD);
-        let want = wa.window;
-        let first = page + 1;
+        let end = (page + 1 + AHEAD_WINDOWS * wa.window).min(wa.pages);
         let conditional = state == PageState::Invalid;
-        let count = if conditional {
-            self.claim_run(first, want, req, Access::Write, true, |s| s.state == PageState::Invalid)
-        } else {
-            self.claim_run(first, want, req, Access::Write, false, |s| s.state == PageState::ReadOnly && s.mode == Mode::Invalidate)
+        let eligible = move |s: &Slot| {
+            if conditional {
+                s.state == PageState::Invalid
+            } else {
+                s.state == PageState::ReadOnly && s.mode == Mode::Invalidate
+            }
         };
-        let wa = &mut self.writeahead;
-        wa.next = wa.next.max(first + u64::from(count)).max(page + 1);
-        if count > 0 {
+        // A run that starts right after the faulting page shares its request (its grants come
+        // back as one run with the page's own); the others get requests of their own.
+        let mut q = page + 1;
+        while q < end {
+            if !self.claimable(q, eligible) {
+                q += 1;
+                continue;
+            }
+            let shared = q == page + 1;
+            let run_req = if shared { req } else { self.next_req };
+            let count = self.claim_run(q, end - q, run_req, Access::Write, conditional, eligible);
+            if count == 0 {
+                break;
+            }
+            if !shared {
+                self.next_req = self.next_req.wrapping_add(1);
+            }
             self.stats.write_ahead += u64::from(count);
             self.stats.ownership_requests += u64::from(count);
-            out.push(ToCoordinator::OwnRun { req, first, count, conditional });
+            out.push(ToCoordinator::OwnRun { req: run_req, first: q, count, conditional });
+            q += u64::from(count);
         }
+        let wa = &mut self.writeahead;
+        wa.next = wa.next.max(q).max(page + 1);
     }
 
     fn hint(&self, page: PageNo) -> Mode {
@@ -558,31 +618,9 @@ impl ProcessPages {
     /// region in order, fetch the next pages beyond what is in flight, as one run.
     fn read_ahead(&mut self, page: PageNo, out: &mut Vec<ToCoordinator>) {
         let span = self.read_ahead_span(page);
-        if span == 0 {
-            return;
+        if span > 0 {
+            self.fetch_runs(page + 1, page + 1 + span, out);
         }
-        // Start after the pages already valid or in flight.
-        let mut first = page + 1;
-        while first < page + 1 + span && self.slots.contains_key(&first) {
-            first += 1;
-        }
-        let max = page + 1 + span - first;
-        if max == 0 {
-            return;
-        }
-        let req = self.next_req;
-        let count = self.claim_run(first, max, req, Access::Read, false, |s| s.state == PageState::Invalid);
-        if count == 0 {
-            return;
-        }
-        self.next_req = self.next_req.wrapping_add(1);
-        self.stats.fetches += u64::from(count);
-        self.stats.prefetches += u64::from(count);
-        out.push(if count == 1 {
-            ToCoordinator::Fetch { req, page: first }
-        } else {
-            ToCoordinator::FetchRun { req, first, count }
-        });
     }
 
     /// A page message from the coordinator (`Data`, `Grant`, `Invalidate`, `Downgrade`,
@@ -1162,16 +1200,16 @@ mod tests {
         };
         // A first fault is not sequential yet: no read-ahead.
         assert_eq!(fetched(&fault(&mut p, &mut m, 10, Access::Read)), vec![(10, 1)]);
-        // The next page: 11 plus a window of 4, in one request.
-        assert_eq!(fetched(&fault(&mut p, &mut m, 11, Access::Read)), vec![(11, 5)]);
-        // 12 is in flight already: the window grows past what is in flight (16..=20).
-        assert_eq!(fetched(&fault(&mut p, &mut m, 12, Access::Read)), vec![(16, 5)]);
+        // The next page: 11 plus two windows of 4 (AHEAD_WINDOWS), in one request.
+        assert_eq!(fetched(&fault(&mut p, &mut m, 11, Access::Read)), vec![(11, 9)]);
+        // 12 is in flight already: the windows grow past what is in flight (20..=28).
+        assert_eq!(fetched(&fault(&mut p, &mut m, 12, Access::Read)), vec![(20, 9)]);
         // A scattered fault resets it.
         assert_eq!(fetched(&fault(&mut p, &mut m, 50, Access::Read)), vec![(50, 1)]);
         // Never past the end of the region.
         fault(&mut p, &mut m, 97, Access::Read);
         assert_eq!(fetched(&fault(&mut p, &mut m, 98, Access::Read)), vec![(98, 2)]);
-        assert_eq!(p.stats().prefetches, 4 + 5 + 1);
+        assert_eq!(p.stats().prefetches, 8 + 9 + 1);
         // Write faults never prefetch.
         assert_eq!(fault(&mut p, &mut m, 70, Access::Write).len(), 1);
         // A run reply for pages that were never asked for is an error.
@@ -1185,26 +1223,69 @@ mod tests {
     }
 
     #[test]
+    fn sequential_write_faults_ask_two_windows_ahead_conditionally_for_untouched_pages() {
+        let (mut p, mut m) = (ProcessPages::new().with_write_ahead(100), Mem::default());
+        // (first page, pages, request, conditional) of each ownership request.
+        let owned = |out: &[ToCoordinator]| -> Vec<(PageNo, u32, ReqId, bool)> {
+            out.iter()
+                .map(|o| match o {
+                    ToCoordinator::Own { page, req } => (*page, 1, *req, false),
+                    ToCoordinator::OwnRun { first, count, req, conditional } => (*first, *count, *req, *conditional),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(owned(&fault(&mut p, &mut m, 10, Access::Write)), vec![(10, 1, 1, false)]);
+        // Sequential: two windows of 4 ahead, conditionally, sharing the fault's request.
+        assert_eq!(owned(&fault(&mut p, &mut m, 11, Access::Write)), vec![(11, 1, 2, false), (12, 8, 2, true)]);
+        // 12 is asked for already: the windows grow past what is in flight, with a new request.
+        assert_eq!(owned(&fault(&mut p, &mut m, 12, Access::Write)), vec![(20, 9, 3, true)]);
+        // Denied pages are free to be asked for again; granted ones are writable.
+        msg(&mut p, &mut m, ToProcess::Denied { req: 2, first: 12, count: 8 });
+        assert!((12..20).all(|q| p.slots.get(&q).is_none_or(|s| s.pending.is_none()) && p.state(q) == PageState::Invalid));
+        msg(&mut p, &mut m, ToProcess::GrantRun { req: 3, first: 20, count: 9, data: Some(GrantData::Zero) });
+        assert!((20..29).all(|q| p.state(q) == PageState::Writable));
+        // Read-only copies are upgraded ahead unconditionally.
+        let mut p = ProcessPages::new().with_read_ahead(100).with_write_ahead(100);
+        for q in 40..60 {
+            let out = fault(&mut p, &mut m, q, Access::Read);
+            if let Some(ToCoordinator::Fetch { req, .. } | ToCoordinator::FetchRun { req, .. }) = out.first() {
+                let (first, count) = match out[0] {
+                    ToCoordinator::Fetch { page, .. } => (page, 1),
+                    ToCoordinator::FetchRun { first, count, .. } => (first, count),
+                    _ => unreachable!(),
+                };
+                msg(&mut p, &mut m, ToProcess::DataRun { req: *req, first, count, data: None, mode: Mode::Invalidate });
+            }
+        }
+        assert!((40..60).all(|q| p.state(q) == PageState::ReadOnly));
+        fault(&mut p, &mut m, 40, Access::Write);
+        let out = owned(&fault(&mut p, &mut m, 41, Access::Write));
+        assert_eq!(out[1..], [(42, 8, out[0].2, false)], "{out:?}");
+    }
+
+    #[test]
     fn runs_install_in_one_operation_and_fall_back_page_by_page() {
         let (mut p, mut m) = (ProcessPages::new().with_read_ahead(100), Mem::default());
         fault(&mut p, &mut m, 0, Access::Read);
         let out = fault(&mut p, &mut m, 1, Access::Read);
-        let ToCoordinator::FetchRun { req, first: 1, count: 5 } = out[0] else { panic!("{out:?}") };
-        let reply = ToProcess::DataRun { req, first: 1, count: 5, data: None, mode: Mode::Invalidate };
+        let ToCoordinator::FetchRun { req, first: 1, count: 9 } = out[0] else { panic!("{out:?}") };
+        let reply = ToProcess::DataRun { req, first: 1, count: 9, data: None, mode: Mode::Invalidate };
         msg(&mut p, &mut m, reply);
-        assert!((1..6).all(|q| p.state(q) == PageState::ReadOnly));
+        assert!((1..10).all(|q| p.state(q) == PageState::ReadOnly));
         assert_eq!(p.stats().runs_received, 1);
         // Downgrade of a run in mixed states: page by page, acks merged into runs again.
-        for q in [7u64, 8] {
+        for q in [12u64, 13] {
             fault(&mut p, &mut m, q, Access::Write);
             let req = p.slots[&q].pending.unwrap().req;
             msg(&mut p, &mut m, ToProcess::Grant { req, page: q, data: Some(GrantData::Zero) });
         }
-        let acks = msg(&mut p, &mut m, ToProcess::DowngradeRun { first: 7, count: 2 });
+        let acks = msg(&mut p, &mut m, ToProcess::DowngradeRun { first: 12, count: 2 });
         assert_eq!(acks.len(), 1, "{acks:?}");
-        let acks = msg(&mut p, &mut m, ToProcess::InvalidateRun { first: 4, count: 5 });
-        // 4, 5 read-only, 6 invalid, 7, 8 read-only again (downgraded): all acknowledged.
-        assert_eq!(crate::runs::expand_to_coordinator(acks[0].clone()).len() + acks[1..].len(), 5, "{acks:?}");
+        let acks = msg(&mut p, &mut m, ToProcess::InvalidateRun { first: 8, count: 6 });
+        // 8, 9 read-only, 10, 11 invalid, 12, 13 read-only again (downgraded): all acknowledged.
+        let acked: usize = acks.iter().map(|a| crate::runs::expand_to_coordinator(a.clone()).len()).sum();
+        assert_eq!(acked, 6, "{acks:?}");
     }
 
     #[test]

@@ -24,33 +24,37 @@ use crate::PAGE_SIZE;
 pub const MAX_RUN: u32 = 255;
 
 /// Merges adjacent per-page messages to one process into run messages (see the module docs).
+/// Linear in the bytes carried: a run's data grows in place.
 pub fn coalesce_to_process(msgs: Vec<ToProcess>) -> Vec<ToProcess> {
     let mut out: Vec<ToProcess> = Vec::with_capacity(msgs.len());
     for m in msgs {
-        if let Some(last) = out.last_mut() {
-            if let Some(merged) = merge_to_process(last, &m) {
-                *last = merged;
-                continue;
-            }
-        }
+        let m = match out.last_mut() {
+            Some(last) => match merge_into_process(last, m) {
+                None => continue,
+                Some(m) => m,
+            },
+            None => m,
+        };
         out.push(m);
     }
-    out
+    out.into_iter().map(single_process).collect()
 }
 
-/// Merges adjacent per-page messages to the coordinator into run messages.
+/// Merges adjacent per-page messages to the coordinator into run messages (linear, like
+/// [`coalesce_to_process`]).
 pub fn coalesce_to_coordinator(msgs: Vec<ToCoordinator>) -> Vec<ToCoordinator> {
     let mut out: Vec<ToCoordinator> = Vec::with_capacity(msgs.len());
     for m in msgs {
-        if let Some(last) = out.last_mut() {
-            if let Some(merged) = merge_to_coordinator(last, &m) {
-                *last = merged;
-                continue;
-            }
-        }
+        let m = match out.last_mut() {
+            Some(last) => match merge_into_coordinator(last, m) {
+                None => continue,
+                Some(m) => m,
+            },
+            None => m,
+        };
         out.push(m);
     }
-    out
+    out.into_iter().map(single_coordinator).collect()
 }
 
 /// The shape of page contents in a message, for merging: runs hold one shape.
@@ -77,25 +81,16 @@ fn grant_shape(data: &Option<GrantData>) -> Shape {
     }
 }
 
-fn join(a: &Option<PageData>, b: &Option<PageData>) -> Option<PageData> {
-    match (a, b) {
-        (Some(a), Some(b)) => {
-            let mut v = Vec::with_capacity(a.0.len() + b.0.len());
-            v.extend_from_slice(&a.0);
-            v.extend_from_slice(&b.0);
-            Some(PageData(v))
-        }
-        _ => None,
+/// Appends `b`'s bytes to `a` (both of one shape, checked by the caller).
+fn append(a: &mut Option<PageData>, b: Option<PageData>) {
+    if let (Some(a), Some(b)) = (a, b) {
+        a.0.extend_from_slice(&b.0);
     }
 }
 
-fn join_grant(a: &Option<GrantData>, b: &Option<GrantData>) -> Option<GrantData> {
-    match (a, b) {
-        (Some(GrantData::Bytes(a)), Some(GrantData::Bytes(b))) => {
-            join(&Some(a.clone()), &Some(b.clone())).map(GrantData::Bytes)
-        }
-        (Some(GrantData::Zero), _) => Some(GrantData::Zero),
-        _ => None,
+fn append_grant(a: &mut Option<GrantData>, b: Option<GrantData>) {
+    if let (Some(GrantData::Bytes(a)), Some(GrantData::Bytes(b))) = (a, b) {
+        a.0.extend_from_slice(&b.0);
     }
 }
 
@@ -117,42 +112,68 @@ fn span_to_process(m: &ToProcess) -> Option<(PageNo, u32)> {
     })
 }
 
-/// `a` then `b` as one message, if they merge.
-fn merge_to_process(a: &ToProcess, b: &ToProcess) -> Option<ToProcess> {
-    let (first, n) = span_to_process(a)?;
-    let (next, m) = span_to_process(b)?;
+/// Appends `b` to `a` when they merge (`None`); else gives `b` back. `a` may be left in its run
+/// form either way ([`single_process`] turns one-page runs back).
+fn merge_into_process(a: &mut ToProcess, b: ToProcess) -> Option<ToProcess> {
+    let (Some((first, n)), Some((next, m))) = (span_to_process(a), span_to_process(&b)) else { return Some(b) };
     if first.checked_add(u64::from(n)) != Some(next) || n + m > MAX_RUN {
-        return None;
+        return Some(b);
     }
-    let count = n + m;
     use ToProcess as P;
-    Some(match (as_run_process(a), as_run_process(b)) {
-        (P::DataRun { req, data, mode, .. }, P::DataRun { req: r2, data: d2, mode: m2, .. })
-            if req == r2 && mode == m2 && shape_of(&data) == shape_of(&d2) =>
+    if !matches!(a, P::DataRun { .. } | P::GrantRun { .. } | P::Denied { .. } | P::InvalidateRun { .. } | P::DowngradeRun { .. } | P::RecallRun { .. }) {
+        *a = as_run_process(std::mem::replace(a, P::InvalidateRun { first: 0, count: 0 }));
+    }
+    let b = as_run_process(b);
+    match (a, b) {
+        (P::DataRun { req, data, mode, count, .. }, P::DataRun { req: r2, data: d2, mode: m2, count: c2, .. })
+            if *req == r2 && *mode == m2 && shape_of(data) == shape_of(&d2) =>
         {
-            P::DataRun { req, first, count, data: join(&data, &d2), mode }
+            *count += c2;
+            append(data, d2);
+            None
         }
-        (P::GrantRun { req, data, .. }, P::GrantRun { req: r2, data: d2, .. })
-            if req == r2 && grant_shape(&data) == grant_shape(&d2) =>
+        (P::GrantRun { req, data, count, .. }, P::GrantRun { req: r2, data: d2, count: c2, .. })
+            if *req == r2 && grant_shape(data) == grant_shape(&d2) =>
         {
-            P::GrantRun { req, first, count, data: join_grant(&data, &d2) }
+            *count += c2;
+            append_grant(data, d2);
+            None
         }
-        (P::Denied { req, .. }, P::Denied { req: r2, .. }) if req == r2 => P::Denied { req, first, count },
-        (P::InvalidateRun { .. }, P::InvalidateRun { .. }) => P::InvalidateRun { first, count },
-        (P::DowngradeRun { .. }, P::DowngradeRun { .. }) => P::DowngradeRun { first, count },
-        (P::RecallRun { .. }, P::RecallRun { .. }) => P::RecallRun { first, count },
-        _ => return None,
-    })
+        (P::Denied { req, count, .. }, P::Denied { req: r2, count: c2, .. }) if *req == r2 => {
+            *count += c2;
+            None
+        }
+        (P::InvalidateRun { count, .. }, P::InvalidateRun { count: c2, .. })
+        | (P::DowngradeRun { count, .. }, P::DowngradeRun { count: c2, .. })
+        | (P::RecallRun { count, .. }, P::RecallRun { count: c2, .. }) => {
+            *count += c2;
+            None
+        }
+        (_, b) => Some(b),
+    }
 }
 
 /// A single-page message as a one-page run (others unchanged).
-fn as_run_process(m: &ToProcess) -> ToProcess {
-    match m.clone() {
+fn as_run_process(m: ToProcess) -> ToProcess {
+    match m {
         ToProcess::Data { req, page, data, mode } => ToProcess::DataRun { req, first: page, count: 1, data, mode },
         ToProcess::Grant { req, page, data } => ToProcess::GrantRun { req, first: page, count: 1, data },
         ToProcess::Invalidate { page } => ToProcess::InvalidateRun { first: page, count: 1 },
         ToProcess::Downgrade { page } => ToProcess::DowngradeRun { first: page, count: 1 },
         ToProcess::Recall { page } => ToProcess::RecallRun { first: page, count: 1 },
+        other => other,
+    }
+}
+
+/// A one-page run in its single-page form (others unchanged): the inverse of
+/// [`as_run_process`]. `Denied` has no single-page form.
+fn single_process(m: ToProcess) -> ToProcess {
+    match m {
+        ToProcess::DataRun { req, first, count: 1, data, mode } => ToProcess::Data { req, page: first, data, mode },
+        ToProcess::GrantRun { req, first, count: 1, data } => ToProcess::Grant { req, page: first, data },
+        ToProcess::InvalidateRun { first, count: 1 } => ToProcess::Invalidate { page: first },
+        ToProcess::DowngradeRun { first, count: 1 } => ToProcess::Downgrade { page: first },
+        ToProcess::RecallRun { first, count: 1 } => ToProcess::Recall { page: first },
         other => other,
     }
 }
@@ -171,8 +192,8 @@ fn span_to_coordinator(m: &ToCoordinator) -> Option<(PageNo, u32)> {
     })
 }
 
-fn as_run_coordinator(m: &ToCoordinator) -> ToCoordinator {
-    match m.clone() {
+fn as_run_coordinator(m: ToCoordinator) -> ToCoordinator {
+    match m {
         ToCoordinator::InvalidateAck { page } => ToCoordinator::InvalidateAckRun { first: page, count: 1 },
         ToCoordinator::DowngradeAck { page, data } => ToCoordinator::DowngradeAckRun { first: page, count: 1, data },
         ToCoordinator::RecallAck { page, data } => ToCoordinator::RecallAckRun { first: page, count: 1, data },
@@ -181,36 +202,56 @@ fn as_run_coordinator(m: &ToCoordinator) -> ToCoordinator {
     }
 }
 
-fn merge_to_coordinator(a: &ToCoordinator, b: &ToCoordinator) -> Option<ToCoordinator> {
-    let (first, n) = span_to_coordinator(a)?;
-    let (next, m) = span_to_coordinator(b)?;
-    if first.checked_add(u64::from(n)) != Some(next) || n + m > MAX_RUN {
-        return None;
+fn single_coordinator(m: ToCoordinator) -> ToCoordinator {
+    match m {
+        ToCoordinator::InvalidateAckRun { first, count: 1 } => ToCoordinator::InvalidateAck { page: first },
+        ToCoordinator::DowngradeAckRun { first, count: 1, data } => ToCoordinator::DowngradeAck { page: first, data },
+        ToCoordinator::RecallAckRun { first, count: 1, data } => ToCoordinator::RecallAck { page: first, data },
+        ToCoordinator::WritebackRun { first, count: 1, data } => ToCoordinator::Writeback { page: first, data },
+        other => other,
     }
-    let count = n + m;
+}
+
+fn merge_into_coordinator(a: &mut ToCoordinator, b: ToCoordinator) -> Option<ToCoordinator> {
+    let (Some((first, n)), Some((next, m))) = (span_to_coordinator(a), span_to_coordinator(&b)) else { return Some(b) };
+    if first.checked_add(u64::from(n)) != Some(next) || n + m > MAX_RUN {
+        return Some(b);
+    }
     use ToCoordinator as C;
-    Some(match (as_run_coordinator(a), as_run_coordinator(b)) {
-        (C::InvalidateAckRun { .. }, C::InvalidateAckRun { .. }) => C::InvalidateAckRun { first, count },
-        (C::DowngradeAckRun { data, .. }, C::DowngradeAckRun { data: d2, .. }) if shape_of(&data) == shape_of(&d2) => {
-            C::DowngradeAckRun { first, count, data: join(&data, &d2) }
+    if !matches!(a, C::InvalidateAckRun { .. } | C::DowngradeAckRun { .. } | C::RecallAckRun { .. } | C::WritebackRun { .. }) {
+        *a = as_run_coordinator(std::mem::replace(a, C::InvalidateAckRun { first: 0, count: 0 }));
+    }
+    match (a, as_run_coordinator(b)) {
+        (C::InvalidateAckRun { count, .. }, C::InvalidateAckRun { count: c2, .. }) => {
+            *count += c2;
+            None
         }
-        (C::RecallAckRun { data, .. }, C::RecallAckRun { data: d2, .. }) if shape_of(&data) == shape_of(&d2) => {
-            C::RecallAckRun { first, count, data: join(&data, &d2) }
+        (C::DowngradeAckRun { data, count, .. }, C::DowngradeAckRun { data: d2, count: c2, .. })
+        | (C::RecallAckRun { data, count, .. }, C::RecallAckRun { data: d2, count: c2, .. })
+            if shape_of(data) == shape_of(&d2) =>
+        {
+            *count += c2;
+            append(data, d2);
+            None
         }
-        (C::WritebackRun { data, .. }, C::WritebackRun { data: d2, .. }) => {
-            C::WritebackRun { first, count, data: join(&Some(data), &Some(d2)).unwrap_or(PageData(Vec::new())) }
+        (C::WritebackRun { data, count, .. }, C::WritebackRun { data: d2, count: c2, .. }) => {
+            *count += c2;
+            data.0.extend_from_slice(&d2.0);
+            None
         }
-        _ => return None,
-    })
+        (_, b) => Some(b),
+    }
 }
 
 /// The `i`-th page of run data (`None` stays `None`). Callers check lengths first
 /// ([`check_run`]).
 pub fn page_of(data: &Option<PageData>, i: u32) -> Option<PageData> {
-    data.as_ref().map(|d| {
-        let at = i as usize * PAGE_SIZE;
-        PageData(d.0.get(at..at + PAGE_SIZE).map(<[u8]>::to_vec).unwrap_or_default())
-    })
+    data.as_ref().map(|d| page_slice(d, i))
+}
+
+fn page_slice(d: &PageData, i: u32) -> PageData {
+    let at = i as usize * PAGE_SIZE;
+    PageData(d.0.get(at..at + PAGE_SIZE).map(<[u8]>::to_vec).unwrap_or_default())
 }
 
 /// Checks a run's page count and, when it carries bytes, their length. `what` names it.
@@ -239,7 +280,7 @@ pub fn expand_to_process(m: ToProcess) -> Vec<ToProcess> {
                 let data = match &data {
                     None => None,
                     Some(GrantData::Zero) => Some(GrantData::Zero),
-                    Some(GrantData::Bytes(b)) => page_of(&Some(b.clone()), i).map(GrantData::Bytes),
+                    Some(GrantData::Bytes(b)) => Some(GrantData::Bytes(page_slice(b, i))),
                 };
                 ToProcess::Grant { req, page, data }
             })

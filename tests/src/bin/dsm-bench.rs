@@ -734,6 +734,9 @@ fn touch_sequential_via(env: &TestEnv, addr: SocketAddr, bytes: u64) -> Result<f
         }
         let took = t.elapsed();
         ensure!(zeros == 0, "{zeros} of {pages} pages read as zero after the helper filled them");
+        if std::env::var_os("DSM_BENCH_STATS").is_some() {
+            eprintln!("touch.sequential: {took:?}, reader {:?}", r.stats()?);
+        }
         r.barrier().context("final barrier")?;
         Ok(bytes as f64 / took.as_secs_f64() / 1e6)
     })

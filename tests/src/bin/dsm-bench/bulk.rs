@@ -68,17 +68,14 @@ pub(super) fn measure(env: &TestEnv, selected: &dyn Fn(&str) -> bool, figures: &
 /// MB/s of writing `TOUCH_BYTES` into a fresh zeroed allocation (its pages are mapped on first
 /// write, as the region's are).
 fn native_first_touch() -> Result<f64> {
-    let layout = std::alloc::Layout::from_size_align(TOUCH_BYTES, PAGE)?;
-    // SAFETY: the layout has a non-zero size. A zeroed allocation this large is a fresh
-    // anonymous mapping nothing has touched.
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-    ensure!(!ptr.is_null(), "allocating {TOUCH_BYTES} bytes");
+    // A zeroed allocation this large is a fresh anonymous mapping nothing has touched.
+    let mut buf = vec![0u8; TOUCH_BYTES];
     let t = Instant::now();
-    // SAFETY: the buffer is TOUCH_BYTES long; it is freed right after.
-    unsafe { std::ptr::write_bytes(ptr, 0xa5, TOUCH_BYTES) };
+    buf.fill(0xa5);
+    // Keeps the stores: without a use of the buffer they are dead and may be dropped.
+    std::hint::black_box(&mut buf);
     let took = t.elapsed();
-    // SAFETY: allocated above with this layout.
-    unsafe { std::alloc::dealloc(ptr, layout) };
+    ensure!(buf[TOUCH_BYTES - 1] == 0xa5, "the buffer was not written");
     Ok(TOUCH_BYTES as f64 / took.as_secs_f64() / 1e6)
 }
 
