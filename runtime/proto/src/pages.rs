@@ -813,7 +813,7 @@ impl ProcessPages {
         out: &mut Vec<ToCoordinator>,
     ) -> Result<(), PagesError> {
         let all = |this: &Self, first: PageNo, count: u32, f: &dyn Fn(&Slot) -> bool| {
-            (0..u64::from(count)).all(|i| this.slots.get(&(first + i)).is_some_and(|s| f(s)))
+            (0..u64::from(count)).all(|i| this.slots.get(&(first + i)).is_some_and(f))
         };
         let pending = |req: ReqId, access: Access| move |s: &Slot| s.pending.is_some_and(|p| p.req == req && p.access == access);
         match &msg {
@@ -871,8 +871,8 @@ impl ProcessPages {
                 mem.wake_run(*first, *count);
                 return Ok(());
             }
-            ToProcess::InvalidateRun { first, count } => {
-                if all(self, *first, *count, &|s| s.state == PageState::ReadOnly) {
+            ToProcess::InvalidateRun { first, count }
+                if all(self, *first, *count, &|s| s.state == PageState::ReadOnly) => {
                     mem.drop_run(*first, *count, false);
                     self.stats.invalidations += u64::from(*count);
                     for page in *first..*first + u64::from(*count) {
@@ -881,9 +881,8 @@ impl ProcessPages {
                     out.push(ToCoordinator::InvalidateAckRun { first: *first, count: *count });
                     return Ok(());
                 }
-            }
-            ToProcess::DowngradeRun { first, count } => {
-                if all(self, *first, *count, &|s| s.state == PageState::Writable) {
+            ToProcess::DowngradeRun { first, count }
+                if all(self, *first, *count, &|s| s.state == PageState::Writable) => {
                     let bytes = mem.write_protect_run(*first, *count);
                     self.stats.downgrades += u64::from(*count);
                     self.stats.bytes_sent += bytes.len() as u64;
@@ -893,9 +892,8 @@ impl ProcessPages {
                     out.push(ToCoordinator::DowngradeAckRun { first: *first, count: *count, data: Some(PageData(bytes)) });
                     return Ok(());
                 }
-            }
-            ToProcess::RecallRun { first, count } => {
-                if all(self, *first, *count, &|s| s.state == PageState::Writable) {
+            ToProcess::RecallRun { first, count }
+                if all(self, *first, *count, &|s| s.state == PageState::Writable) => {
                     let bytes = mem.drop_run(*first, *count, true).unwrap_or_default();
                     self.stats.recalls += u64::from(*count);
                     self.stats.bytes_sent += bytes.len() as u64;
@@ -905,7 +903,6 @@ impl ProcessPages {
                     out.push(ToCoordinator::RecallAckRun { first: *first, count: *count, data: Some(PageData(bytes)) });
                     return Ok(());
                 }
-            }
             _ => {}
         }
         // Mixed states: page by page; the replies are merged into runs again by the driver.

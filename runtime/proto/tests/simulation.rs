@@ -785,7 +785,7 @@ impl Sim {
 }
 
 fn opts_for(seed: u64) -> Opts {
-    let runs = (seed / 3) % 2 == 0;
+    let runs = (seed / 3).is_multiple_of(2);
     match seed % 3 {
         0 => Opts { release: false, detach: false, runs },
         1 => Opts { release: true, detach: false, runs },
