@@ -323,6 +323,7 @@ fn spin_pingpong(region: &dsm::Region, rounds: u64) -> Check {
 
 fn runs_split(region: &dsm::Region) -> Check {
     const P: usize = 4096;
+    const HELD: usize = 5;
     let e = |e: dsm::Error| e.to_string();
     let cell = |page: usize| -> Result<&dsm::SharedCell<u64>, String> {
         region.as_slice::<dsm::SharedCell<u64>>(page * P, 1).map(|s| &s[0]).map_err(|e| e.to_string())
@@ -332,13 +333,15 @@ fn runs_split(region: &dsm::Region) -> Check {
         return Err("runs-split needs 3 processes".into());
     }
     region.barrier().map_err(e)?;
+    // Rank 1 holds page 5 (written) and a read-only copy of 12; rank 0 then writes pages 0..=9
+    // except 5 in order, so its write-ahead asks for 5 too, which must be denied.
     if rank == 1 {
-        cell(10)?.set(0x11);
+        cell(HELD)?.set(0x11);
         cell(12)?.get();
     }
     region.barrier().map_err(e)?;
     if rank == 0 {
-        for p in 0..=9 {
+        for p in (0..=9).filter(|&p| p != HELD) {
             cell(p)?.set(0x22);
         }
     }
@@ -351,14 +354,14 @@ fn runs_split(region: &dsm::Region) -> Check {
         }
         _ => {}
     }
-    // Only now may rank 2's reads downgrade rank 1's page 10.
+    // Only now may rank 2's reads downgrade rank 1's page.
     region.barrier().map_err(e)?;
     let stats = region.stats().map_err(e)?;
     if rank == 2 {
         for p in 0..=15 {
             let want = match p {
+                HELD => 0x11,
                 0..=9 => 0x22,
-                10 => 0x11,
                 _ => 0,
             };
             let got = cell(p)?.get();
@@ -373,12 +376,12 @@ fn runs_split(region: &dsm::Region) -> Check {
     }
     region.barrier().map_err(e)?;
     if rank == 0 {
-        cell(10)?.set(0x33);
+        cell(HELD)?.set(0x33);
     }
     region.barrier().map_err(e)?;
-    let got = cell(10)?.get();
+    let got = cell(HELD)?.get();
     if got != 0x33 {
-        return Err(format!("page 10 reads {got:#x} after rank 0 wrote it"));
+        return Err(format!("page {HELD} reads {got:#x} after rank 0 wrote it"));
     }
     println!("rank {rank} runs-split ok: {stats:?}");
     Ok(())
