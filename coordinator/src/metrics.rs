@@ -236,7 +236,7 @@ impl Metrics {
         }
         let awaited = match msg {
             ToCoordinator::Fetch { req, .. } | ToCoordinator::FetchRun { req, .. } => Some((Awaited::Reply(*req), "fetch")),
-            ToCoordinator::Own { req, .. } => Some((Awaited::Reply(*req), "own")),
+            ToCoordinator::Own { req, .. } | ToCoordinator::ForceOwn { req, .. } => Some((Awaited::Reply(*req), "own")),
             ToCoordinator::Write { req, .. } | ToCoordinator::Rmw { req, .. } => {
                 Some((Awaited::Reply(*req), "replay"))
             }
@@ -348,6 +348,7 @@ fn received_kind(msg: &ToCoordinator) -> &'static str {
         ToCoordinator::SemaphorePost { .. } => "semaphore_post",
         ToCoordinator::Fetch { .. } => "fetch",
         ToCoordinator::Own { .. } => "own",
+        ToCoordinator::ForceOwn { .. } => "force_own",
         ToCoordinator::InvalidateAck { .. } => "invalidate_ack",
         ToCoordinator::DowngradeAck { .. } => "downgrade_ack",
         ToCoordinator::RecallAck { .. } => "recall_ack",

@@ -580,7 +580,7 @@ fn kind(msg: &ToCoordinator) -> &'static str {
         ToCoordinator::SemaphoreWait { .. } => "semaphore wait",
         ToCoordinator::SemaphorePost { .. } => "semaphore post",
         ToCoordinator::Fetch { .. } | ToCoordinator::FetchRun { .. } => "page fetch",
-        ToCoordinator::Own { .. } | ToCoordinator::OwnRun { .. } => "page ownership request",
+        ToCoordinator::Own { .. } | ToCoordinator::ForceOwn { .. } | ToCoordinator::OwnRun { .. } => "page ownership request",
         ToCoordinator::InvalidateAck { .. }
         | ToCoordinator::DowngradeAck { .. }
         | ToCoordinator::RecallAck { .. }
@@ -1083,6 +1083,7 @@ mod tests {
         prop_oneof![
             (any::<u64>(), page.clone()).prop_map(|(req, page)| ToCoordinator::Fetch { req, page }),
             (any::<u64>(), page.clone()).prop_map(|(req, page)| ToCoordinator::Own { req, page }),
+            (any::<u64>(), page.clone()).prop_map(|(req, page)| ToCoordinator::ForceOwn { req, page }),
             page.clone().prop_map(|page| ToCoordinator::InvalidateAck { page }),
             (page.clone(), proptest::option::of(data.clone())).prop_map(|(page, data)| ToCoordinator::DowngradeAck { page, data }),
             (page.clone(), proptest::option::of(data.clone())).prop_map(|(page, data)| ToCoordinator::RecallAck { page, data }),

@@ -137,6 +137,9 @@ pub struct DirectoryStats {
     pub ahead_granted: u64,
     /// Write-ahead pages denied (someone held them, or they were busy or in update mode).
     pub ahead_denied: u64,
+    /// Ordinary ownership requests on update-mode pages answered with a read-only copy in
+    /// update mode (the process then replays its store) instead of switching the page back.
+    pub owns_kept_in_update: u64,
 }
 
 /// A message the directory cannot accept.
@@ -215,6 +218,9 @@ enum WriteOp {
 enum Kind {
     Fetch,
     Own,
+    /// Ownership whatever the mode (`ForceOwn`); served as `Own` after switching an
+    /// update-mode page back to invalidate mode.
+    ForceOwn,
     /// A replayed store or RMW (update mode); never leaves the page busy.
     Write(WriteOp),
     /// A mode switch (I->U downgrades the owner first; U->I is immediate).
@@ -362,6 +368,11 @@ impl PageDirectory {
                 self.check(page)?;
                 self.admit(from, page, Kind::Own)?;
                 self.submit(page, Request { from, req, kind: Kind::Own }, out);
+            }
+            ToCoordinator::ForceOwn { req, page } => {
+                self.check(page)?;
+                self.admit(from, page, Kind::ForceOwn)?;
+                self.submit(page, Request { from, req, kind: Kind::ForceOwn }, out);
             }
             ToCoordinator::InvalidateAck { page } => {
                 self.check(page)?;
@@ -590,14 +601,14 @@ impl PageDirectory {
     /// Admits a request of `from` for `page` into the page's queue: at most one fetch or
     /// ownership request per page and rank, at most [`MAX_PENDING_PER_RANK`] waiting in all.
     fn admit(&mut self, from: Rank, page: PageNo, kind: Kind) -> Result<(), DirectoryError> {
-        if matches!(kind, Kind::Fetch | Kind::Own) {
+        if matches!(kind, Kind::Fetch | Kind::Own | Kind::ForceOwn) {
             if let Some(e) = self.entries.get(&page) {
                 // Its reply has not been sent while the request is busy or queued.
                 let busy = e.busy.as_ref().map(|t| &t.request);
                 let dup = busy
                     .into_iter()
                     .chain(e.queue.iter())
-                    .any(|r| r.from == from && matches!(r.kind, Kind::Fetch | Kind::Own));
+                    .any(|r| r.from == from && matches!(r.kind, Kind::Fetch | Kind::Own | Kind::ForceOwn));
                 if dup {
                     return Err(DirectoryError::DuplicateRequest { rank: from, page });
                 }
@@ -694,6 +705,22 @@ fn start(
     request: Request,
     out: &mut Vec<(Rank, ToProcess)>,
 ) {
+    // Rule 3': an ordinary ownership request on an update-mode page (which nobody owns) is
+    // answered like a fetch, with a read-only copy in update mode; the process then replays
+    // its store. Only a forced request (a store that cannot be replayed) switches the page
+    // back, so an Own queued before its sender heard of the switch no longer undoes it.
+    if request.kind == Kind::Own && e.mode == Mode::Update && e.owner.is_none() {
+        stats.owns_kept_in_update += 1;
+        let data = if e.readers.contains(&request.from) { None } else { homes.read(page).map(PageData) };
+        if let Some(d) = &data {
+            stats.pages_sent += 1;
+            stats.bytes_sent += d.0.len() as u64;
+        }
+        out.push((request.from, ToProcess::Data { req: request.req, page, data, mode: Mode::Update }));
+        e.readers.insert(request.from);
+        return;
+    }
+    let request = if request.kind == Kind::ForceOwn { Request { kind: Kind::Own, ..request } } else { request };
     let mut txn =
         Txn { request, requester_gone: false, owner_ack: None, invalidate_acks: BTreeSet::new() };
     match request.kind {
@@ -706,11 +733,12 @@ fn start(
                 txn.owner_ack = Some(o);
             }
         }
-        Kind::Own => {
+        // (A forced request was turned into `Own` above.)
+        Kind::Own | Kind::ForceOwn => {
             if e.mode == Mode::Update {
-                // An ownership request on an update-mode page (an instruction the process could
-                // not replay, or a store inside a system call) switches it back (phase-2 rule 3;
-                // answering Retry instead livelocks).
+                // A forced ownership request on an update-mode page (an instruction the process
+                // could not replay, or a store inside a system call) switches it back
+                // (phase-2 rule 3; answering Retry instead livelocks).
                 e.mode = Mode::Invalidate;
                 stats.to_invalidate += 1;
             }
@@ -886,7 +914,7 @@ fn complete(
             }
         }
         Kind::Write(_) => {}
-        Kind::Own => {
+        Kind::Own | Kind::ForceOwn => {
             // Every other copy is gone. The requester's own copy is current if it is still
             // listed: nobody could have written the page since it got that copy.
             let had_copy = e.owner == Some(from) || e.readers.contains(&from);
@@ -1280,7 +1308,34 @@ mod tests {
     }
 
     #[test]
-    fn own_on_an_update_page_switches_to_invalidate_and_invalidates_the_others() {
+    fn ordinary_own_on_an_update_page_is_answered_read_only_and_the_page_stays_in_update_mode() {
+        let mut d = PageDirectory::new(3, 1).with_default_policy(Coherence::Adaptive);
+        for r in 0..2 {
+            run(&mut d, r, ToCoordinator::Fetch { req: 1, page: 0 });
+        }
+        let mut out = Vec::new();
+        d.request_switch(0, Mode::Update, &mut out);
+        run(&mut d, 1, write(2, 0, 8, 3));
+        // A reader that still believed invalidate mode: no data (its copy is current).
+        assert_eq!(
+            run(&mut d, 0, ToCoordinator::Own { req: 3, page: 0 }),
+            vec![(0, ToProcess::Data { req: 3, page: 0, data: None, mode: Mode::Update })]
+        );
+        // A process without a copy: the home copy, and it becomes a reader receiving updates.
+        let out = run(&mut d, 2, ToCoordinator::Own { req: 1, page: 0 });
+        let [(2, ToProcess::Data { req: 1, page: 0, data: Some(home), mode: Mode::Update })] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(home.0[0..8], 3u64.to_le_bytes());
+        let v = d.inspect(0);
+        assert_eq!((v.owner, v.readers, v.mode, v.busy), (None, vec![0, 1, 2], Mode::Update, false));
+        let s = d.stats();
+        assert_eq!((s.to_invalidate, s.owns_kept_in_update, s.ownership_grants), (0, 2, 0));
+        // Its replayed store reaches the other two.
+        let out = run(&mut d, 2, write(4, 0, 8, 5));
+        assert_eq!(out.iter().filter(|(_, m)| matches!(m, ToProcess::Update { .. })).count(), 2, "{out:?}");
+    }
+
+    #[test]
+    fn forced_own_on_an_update_page_switches_to_invalidate_and_invalidates_the_others() {
         // Adaptive page switched to update mode by hand (an Update-policy page switches back
         // after the grant; see below).
         let mut d = PageDirectory::new(3, 1).with_default_policy(Coherence::Adaptive);
@@ -1292,7 +1347,7 @@ mod tests {
         assert_eq!(no_hints(out), vec![]);
         assert_eq!(d.inspect(0).mode, Mode::Update);
         run(&mut d, 2, write(2, 0, 8, 3));
-        let out = run(&mut d, 0, ToCoordinator::Own { req: 3, page: 0 });
+        let out = run(&mut d, 0, ToCoordinator::ForceOwn { req: 3, page: 0 });
         assert_eq!(
             out,
             vec![(1, ToProcess::Invalidate { page: 0 }), (2, ToProcess::Invalidate { page: 0 })]
@@ -1315,11 +1370,11 @@ mod tests {
         // The replayed store before the Own is in the home copy (the new owner's copy has it).
         assert_eq!(v.home.map(|h| h[0]), Some(3));
 
-        // Policy Update: the Own is served and the owner keeps the page (an instruction may need
-        // two pages writable at once); once another process asks for it, the page goes back to
-        // update mode by downgrading that new owner.
+        // Policy Update: the forced Own is served and the owner keeps the page (an instruction
+        // may need two pages writable at once); once another process asks for it, the page goes
+        // back to update mode by downgrading that new owner.
         let mut d = update_page(2, &[0, 1]);
-        assert_eq!(run(&mut d, 1, ToCoordinator::Own { req: 2, page: 0 }).len(), 1);
+        assert_eq!(run(&mut d, 1, ToCoordinator::ForceOwn { req: 2, page: 0 }).len(), 1);
         let out = run(&mut d, 0, ToCoordinator::InvalidateAck { page: 0 });
         assert_eq!(out, vec![(1, ToProcess::Grant { req: 2, page: 0, data: None })]);
         assert_eq!(d.inspect(0).mode, Mode::Invalidate);
@@ -1520,7 +1575,7 @@ mod tests {
     #[test]
     fn waiting_requests_per_rank_are_bounded() {
         let mut d = PageDirectory::new(2, 1).with_default_policy(Coherence::Update);
-        run(&mut d, 1, ToCoordinator::Own { req: 1, page: 0 });
+        run(&mut d, 1, ToCoordinator::ForceOwn { req: 1, page: 0 });
         run(&mut d, 0, ToCoordinator::Fetch { req: 1, page: 0 }); // busy downgrading rank 1
         let mut out = Vec::new();
         let mut refused = None;

@@ -456,7 +456,7 @@ impl ProcessPages {
             }
             Access::Write => {
                 self.stats.ownership_requests += 1;
-                out.push(ToCoordinator::Own { req, page });
+                out.push(if force_own { ToCoordinator::ForceOwn { req, page } } else { ToCoordinator::Own { req, page } });
                 self.write_ahead(page, slot.state, req, out);
             }
         }
@@ -636,7 +636,13 @@ impl ProcessPages {
         self.validate(&msg)?;
         match msg {
             ToProcess::Data { req, page, data, mode } => {
-                let slot = self.reply_slot(page, req, Access::Read, "Data")?;
+                let slot = match self.reply_slot(page, req, Access::Read, "Data") {
+                    Ok(slot) => slot,
+                    // Rule 3': ownership of an update-mode page is answered with a read-only
+                    // copy in update mode; the thread's store faults again and is replayed.
+                    Err(_) if mode == Mode::Update => self.reply_slot(page, req, Access::Write, "Data in update mode")?,
+                    Err(e) => return Err(e),
+                };
                 match slot.state {
                     PageState::Invalid => {
                         mem.install(page, data.as_ref().map(|d| d.0.as_slice()), false);
@@ -1179,7 +1185,27 @@ mod tests {
         fault(&mut p, &mut m, 1, Access::Read);
         msg(&mut p, &mut m, ToProcess::Data { req: 2, page: 1, data: None, mode: Mode::Update });
         p.handle_fault_by_ownership(1, &mut m, &mut out);
-        assert!(matches!(out[0], ToCoordinator::Own { page: 1, .. }));
+        assert!(matches!(out[0], ToCoordinator::ForceOwn { page: 1, .. }), "{out:?}");
+    }
+
+    #[test]
+    fn ownership_answered_read_only_in_update_mode_turns_the_store_into_a_replay() {
+        let (mut p, mut m) = (ProcessPages::new(), Mem::default());
+        // The process believes invalidate mode: its store asks for ownership.
+        assert!(matches!(fault(&mut p, &mut m, 2, Access::Write)[..], [ToCoordinator::Own { req: 1, page: 2 }]));
+        // Rule 3': the page is in update mode and stays there; the answer is a read-only copy.
+        let data = Some(PageData(vec![4; 4]));
+        assert!(msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 2, data, mode: Mode::Update }).is_empty());
+        assert_eq!(p.state(2), PageState::ReadOnly);
+        assert_eq!(m.pages[&2], (false, vec![4; 4]));
+        // The thread's store faults again and is replayed, not sent as ownership.
+        let mut out = Vec::new();
+        assert_eq!(p.handle_fault(2, Access::Write, &mut m, &mut out), FaultAction::Replay);
+        assert!(out.is_empty());
+        // Data in invalidate mode is no answer to an ownership request.
+        fault(&mut p, &mut m, 3, Access::Write);
+        let bad = ToProcess::Data { req: 2, page: 3, data: None, mode: Mode::Invalidate };
+        assert!(p.handle_message(bad, &mut m, &mut out).is_err());
     }
 
     #[test]

@@ -240,6 +240,17 @@ pub enum ToCoordinator {
         /// Request id echoed in the reply.
         req: ReqId,
     },
+    /// Ownership of a page that must be granted whatever its mode: the process has a store it
+    /// cannot replay (an unsupported instruction, a page-straddling operand, a store made by
+    /// the kernel). On an update-mode page it switches the page back to invalidate mode; an
+    /// ordinary [`ToCoordinator::Own`] there is answered with a read-only copy in update mode
+    /// instead, and the process replays its store.
+    ForceOwn {
+        /// Request id echoed in the reply.
+        req: ReqId,
+        /// The page.
+        page: PageNo,
+    },
 }
 
 /// Messages from the coordinator to a process.

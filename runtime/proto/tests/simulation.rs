@@ -832,6 +832,8 @@ struct Totals {
     ahead_denied: u64,
     /// Run messages the processes received.
     runs_received: u64,
+    /// Ordinary ownership requests on update-mode pages answered read-only (rule 3').
+    owns_kept_in_update: u64,
 }
 
 impl Totals {
@@ -846,6 +848,7 @@ impl Totals {
         self.ahead_granted += o.ahead_granted;
         self.ahead_denied += o.ahead_denied;
         self.runs_received += o.runs_received;
+        self.owns_kept_in_update += o.owns_kept_in_update;
     }
 }
 
@@ -899,6 +902,7 @@ fn simulate(prog: &Program, cfg: Config, seed: u64, trace: bool) -> Run {
         ahead_granted: s.ahead_granted,
         ahead_denied: s.ahead_denied,
         runs_received: sim.procs.iter().map(|p| p.pages.stats().runs_received).sum(),
+        owns_kept_in_update: s.owns_kept_in_update,
     };
     Run { result, trace: sim.trace.unwrap_or_default(), totals }
 }
@@ -1183,6 +1187,9 @@ fn update_mode_is_exercised() {
     assert!(totals[1].replayed_writes > 0 && totals[1].updates > 0, "{:?}", totals[1]);
     assert!(all.retries > 0, "{all:?}");
     assert!(all.to_update > 0 && all.to_invalidate > 0, "{all:?}");
+    // Rule 3': ownership requests that met a page in update mode were answered read-only and
+    // their stores replayed (the SC and coherence checks above covered those runs).
+    assert!(all.owns_kept_in_update > 0, "{all:?}");
 }
 
 /// A scripted run: P0 owns X's page and has stored 1; P1 reads X, so the directory sends P0 a
