@@ -396,6 +396,12 @@ impl Coordinator {
         drop(shared);
         self.metrics.on_close(id, clean);
         writer.abort();
+        // Now, and once more when quinn has drained the connection and dropped its buffers.
+        crate::homes::release_freed_heap();
+        tokio::spawn(async {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            crate::homes::release_freed_heap();
+        });
     }
 }
 

@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: builds the benchmark binary in release mode and runs it.
+//! `cargo xtask bench`: builds the workspace's binaries in release mode (the benchmarks start
+//! the coordinator and the examples as processes) and runs the benchmark binary.
 
 use crate::{cargo, prereq, run_cmd};
 
@@ -15,6 +16,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     prereq::ensure()?;
+    // `app.*` and `coordinator.*` run target/release/{contrast,dsm-coordinator,...}.
+    run_cmd(cargo().args(["build", "--quiet", "--release", "--workspace", "--bins"]))?;
     let mut cmd = cargo();
     cmd.args(["run", "--quiet", "--release", "-p", "dsm-tests", "--bin", "dsm-bench", "--"]);
     if args.json {

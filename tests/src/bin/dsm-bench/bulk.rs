@@ -206,8 +206,28 @@ fn coordinator_rss() -> Result<(f64, f64)> {
     // SAFETY: inside the region; this process is its only user.
     unsafe { std::ptr::write_bytes(dst, 0xa5, RSS_BYTES) };
     r.detach()?; // writes every page back: 256 MiB of home copies at the coordinator
-    let during = c.wait_log(Duration::from_secs(30), |t| t.contains("session ended"));
+    let during = c.wait_log(Duration::from_secs(30), |t| t.contains("session ended") && t.contains("connection closed"));
     ensure!(during.contains("session ended"), "the session did not end");
+    // Steady state: quinn drains a closed connection for a few round trips before it drops it.
+    std::thread::sleep(Duration::from_secs(2));
     let after = rss_mib(c.pid())?;
+    if std::env::var_os("DSM_BENCH_STATS").is_some() {
+        // The mappings holding the most resident memory, to see what stayed.
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", c.pid()))?;
+        let mut maps: Vec<(u64, String)> = Vec::new();
+        let mut name = String::new();
+        for line in smaps.lines() {
+            if let Some(kib) = line.strip_prefix("Rss:") {
+                let kib: u64 = kib.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+                maps.push((kib, name.clone()));
+            } else if line.split_whitespace().next().is_some_and(|w| w.contains('-') && !w.ends_with(':')) {
+                name = line.to_string();
+            }
+        }
+        maps.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (kib, name) in maps.iter().take(6) {
+            eprintln!("coordinator.rss_after: {kib} KiB in {name}");
+        }
+    }
     Ok((idle, after))
 }
