@@ -244,6 +244,11 @@ pub struct ProcessPages {
     /// Advised policies, latest last.
     advice: Vec<(PageNo, PageNo, Mode)>,
     completions: Vec<(ReqId, WriteOutcome)>,
+    /// Pages whose replayed write was answered Retry: their next ownership request is forced.
+    /// Without it, adversarial mode switches bounce a writer forever (Own answered read-only in
+    /// update mode, its replay answered Retry, Own again: the model's B-nofix counterexample);
+    /// with it every store completes within a bounded number of requests (B-attempts).
+    escalate: std::collections::HashSet<PageNo>,
     /// Pages in the region (messages about pages beyond are protocol errors); 0 = unchecked.
     limit: u64,
 }
@@ -289,6 +294,7 @@ impl ProcessPages {
             writeahead: ReadAhead::default(),
             writes: HashMap::new(),
             completions: Vec::new(),
+            escalate: Default::default(),
             hints: HashMap::new(),
             advice: Vec::new(),
             limit: 0,
@@ -456,7 +462,8 @@ impl ProcessPages {
             }
             Access::Write => {
                 self.stats.ownership_requests += 1;
-                out.push(if force_own { ToCoordinator::ForceOwn { req, page } } else { ToCoordinator::Own { req, page } });
+                let forced = self.escalate.remove(&page) || force_own;
+                out.push(if forced { ToCoordinator::ForceOwn { req, page } } else { ToCoordinator::Own { req, page } });
                 self.write_ahead(page, slot.state, req, out);
             }
         }
@@ -731,6 +738,7 @@ impl ProcessPages {
                     slot.mode = Mode::Invalidate;
                 }
                 self.set_hint(page, Mode::Invalidate);
+                self.escalate.insert(page);
                 self.stats.write_retries += 1;
                 self.completions.push((req, WriteOutcome::Retry));
             }
@@ -1161,13 +1169,14 @@ mod tests {
         assert_eq!(p.take_completions(), vec![(req, WriteOutcome::Done { old: 0 })]);
         assert_eq!(&m.pages[&5].1[..10], &[7, 0, 0, 0, 0, 0, 0, 0, 0xEF, 0xBE]);
         assert!(p.is_idle());
-        // A Retry switches our belief to invalidate mode: the re-executed store asks for Own.
+        // A Retry switches our belief to invalidate mode: the re-executed store asks for
+        // ownership, forced (escalation after a bounce: no Own / read-only / Retry cycle).
         let req = p.replay(5, op, &mut out).unwrap();
         msg(&mut p, &mut m, ToProcess::Retry { req, page: 5 });
         assert_eq!(p.take_completions(), vec![(req, WriteOutcome::Retry)]);
         let mut out = Vec::new();
         assert_eq!(p.handle_fault(5, Access::Write, &mut m, &mut out), FaultAction::Wait);
-        assert!(matches!(out[0], ToCoordinator::Own { page: 5, .. }));
+        assert!(matches!(out[0], ToCoordinator::ForceOwn { page: 5, .. }), "{out:?}");
     }
 
     #[test]
