@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Named sweeps for page runs / read-ahead / write-ahead (Task A, names A-*) and the
+adaptive update-mode rule own_in_u='data' (Task B, names B-*).  See README.md.
+
+usage: python3 sweeps.py list
+       python3 sweeps.py NAME [NAME ...] [--traces] [--quiet] [--tests T1,T2]
+       python3 sweeps.py A-all | B-all      (every sweep of that task, one after another)
+
+Each sweep prints one line per configuration, then
+  SWEEP <name>: states=<sum> configs=<n> violating=<n> cycles=<n> maxatt=<n> <time>s
+                expected=<pass|fail> -> OK | UNEXPECTED
+A sweep "passes" when no configuration shows a non-SC outcome, a protocol assertion,
+a deadlock, a stuck state, an incoherent quiescent state, an SWMR violation or a
+retry/answer cycle (and, with count_attempts, the attempts counter never saturates).
+"""
+import sys, time
+import dsm_model as D
+
+ALL = D.MAIN_TESTS + D.EXTRA_TESTS
+NO_IRIW = [t for t in ALL if t != 'IRIW']
+TWO = ['SB', 'MP', 'LB', '2+2W', 'CoRR', 'RMW', 'SB+pre', 'MP+pre']   # two-process tests
+CORE = ['SB', 'MP', 'IRIW', '2+2W', 'CoRR', 'RMW']   # the litmus tests the brief names
+AB = dict(ahead='both', runs=True)                   # read-ahead + write-ahead, page runs
+
+# name: (phase, tests, cfg overrides, layouts, pad, expected, description)
+SWEEPS = {
+    # ---------------------------------------------------------------- Task A
+    'A-p1': (1, TWO, dict(AB), ('sep',), 'auto', 'pass',
+             'phase 1, runs, read+write-ahead, budget 1 per process'),
+    'A-p1-perpage': (1, TWO, dict(ahead='both'), ('sep',), 'auto', 'pass',
+                     'phase 1, per-page messages (no runs), read+write-ahead, budget 1'),
+    'A-p1-read': (1, TWO, dict(ahead='read', runs=True), ('sep',), 'auto', 'pass',
+                  'phase 1, runs, read-ahead only, budget 1'),
+    'A-p1-write': (1, TWO, dict(ahead='write', runs=True), ('sep',), 'auto', 'pass',
+                   'phase 1, runs, write-ahead only, budget 1'),
+    'A-p1-b2': (1, ['SB', 'MP', 'LB', '2+2W', 'CoRR', 'RMW'],
+                dict(AB, ahead_budget=2, ahead_total=2), ('sep',), 'auto', 'pass',
+                'phase 1, runs, budget 2 per process, 2 in total (runs of 2 ahead pages)'),
+    'A-p1-wrc': (1, ['WRC'], dict(AB, ahead_total=2), ('sep',), 'no', 'pass',
+                 'WRC phase 1, runs, read+write-ahead, two ahead requests in total'),
+    'A-p1-rmww': (1, ['RMW+W'], dict(AB, ahead_total=1), ('sep',), 'auto', 'pass',
+                  'RMW+W phase 1, runs, read+write-ahead, one ahead request in total'),
+    'A-p1-iriw': (1, ['IRIW'], dict(AB, ahead_total=1), ('sep',), 'no', 'pass',
+                  'IRIW phase 1, runs, one ahead request in total (any process)'),
+    'A-p1-iriw-readers': (1, ['IRIW'], dict(AB, ahead_procs=(2, 3)), ('sep',), 'no', 'pass',
+                          'IRIW phase 1, runs, both readers budget 1 each'),
+    'A-p2-a': (2, ['SB', 'MP', 'LB', 'CoRR', 'RMW'], dict(AB), ('sep',), 'auto', 'pass',
+               'phase 2 (switches), runs, read+write-ahead, budget 1 per process'),
+    'A-p2-b': (2, ['2+2W'], dict(AB), ('sep',), 'no', 'pass',
+               'phase 2 (switches), runs, read+write-ahead, budget 1 per process'),
+    'A-p2-perpage': (2, ['SB', 'MP', '2+2W', 'CoRR', 'RMW'], dict(ahead='both', ahead_total=1),
+                     ('sep',), 'auto', 'pass',
+                     'phase 2, per-page messages, read+write-ahead, one ahead request in total'),
+    'A-p2-extra': (2, ['WRC', 'SB+pre', 'MP+pre', 'RMW+W'], dict(AB, ahead_total=1),
+                   ('sep',), 'auto', 'pass',
+                   'phase 2, runs, read+write-ahead, one ahead request in total'),
+    'A-p2-iriw-r': (2, ['IRIW'], dict(ahead='read', runs=True, ahead_procs=(2, 3), ahead_total=1),
+                    ('sep',), 'no', 'pass',
+                    'IRIW phase 2 (initial modes II), runs, one read-ahead by a reader'),
+    'A-p2-iriw-w': (2, ['IRIW'], dict(ahead='write', runs=True, ahead_procs=(0, 1), ahead_total=1),
+                    ('sep',), 'no', 'pass',
+                    'IRIW phase 2 (initial modes II), runs, one write-ahead by a writer'),
+    'A-mutant-nosharers': (1, ['SB', 'MP', 'CoRR'], dict(AB, cown_ok='nosharers'), ('sep',),
+                           'auto', 'fail',
+                           'checker self-test: conditional Own granted although readers exist'),
+    'A-mutant-noowner': (1, ['SB', 'MP', '2+2W'], dict(AB, cown_ok='noowner'), ('sep',),
+                         'no', 'fail',
+                         'checker self-test: conditional Own granted although there is an owner'),
+    'A-ignorebusy': (2, ['SB', 'MP', 'RMW'], dict(AB, cown_ok='ignorebusy'), ('sep',), 'auto',
+                     'pass', 'variant: conditional Own granted without the busy/queue test'),
+    'A-anymode': (2, ['SB', 'RMW'], dict(AB, cown_ok='anymode'), ('sep',), 'auto', 'pass',
+                  'variant: conditional Own also granted in mode U (is the mode-I test needed?)'),
+    # ---------------------------------------------------------------- Task B
+    'B-nofix': (2, ['RMW', 'CoRR', 'SB', 'MP'], dict(own_in_u='data'), ('sep', 'shared'), 'no',
+                'fail', 'own_in_u=data exactly as proposed: expect a retry/answer cycle'),
+    'B-p1': (1, ALL, dict(own_in_u='data', escalate='retry'), ('sep', 'shared'), 'no',
+             'pass', 'phase 1, own_in_u=data + escalate after Retry, no forced stores'),
+    'B-p1-forced': (1, ALL, dict(own_in_u='data', escalate='retry', forced=(0,)),
+                    ('sep', 'shared'), 'no', 'pass',
+                    'phase 1, own_in_u=data + escalate, P1 stores forced'),
+    'B-p2': (2, ALL, dict(own_in_u='data', escalate='retry'), ('sep', 'shared'), 'no', 'pass',
+             'phase 2, own_in_u=data + escalate after Retry, no forced stores'),
+    'B-p2-forced': (2, ALL, dict(own_in_u='data', escalate='retry', forced=(0,)),
+                    ('sep', 'shared'), 'no', 'pass',
+                    'phase 2, own_in_u=data + escalate, P1 stores forced (P2.. replayable)'),
+    'B-p2-forced-all': (2, NO_IRIW, dict(own_in_u='data', escalate='retry',
+                                         forced=(0, 1, 2)), ('sep', 'shared'), 'no', 'pass',
+                        'phase 2, own_in_u=data + escalate, every store forced'),
+    'B-attempts': (2, NO_IRIW, dict(own_in_u='data', escalate='retry', count_attempts=True),
+                   ('sep', 'shared'), 'no', 'pass',
+                   'phase 2, own_in_u=data + escalate, requests per instruction counted'),
+    'B-attempts-forced': (2, NO_IRIW, dict(own_in_u='data', escalate='retry', forced=(0,),
+                                           count_attempts=True), ('sep', 'shared'), 'no', 'pass',
+                          'phase 2, as B-attempts with P1 stores forced'),
+    'B-esc-owndata': (2, NO_IRIW, dict(own_in_u='data', escalate='owndata'),
+                      ('sep', 'shared'), 'no', 'pass',
+                      'phase 2, alternative fix: escalate after OwnData'),
+    'B-with-ahead': (2, ['SB', 'MP', 'CoRR', 'RMW'],
+                     dict(AB, own_in_u='data', escalate='retry'), ('sep',), 'auto', 'pass',
+                     'phase 2, own_in_u=data + escalate, with runs and read+write-ahead'),
+}
+# sweeps restricted to some initial modes (state space)
+MODES = {'A-p2-iriw-r': [('I', 'I')], 'A-p2-iriw-w': [('I', 'I')]}
+GROUPS = {
+    'A-all': [k for k in SWEEPS if k.startswith('A-')],
+    'B-all': [k for k in SWEEPS if k.startswith('B-')],
+}
+
+
+def run(name, traces=False, quiet=False, only=None):
+    phase, tests, over, layouts, pad, expected, desc = SWEEPS[name]
+    if only:
+        tests = [t for t in tests if t in only]
+    print(f'######## {name}: {desc}', flush=True)
+    t0 = time.time()
+    tot = nbad = ncyc = nconf = 0
+    maxatt = 0
+    first = None
+    for tn in tests:
+        t = D.TESTS[tn]
+        for kw in D.configs_pad(t, layouts, pad if phase == 1 else
+                                ('auto1' if pad == 'auto' else pad)):
+            if name in MODES and tuple(kw['modes']) not in MODES[name]:
+                continue
+            cfg = D.Cfg(switch=(phase == 2), **over, **kw)
+            R = D.explore(t, cfg)
+            nconf += 1
+            tot += R.states
+            maxatt = max(maxatt, R.maxatt)
+            bad, txt = D.summarize(R, show_traces=traces, max_traces=1, show_livelock=traces)
+            sat = cfg.count_attempts and R.maxatt >= D.ATT_CAP
+            if R.swmr or sat:
+                bad = True
+            nbad += bad
+            ncyc += bool(R.livelock)
+            if (bad or R.livelock) and (first is None or R.states < first[0]):
+                first = (R.states, tn, kw)
+            if not quiet or bad or R.livelock:
+                print(('  ' if not bad else '! ') + txt, flush=True)
+    ok_run = nbad == 0 and ncyc == 0
+    verdict = 'OK' if ok_run == (expected == 'pass') else 'UNEXPECTED'
+    print(f'SWEEP {name}: states={tot} configs={nconf} violating={nbad} cycles={ncyc} '
+          f'maxatt={maxatt} {time.time() - t0:.0f}s expected={expected} -> {verdict}'
+          + (f'  (smallest failing: {first[1]} {first[2]})' if first else ''), flush=True)
+    return verdict == 'OK'
+
+
+def main():
+    argv = sys.argv[1:]
+    only = None
+    if '--tests' in argv:
+        k = argv.index('--tests')
+        only = argv[k + 1].split(',')
+        del argv[k:k + 2]
+    args = [a for a in argv if not a.startswith('--')]
+    traces = '--traces' in argv
+    quiet = '--quiet' in argv
+    if not args or args == ['list']:
+        for k, v in SWEEPS.items():
+            print(f'{k:20s} phase {v[0]}  expect {v[5]:4s}  {v[6]}')
+        return
+    names = []
+    for a in args:
+        names += GROUPS.get(a, [a])
+    ok = all([run(n, traces, quiet, only) for n in names])
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == '__main__':
+    main()
