@@ -142,6 +142,7 @@ class Cfg:
         self.fifo = True            # channels FIFO
         # ---- page runs, read-ahead, write-ahead (Task A; README "Runs and ahead requests")
         self.ahead = 'none'         # ahead requests a process may send: 'none'|'read'|'write'|'both'
+                                    # | 'own' (unconditional Own-ahead) | 'all' (read, write, own)
         self.ahead_budget = 1       # ahead page-requests each process may send in a whole run
         self.ahead_total = None     # None | cap on ahead page-requests of all processes together
         self.ahead_procs = None     # None (all) | process indices (0-based) that may send ahead
@@ -279,8 +280,10 @@ class Model:
         self.REG = {r: j for j, r in enumerate(self.reglist)}
         assert cfg.modes is not None and len(cfg.modes) == self.NP
         self.aux = cfg.use_aux()
-        self.AK = {'none': (), 'read': ('F',), 'write': ('O',), 'both': ('F', 'O')}[cfg.ahead]
+        self.AK = {'none': (), 'read': ('F',), 'write': ('O',), 'both': ('F', 'O'),
+                   'own': ('X',), 'all': ('F', 'O', 'X')}[cfg.ahead]
         self.forced = frozenset(cfg.forced)
+        self.elig_cs = 'NR' if 'X' in self.AK else 'N'
         self.ahead_total = cfg.ahead_total
         self.ab0 = tuple(cfg.ahead_budget if self.AK and (cfg.ahead_procs is None
                                                          or i in cfg.ahead_procs) else 0
@@ -419,6 +422,8 @@ class Model:
         for p, kd in reqs:
             if kd == 'F':
                 self.to_c(m, i, ('Fetch', p)); parts.append(f'read-ahead Fetch({self.pn[p]})')
+            elif kd == 'X':
+                self.to_c(m, i, ('Own', p)); parts.append(f'own-ahead Own({self.pn[p]})')
             else:
                 self.to_c(m, i, ('COwn', p)); parts.append(f'write-ahead COwn({self.pn[p]})')
             m.setaux(i, pend=(p, kd))
@@ -431,7 +436,9 @@ class Model:
 
     def ahead_choices(self, elig, budget):
         """all ahead requests one step may send: one page each without runs;
-        with runs any non-empty set of eligible pages (at most budget)"""
+        with runs any non-empty set of eligible pages (at most budget).
+        elig = ((page, copy state), ...); read-/write-ahead need an Invalid page,
+        own-ahead an Invalid or RO page"""
         key = (elig, budget)
         r = self._ahead_cache.get(key)
         if r is None:
@@ -440,7 +447,8 @@ class Model:
             for n in sizes:
                 for pages in itertools.combinations(elig, n):
                     for kinds in itertools.product(self.AK, repeat=n):
-                        r.append(tuple(zip(pages, kinds)))
+                        if all(k == 'X' or cs == 'N' for (_, cs), k in zip(pages, kinds)):
+                            r.append(tuple((p, k) for (p, _), k in zip(pages, kinds)))
             self._ahead_cache[key] = r
         return r
 
@@ -478,6 +486,22 @@ class Model:
             if kind == 'Denied' and pend == 'O':
                 m.setaux(i, pend=(p, 0))
                 return lab + ' -> write-ahead denied: nothing pending'
+            if pend == 'X' and kind == 'Grant':
+                if cs == 'W':
+                    raise ProtoErr(lab + ' (own-ahead grant) while copy is W')
+                m.procs[i] = (pc, blk, copies[:p] + (('W', msg[2], msg[3]),) + copies[p + 1:])
+                m.setaux(i, pend=(p, 0))
+                return lab + ' -> own-ahead granted: install W'
+            if pend == 'X' and kind == 'OwnData':
+                if cs == 'W' or (cs == 'R' and by != msg[2]):
+                    raise ProtoErr(lab + f' (own-ahead) while copy is {cs} {by}')
+                m.procs[i] = (pc, blk, copies[:p] + (('R', msg[2], 'U'),) + copies[p + 1:])
+                m.setaux(i, pend=(p, 0))
+                return lab + ' -> own-ahead answered in mode U: install RO, believe U'
+            if pend == 'X' and kind == 'Retry':
+                m.procs[i] = (pc, blk, copies[:p] + ((cs, by, msg[2]),) + copies[p + 1:])
+                m.setaux(i, pend=(p, 0))
+                return lab + f' -> own-ahead bounced: believe mode {msg[2]}'
             if kind in ('Data', 'Grant', 'Denied', 'OwnData', 'Retry', 'WriteAck', 'RMWAck'):
                 raise ProtoErr(lab + f' while an ahead request ({pend}) is pending')
         if kind == 'Denied':
@@ -823,14 +847,14 @@ class Model:
                 if budget > 0 and (cur >= 0 or self.cfg.ahead_done):
                     # pages held Invalid with nothing pending (not the page a blocked
                     # instruction waits for)
-                    elig = tuple(p for p in range(self.NP)
-                                 if copies[p][0] == 'N' and not pend[p]
+                    elig = tuple((p, copies[p][0]) for p in range(self.NP)
+                                 if copies[p][0] in self.elig_cs and not pend[p]
                                  and not (blk is not None and p == cur))
                     if elig:
                         for reqs in self.ahead_choices(elig, budget):
                             run(self.t_ahead, i, reqs)
                         if runs and blk is None and cur >= 0 and not pend[cur]:
-                            e2 = tuple(p for p in elig if p != cur)
+                            e2 = tuple(pc_ for pc_ in elig if pc_[0] != cur)
                             if e2:       # a fault that also asks for other pages
                                 for reqs in self.ahead_choices(e2, budget):
                                     run(self.t_exec, i, reqs)
@@ -1307,7 +1331,7 @@ def main():
     for k in ('inv_wait', 'write_block', 'atomic_read', 'fifo', 'write_needs_ro'):
         ap.add_argument('--no-' + k.replace('_', '-'), action='store_true')
     # Task A / Task B options (README: "Runs and ahead requests", "Adaptive update mode")
-    ap.add_argument('--ahead', default=None, choices=['none', 'read', 'write', 'both'])
+    ap.add_argument('--ahead', default=None, choices=['none', 'read', 'write', 'both', 'own', 'all'])
     ap.add_argument('--ahead-budget', type=int, default=None)
     ap.add_argument('--ahead-total', type=int, default=None)
     ap.add_argument('--ahead-procs', default=None, help='1-based process numbers, e.g. 3,4')
