@@ -10,6 +10,11 @@ Run:  python3 dsm_model.py --help
       python3 dsm_model.py ablations       # rule-removal experiments
       python3 dsm_model.py one RMW --layout sep --modes U --switch \
               --write-in-i accept --trace             # a single run with traces
+      python3 dsm_model.py phase2 --ahead both --runs --layouts sep --pad auto
+                                           # page runs + read-/write-ahead (Task A)
+      python3 dsm_model.py one CoRR --modes U --switch --own-in-u data --trace
+                                           # adaptive update mode (Task B), no fix
+      python3 sweeps.py list               # the named Task A / Task B sweeps
 
 Semantics (rules: README.md here and ../DESIGN.md, "Ordering rules that give SC"):
  * one global state = all process states + all channel contents + coordinator

@@ -7,7 +7,8 @@ usage: python3 sweeps.py list
        python3 sweeps.py A-all | B-all      (every sweep of that task, one after another)
 
 Each sweep prints one line per configuration, then
-  SWEEP <name>: states=<sum> configs=<n> violating=<n> cycles=<n> maxatt=<n> <time>s
+  SWEEP <name>: states=<sum> configs=<n> violating=<n> cycles=<n> maxatt=<n>
+                sc_missing=<configs where some SC outcome was never produced> <time>s
                 expected=<pass|fail> -> OK | UNEXPECTED
 A sweep "passes" when no configuration shows a non-SC outcome, a protocol assertion,
 a deadlock, a stuck state, an incoherent quiescent state, an SWMR violation or a
@@ -127,7 +128,7 @@ def run(name, traces=False, quiet=False, only=None):
         tests = [t for t in tests if t in only]
     print(f'######## {name}: {desc}', flush=True)
     t0 = time.time()
-    tot = nbad = ncyc = nconf = 0
+    tot = nbad = ncyc = nconf = nmiss = 0
     maxatt = 0
     first = None
     for tn in tests:
@@ -147,6 +148,7 @@ def run(name, traces=False, quiet=False, only=None):
                 bad = True
             nbad += bad
             ncyc += bool(R.livelock)
+            nmiss += bool(R.sc - set(R.outcomes))
             if (bad or R.livelock) and (first is None or R.states < first[0]):
                 first = (R.states, tn, kw)
             if not quiet or bad or R.livelock:
@@ -154,7 +156,7 @@ def run(name, traces=False, quiet=False, only=None):
     ok_run = nbad == 0 and ncyc == 0
     verdict = 'OK' if ok_run == (expected == 'pass') else 'UNEXPECTED'
     print(f'SWEEP {name}: states={tot} configs={nconf} violating={nbad} cycles={ncyc} '
-          f'maxatt={maxatt} {time.time() - t0:.0f}s expected={expected} -> {verdict}'
+          f'maxatt={maxatt} sc_missing={nmiss} {time.time() - t0:.0f}s expected={expected} -> {verdict}'
           + (f'  (smallest failing: {first[1]} {first[2]})' if first else ''), flush=True)
     return verdict == 'OK'
 
