@@ -21,6 +21,7 @@ mod error;
 mod fatal;
 mod fault;
 mod region;
+pub mod replay_times;
 mod session;
 mod sys;
 
@@ -28,4 +29,5 @@ pub use config::{rank_hint, Config, ConfigBuilder, DEFAULT_COORDINATOR, DEFAULT_
 pub use dsm_proto::{Rank, MAX_SEMAPHORE_NAME};
 pub use error::{Error, Result};
 pub use region::{Coherence, Plain, Region, RegionStats, Shareable, SharedCell, ViewError};
+pub use replay_times::ReplayPathTimes;
 pub use session::{Semaphore, Session};

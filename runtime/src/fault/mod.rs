@@ -98,6 +98,7 @@ impl FaultService {
                 Ok(None) => break,
                 Err(e) => fatal("reading a page fault", &e),
             };
+            let read_at = crate::replay_times::now();
             let page = ((addr - self.maps.view.addr()) / PAGE) as PageNo;
             if page >= self.pages_count {
                 fatal("page fault outside the region", &format!("address {addr:#x}"));
@@ -108,7 +109,7 @@ impl FaultService {
             let access = if write { Access::Write } else { Access::Read };
             let mut mem = Mem { maps: &self.maps };
             if self.pages.handle_fault(page, access, &mut mem, out) == FaultAction::Replay {
-                self.start_replay(page, addr, tid, out);
+                self.start_replay(page, addr, tid, read_at, out);
             } else if !self.pages.allows(page, access) {
                 self.tracker.fault_waits(page, Instant::now());
             }

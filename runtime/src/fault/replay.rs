@@ -19,13 +19,14 @@ impl FaultService {
     /// A store to an update-mode page this process holds read-only: replay it on the faulting
     /// thread, unless the thread is inside a system call (the kernel is the writer; never
     /// interrupt it) or no slot is free — then by ownership.
-    pub(super) fn start_replay(&mut self, page: PageNo, addr: usize, tid: i32, out: &mut Vec<ToCoordinator>) {
+    /// `read_at` is when the fault was read (`crate::replay_times`).
+    pub(super) fn start_replay(&mut self, page: PageNo, addr: usize, tid: i32, read_at: u64, out: &mut Vec<ToCoordinator>) {
         let efd = std::os::fd::AsRawFd::as_raw_fd(&self.efd);
         let signalled = if signal::in_syscall(tid) {
             debug!("store to update-mode page {page} by thread {tid} inside a system call: by ownership");
             Signalled::NoSlot
         } else {
-            signal::signal_thread(tid, addr as u64, efd)
+            signal::signal_thread(tid, addr as u64, efd, read_at, crate::replay_times::now())
         };
         tracing::trace!("replay: page {page} thread {tid}: {signalled:?}");
         match signalled {
@@ -51,7 +52,10 @@ impl FaultService {
                     let offset = d.effect.addr().wrapping_sub(base);
                     let op = (offset < PAGE as u64).then(|| replay_op(&d.effect, offset as u16));
                     match op.and_then(|op| self.pages.replay(page, op, out)) {
-                        Some(req) => self.tracker.write_sent(req, claim),
+                        Some(req) => {
+                            signal::stamp_sent(claim);
+                            self.tracker.write_sent(req, claim);
+                        }
                         None => {
                             signal::complete(claim, Outcome::Retry);
                         }

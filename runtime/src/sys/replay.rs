@@ -22,6 +22,7 @@ use std::sync::Once;
 use dsm_proto::replay_slot::{self as protocol, Phase, Ticket};
 
 use crate::decode::{self, Decoded, Regs};
+use crate::replay_times::{self as times, stamp};
 
 /// Slots for threads in the middle of a replay, across all regions of the process.
 pub const SLOTS: usize = 256;
@@ -69,6 +70,9 @@ pub struct Slot {
     efd: AtomicI32,
     request: UnsafeCell<Request>,
     outcome: UnsafeCell<Outcome>,
+    /// The runtime thread's stamps of this replay (`crate::replay_times`); the handler reads
+    /// them after the outcome is published.
+    stamps: [AtomicU64; stamp::COUNT],
 }
 
 // SAFETY: `request` and `outcome` are only accessed by the side that owns them according to the
@@ -85,6 +89,7 @@ impl Slot {
             efd: AtomicI32::new(-1),
             request: UnsafeCell::new(Request::Empty),
             outcome: UnsafeCell::new(Outcome::Retry),
+            stamps: [const { AtomicU64::new(0) }; stamp::COUNT],
         }
     }
 }
@@ -137,17 +142,24 @@ pub enum Signalled {
     NoSlot,
 }
 
-/// Reserves a slot for `tid`, fills it and signals the thread.
-pub fn signal_thread(tid: i32, fault_addr: u64, efd: i32) -> Signalled {
+/// Reserves a slot for `tid`, fills it and signals the thread. `read_at` and `tested_at` are
+/// the first two stamps of the replay (see `crate::replay_times`).
+pub fn signal_thread(tid: i32, fault_addr: u64, efd: i32, read_at: u64, tested_at: u64) -> Signalled {
     for (i, slot) in TABLE.iter().enumerate() {
         let Some(ticket) = protocol::reserve(&slot.word) else { continue };
         slot.tid.store(tid, Ordering::Relaxed);
         slot.fault_addr.store(fault_addr, Ordering::Relaxed);
         slot.efd.store(efd, Ordering::Relaxed);
+        for s in &slot.stamps {
+            s.store(0, Ordering::Relaxed);
+        }
+        slot.stamps[stamp::FAULT_READ].store(read_at, Ordering::Relaxed);
+        slot.stamps[stamp::TESTED].store(tested_at, Ordering::Relaxed);
         protocol::publish(&slot.word, ticket);
         let claim = Claim { slot: i, ticket };
         // SAFETY: plain syscall; tid is a thread of this process reported by userfaultfd.
         let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, replay_signal()) };
+        slot.stamps[stamp::SIGNALLED].store(times::now(), Ordering::Relaxed);
         if r != 0 && reclaim(claim) {
             return Signalled::NoSlot;
         }
@@ -170,6 +182,7 @@ pub fn take_request(claim: Claim) -> Option<Request> {
     if !protocol::has_request(&slot.word, claim.ticket) {
         return None;
     }
+    slot.stamps[stamp::PICKED].store(times::now(), Ordering::Relaxed);
     // SAFETY: in phase Request the runtime thread owns `request` (the handler waits for Done).
     Some(unsafe { std::mem::replace(&mut *slot.request.get(), Request::Empty) })
 }
@@ -181,12 +194,18 @@ pub fn complete(claim: Claim, outcome: Outcome) -> bool {
     if !protocol::has_request(&slot.word, claim.ticket) {
         return false;
     }
+    slot.stamps[stamp::ANSWERED].store(times::now(), Ordering::Relaxed);
     // SAFETY: in phase Request the runtime thread owns `outcome`; the handler reads it only after
     // observing Done (release CAS below).
     unsafe { *slot.outcome.get() = outcome };
     let done = protocol::complete(&slot.word, claim.ticket);
     futex_wake(&slot.word);
     done
+}
+
+/// Stamps the moment `claim`'s store was framed for the coordinator.
+pub fn stamp_sent(claim: Claim) {
+    TABLE[claim.slot].stamps[stamp::SENT].store(times::now(), Ordering::Relaxed);
 }
 
 /// Writes to an eventfd (async-signal-safe).
@@ -336,6 +355,7 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mu
     let Some((slot, ticket)) = pick_up(tid) else {
         return; // a stale signal: the runtime took the slot back and served the fault otherwise
     };
+    let entered = times::now();
     let uc = ctx.cast::<libc::ucontext_t>();
     // SAFETY: ctx is this handler's ucontext (SA_SIGINFO).
     let mut regs = unsafe { read_regs(uc) };
@@ -356,6 +376,7 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mu
     };
     // SAFETY: in phase Claimed the handler owns `request`.
     unsafe { *slot.request.get() = request };
+    let posted = times::now();
     if !protocol::post(&slot.word, ticket) {
         return; // cannot happen: nobody else moves a Claimed slot
     }
@@ -366,6 +387,13 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mu
     }
     // SAFETY: after observing Done the handler owns `outcome` again.
     let outcome = unsafe { *slot.outcome.get() };
+    if let (Outcome::Done { .. }, Some(_)) = (outcome, decoded) {
+        let mut stamps: [u64; stamp::COUNT] = std::array::from_fn(|i| slot.stamps[i].load(Ordering::Relaxed));
+        stamps[stamp::HANDLER] = entered;
+        stamps[stamp::POSTED] = posted;
+        stamps[stamp::RESUMED] = times::now();
+        times::record(&stamps);
+    }
     if let (Outcome::Done { old }, Some(d)) = (outcome, decoded) {
         decode::apply(&d, old, &mut regs);
         // SAFETY: as for read_regs.

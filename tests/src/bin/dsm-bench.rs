@@ -391,8 +391,23 @@ fn bench(args: &Args) -> Result<()> {
         ));
     }
     if selected("replay.store") {
-        let v = median_us(&replay_store(&env).context("measuring replay.store")?);
+        let (samples, hops) = replay_store(&env).context("measuring replay.store")?;
+        let v = median_us(&samples);
         figures.push(Figure::over(&figures, "replay.store", v, "us", "quinn.rtt_64b", Some(Target::AtMost(1.2))));
+        // Where the time goes: the mean of each stage of the path, and what is left of the mean
+        // store (the kernel's fault path and wake-up of the runtime thread, and sigreturn).
+        let mean_store = samples.iter().sum::<Duration>().as_secs_f64() * 1e6 / samples.len() as f64;
+        let mut accounted = 0.0;
+        for (stage, mean) in hops.means() {
+            let us = mean.as_secs_f64() * 1e6;
+            accounted += us;
+            let name: &'static str = Box::leak(format!("replay.store.hop.{stage}").into_boxed_str());
+            figures.push(Figure { name, value: us, unit: "us", floor: None, ratio: None, target: None });
+        }
+        if hops.replays > 0 {
+            let rest = mean_store - accounted;
+            figures.push(Figure { name: "replay.store.hop.fault_and_return", value: rest, unit: "us", floor: None, ratio: None, target: None });
+        }
     }
     // The counter figures: invalidate ones are measured whenever a figure over them is selected.
     let want = |names: &[&str]| names.iter().any(|n| selected(n));
@@ -826,7 +841,8 @@ fn spin_handoff_via(
 
 /// `replay.store`: individually timed 8-byte stores to an update-mode page of a one-process
 /// region (the page is read first, so every store is a write-protect fault that is replayed).
-fn replay_store(env: &TestEnv) -> Result<Vec<Duration>> {
+/// Also returns the stages of the timed stores' path (`dsm::ReplayPathTimes`).
+fn replay_store(env: &TestEnv) -> Result<(Vec<Duration>, dsm::ReplayPathTimes)> {
     let r: dsm::Region = attach(env, &session_name("bench-replay"), 1, SIZE)?;
     r.advise(0, r.len(), dsm::Coherence::Update).context("advising the region")?;
     let word = r.ptr_at(0, 8)?.cast::<u64>();
@@ -834,7 +850,11 @@ fn replay_store(env: &TestEnv) -> Result<Vec<Duration>> {
     unsafe { std::ptr::read_volatile(word) };
     let before = r.stats().context("stats")?.replayed_writes;
     let mut samples = Vec::with_capacity(REPLAY_ROUNDS);
+    let mut hops_before = dsm::ReplayPathTimes::now();
     for i in 0..REPLAY_WARMUP + REPLAY_ROUNDS {
+        if i == REPLAY_WARMUP {
+            hops_before = dsm::ReplayPathTimes::now();
+        }
         let t = Instant::now();
         // SAFETY: as above.
         unsafe { std::ptr::write_volatile(word, i as u64 + 1) };
@@ -853,8 +873,9 @@ fn replay_store(env: &TestEnv) -> Result<Vec<Duration>> {
         "only {replayed} of {} stores were replayed ({stats:?})",
         REPLAY_WARMUP + REPLAY_ROUNDS
     );
+    let hops = dsm::ReplayPathTimes::now().since(&hops_before);
     r.detach().context("detaching")?;
-    Ok(samples)
+    Ok((samples, hops))
 }
 
 /// Barrier, `ops` fetch_adds on the word at offset 0, barrier; returns the time between the
