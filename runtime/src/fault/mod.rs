@@ -19,6 +19,7 @@
 
 mod memory;
 mod replay;
+mod syscall_probe;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,6 +46,8 @@ pub(crate) struct FaultService {
     pages_count: u64,
     /// Eventfd the signal handlers poke when a decoded store is ready.
     efd: std::os::fd::OwnedFd,
+    /// Tells user-mode faults (replayable) from kernel-mode ones.
+    probe: syscall_probe::SyscallProbe,
 }
 
 impl FaultService {
@@ -63,6 +66,7 @@ impl FaultService {
             tracker: FaultTracker::new(),
             pages_count,
             efd,
+            probe: syscall_probe::SyscallProbe::default(),
         };
         Ok((service, uffd, efd_async))
     }

@@ -22,7 +22,7 @@ impl FaultService {
     /// `read_at` is when the fault was read (`crate::replay_times`).
     pub(super) fn start_replay(&mut self, page: PageNo, addr: usize, tid: i32, read_at: u64, out: &mut Vec<ToCoordinator>) {
         let efd = std::os::fd::AsRawFd::as_raw_fd(&self.efd);
-        let signalled = if signal::in_syscall(tid) {
+        let signalled = if self.probe.in_syscall(tid) {
             debug!("store to update-mode page {page} by thread {tid} inside a system call: by ownership");
             Signalled::NoSlot
         } else {

@@ -254,19 +254,6 @@ fn futex_wake(word: &AtomicU32) {
     }
 }
 
-/// Whether thread `tid` is inside a system call (its fault is a kernel-mode fault, which must
-/// never be interrupted with a signal). `/proc/self/task/TID/syscall` starts with the syscall
-/// number, `-1` for a thread blocked outside any system call (a user-mode fault), or `running`.
-pub fn in_syscall(tid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) {
-        Ok(s) => {
-            tracing::trace!("thread {tid} syscall state: {}", s.trim());
-            !s.starts_with("-1")
-        }
-        Err(_) => true,
-    }
-}
-
 const GPR_FROM_GREGS: [libc::c_int; 16] = [
     libc::REG_RAX,
     libc::REG_RCX,
