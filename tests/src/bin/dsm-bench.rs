@@ -45,14 +45,15 @@
 //! * `counter.invalidate.2p`, `counter.invalidate.4p`, `counter.update.2p`,
 //!   `counter.update.4p`, `counter.adaptive.4p`: `AtomicU64::fetch_add` on one shared word with
 //!   the region advised Invalidate / Update / Adaptive; every process does `COUNTER_OPS` of them
-//!   between two barriers, sleeping `COUNTER_GAP` after each so that increments of different
-//!   processes interleave (a contended counter, not a burst on an owned page); operations per second of all processes together, the elapsed time
-//!   taken by the parent between the barriers (the final total is checked). The update figures'
+//!   between two barriers, and after each one waits (reading the word, no sleep) until another
+//!   process has incremented it too, so that the processes interleave by design (a contended
+//!   counter, not a burst on an owned page); operations per second of all processes together,
+//!   over the time the parent takes between the barriers (the final total is checked). The update figures'
 //!   floor is the invalidate figure of the same process count (target >= 3); the adaptive
 //!   figure's floor is the better of the two fixed modes with 4 processes (target >= 0.9).
 //! * `counter.latency.invalidate.4p`, `counter.latency.update.4p`, `counter.latency.adaptive.4p`:
 //!   from the same 4-process runs, the median time of one contended fetch_add of the parent
-//!   (each increment timed alone; the pauses between them are outside the timed part). Floor
+//!   (each increment timed alone; the waits for the other processes are outside it). Floor
 //!   `quinn.rtt_64b`; target <= 1.5 for update mode.
 //! * `pingpong.update`, `pingpong.adaptive`: `pingpong.handoff` with the region advised Update /
 //!   Adaptive.
@@ -120,8 +121,6 @@ const REPLAY_WARMUP: usize = 100;
 const REPLAY_ROUNDS: usize = 2000;
 /// `counter.*`: fetch_adds per process.
 const COUNTER_OPS: usize = 1000;
-/// `counter.*`: pause after each fetch_add (the sleep lasts ~50-100 us with timer slack).
-const COUNTER_GAP: Duration = Duration::from_micros(20);
 
 /// DSM benchmarks, as ratios to floors measured in the same run.
 #[derive(Parser)]
@@ -879,26 +878,35 @@ fn replay_store(env: &TestEnv) -> Result<(Vec<Duration>, dsm::ReplayPathTimes)> 
 }
 
 /// Barrier, `ops` fetch_adds on the word at offset 0, barrier; returns the time between the
-/// barriers and checks the final total.
+/// barriers and each fetch_add's own time, and checks the final total.
+///
+/// The processes interleave by design, with no sleep: after each increment a process waits
+/// (reading the word, yielding the CPU) until another process has incremented it too, or until
+/// every other process is done. So every increment contends (without the wait, each process
+/// would do its whole burst on a page it owns, and invalidate mode would measure local atomics),
+/// and the time between the barriers is the counter's own serialized rate in that mode.
 fn counter_ops(r: &dsm::Region, ops: usize) -> Result<(Duration, Vec<Duration>)> {
     let word = &r.as_slice::<AtomicU64>(0, 1)?[0];
+    let total = ops as u64 * u64::from(r.nprocs());
     let mut each = Vec::with_capacity(ops);
     r.barrier().context("barrier before the fetch_adds")?;
     let t = Instant::now();
-    for _ in 0..ops {
+    for done in 1..=ops {
         let op = Instant::now();
-        word.fetch_add(1, Ordering::SeqCst);
+        let mine = word.fetch_add(1, Ordering::SeqCst) + 1;
         each.push(op.elapsed());
-        // Time away from the counter, as in a program that counts events: the processes'
-        // increments interleave, so every one contends (without it each process would do its
-        // whole burst on a page it owns, and invalidate mode would measure local atomics).
-        std::thread::sleep(COUNTER_GAP);
+        // Everyone else is done once the word holds all their increments and all of ours so far.
+        let others_done = mine == total - (ops - done) as u64;
+        if done < ops && !others_done {
+            while word.load(Ordering::SeqCst) == mine {
+                std::thread::yield_now();
+            }
+        }
     }
     r.barrier().context("barrier after the fetch_adds")?;
     let took = t.elapsed();
-    let total = word.load(Ordering::SeqCst);
-    let expect = ops as u64 * u64::from(r.nprocs());
-    ensure!(total == expect, "the counter is {total}, expected {expect}");
+    let got = word.load(Ordering::SeqCst);
+    ensure!(got == total, "the counter is {got}, expected {total}");
     Ok((took, each))
 }
 
