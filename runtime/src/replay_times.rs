@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `FAULT_READ` | runtime | the write-protect fault was read from the userfaultfd |
 //! | `TESTED` | runtime | the thread is known not to be inside a system call |
-//! | `SIGNALLED` | runtime | `tgkill` returned |
+//! | `SIGNALLING` | runtime | a slot is reserved and filled; `tgkill` is next |
 //! | `HANDLER` | application | the signal handler started |
 //! | `POSTED` | application | the store is decoded and posted; the runtime thread is poked |
 //! | `PICKED` | runtime | the runtime thread took the request |
@@ -28,7 +28,7 @@ use std::time::Duration;
 pub(crate) mod stamp {
     pub const FAULT_READ: usize = 0;
     pub const TESTED: usize = 1;
-    pub const SIGNALLED: usize = 2;
+    pub const SIGNALLING: usize = 2;
     pub const HANDLER: usize = 3;
     pub const POSTED: usize = 4;
     pub const PICKED: usize = 5;
@@ -41,14 +41,14 @@ pub(crate) mod stamp {
 
 /// The stages between consecutive stamps, by name.
 pub const STAGES: [&str; stamp::COUNT - 1] = [
-    "syscall_test",   // FAULT_READ -> TESTED
-    "signal_send",    // TESTED -> SIGNALLED
-    "signal_wake",    // SIGNALLED -> HANDLER
-    "decode",         // HANDLER -> POSTED
-    "handler_to_runtime", // POSTED -> PICKED
-    "frame",          // PICKED -> SENT
-    "coordinator_round_trip", // SENT -> ANSWERED
-    "answer_wake",    // ANSWERED -> RESUMED
+    "syscall_test",           // FAULT_READ -> TESTED
+    "slot",                   // TESTED -> SIGNALLING
+    "signal",                 // SIGNALLING -> HANDLER: tgkill, the thread's wake-up, delivery
+    "decode",                 // HANDLER -> POSTED
+    "handler_to_runtime",     // POSTED -> PICKED: eventfd, the runtime thread's wake-up
+    "frame",                  // PICKED -> SENT
+    "coordinator_round_trip", // SENT -> ANSWERED: flush, network, coordinator, reading the answer
+    "answer_wake",            // ANSWERED -> RESUMED: futex, the thread's wake-up
 ];
 
 static REPLAYS: AtomicU64 = AtomicU64::new(0);

@@ -133,3 +133,38 @@ fn update_through_a_lossy_link() {
     }
     assert!(relay.stats().dropped > 0);
 }
+
+/// Every replayed store is stamped along its path (`dsm::ReplayPathTimes`): each of them is
+/// counted, every stage took some time, and the stages together fit inside the stores' own
+/// wall time (the stamps are ordered and on one clock). The only in-process replays of this
+/// test binary are these (the other tests replay in worker processes).
+#[test]
+fn replayed_stores_are_timed_stage_by_stage_within_their_wall_time() {
+    const STORES: u64 = 50;
+    let env = TestEnv::new();
+    let cfg = env.config(&session_name("replay-times"), 4096, 1).build().unwrap();
+    let region = dsm::Region::attach(&cfg).unwrap();
+    region.advise(0, region.len(), dsm::Coherence::Update).unwrap();
+    let word: &[std::sync::atomic::AtomicU64] = region.as_slice(0, 1).unwrap();
+    assert_eq!(word[0].load(std::sync::atomic::Ordering::SeqCst), 0); // present, read-only
+    let replayed_before = region.stats().unwrap().replayed_writes;
+    let before = dsm::ReplayPathTimes::now();
+    let t = std::time::Instant::now();
+    for i in 1..=STORES {
+        word[0].store(i, std::sync::atomic::Ordering::Relaxed);
+    }
+    let wall = t.elapsed();
+    let times = dsm::ReplayPathTimes::now().since(&before);
+    let replayed = region.stats().unwrap().replayed_writes - replayed_before;
+    assert_eq!(word[0].load(std::sync::atomic::Ordering::SeqCst), STORES);
+    assert_eq!(replayed, STORES, "every store went by replay");
+    assert_eq!(times.replays, STORES, "{times:?}");
+    let means = times.means();
+    assert_eq!(means.len(), dsm::replay_times::STAGES.len());
+    for (stage, total) in dsm::replay_times::STAGES.iter().zip(times.totals_nanos) {
+        assert!(total > 0, "stage {stage} took no time: {times:?}");
+    }
+    let staged: u64 = times.totals_nanos.iter().sum();
+    assert!(u128::from(staged) <= wall.as_nanos(), "stages {staged} ns > wall {wall:?}: {means:?}");
+    region.detach().unwrap();
+}

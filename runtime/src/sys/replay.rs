@@ -155,11 +155,12 @@ pub fn signal_thread(tid: i32, fault_addr: u64, efd: i32, read_at: u64, tested_a
         }
         slot.stamps[stamp::FAULT_READ].store(read_at, Ordering::Relaxed);
         slot.stamps[stamp::TESTED].store(tested_at, Ordering::Relaxed);
+        // Before the signal: its handler may start before tgkill returns here.
+        slot.stamps[stamp::SIGNALLING].store(times::now(), Ordering::Relaxed);
         protocol::publish(&slot.word, ticket);
         let claim = Claim { slot: i, ticket };
         // SAFETY: plain syscall; tid is a thread of this process reported by userfaultfd.
         let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, replay_signal()) };
-        slot.stamps[stamp::SIGNALLED].store(times::now(), Ordering::Relaxed);
         if r != 0 && reclaim(claim) {
             return Signalled::NoSlot;
         }
