@@ -76,6 +76,17 @@ impl HomeStore for MappedHomes {
     }
 }
 
+/// Gives heap memory that was freed back to the OS (glibc keeps freed blocks of every arena
+/// for reuse: the frame buffers of a large session's connections, tens of MiB, would otherwise
+/// stay resident after it ended). Called when a connection closes.
+pub fn release_freed_heap() {
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists; it takes the
+    // arena locks itself and touches no memory that is in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,16 +105,5 @@ mod tests {
         h.write(1, &[1; 10]);
         assert_eq!(h.stored_pages(), 0);
         assert!(MappedHomes::new(0).is_err());
-    }
-}
-
-/// Gives heap memory that was freed back to the OS (glibc keeps freed blocks of every arena
-/// for reuse: the frame buffers of a large session's connections, tens of MiB, would otherwise
-/// stay resident after it ended). Called when a connection closes.
-pub fn release_freed_heap() {
-    // SAFETY: malloc_trim only walks and trims the allocator's own free lists; it takes the
-    // arena locks itself and touches no memory that is in use.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

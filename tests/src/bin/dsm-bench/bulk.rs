@@ -224,7 +224,7 @@ fn coordinator_rss() -> Result<(f64, f64)> {
                 name = line.to_string();
             }
         }
-        maps.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        maps.sort_unstable_by_key(|m| std::cmp::Reverse(m.0));
         for (kib, name) in maps.iter().take(6) {
             eprintln!("coordinator.rss_after: {kib} KiB in {name}");
         }
