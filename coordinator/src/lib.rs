@@ -21,6 +21,7 @@ pub use metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 pub use query::{QueryError, StatusClient};
 pub use registry::{ConnId, EndedSession, Event, Output, Registry, SessionCounts, SessionStats};
 pub use server::{spawn, Config, Coordinator, CoordinatorThread, ServeError};
+pub use homes::use_one_heap_arena;
 pub use status::unix_ms;
 
 pub use dsm_proto::close_code;

@@ -48,6 +48,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    dsm_coordinator::use_one_heap_arena();
     let args = Args::parse();
     dsm_coordinator::logging::init("info");
     let mut config = dsm_coordinator::Config::new(args.listen);
