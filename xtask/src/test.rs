@@ -14,11 +14,21 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     prereq::ensure()?;
     // The binaries and libdsm.a that multi-process tests run (`dsm`, `dsm-coordinator`, the
-    // examples, the C library): `cargo test` alone builds test harnesses, not these.
-    run_cmd(cargo().args(["build", "--workspace", "--exclude", "xtask"]))?;
-    // xtask's own unit tests (prerequisite detection, ...) run too.
+    // examples, the C library): `cargo test` alone builds test harnesses, not these. Built with
+    // `--all-targets` in the same package set as the tests below, so that dev-dependency
+    // features (iced-x86's formatter, ...) are unified once and the tests reuse every artifact
+    // (built separately, a fresh clone compiled dsm, the coordinator and the tests twice).
+    run_cmd(cargo().args(["build", "--workspace", "--exclude", "xtask", "--all-targets"]))?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace"]);
+    cmd.args(["test", "--workspace", "--exclude", "xtask"]);
+    if !args.cargo_args.is_empty() {
+        cmd.arg("--").args(&args.cargo_args);
+    }
+    run_cmd(&mut cmd)?;
+    // xtask's own unit tests (prerequisite detection, ...), on their own: its dependencies'
+    // features differ from the workspace's.
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "xtask"]);
     if !args.cargo_args.is_empty() {
         cmd.arg("--").args(&args.cargo_args);
     }
