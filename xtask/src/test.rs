@@ -19,18 +19,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // features (iced-x86's formatter, ...) are unified once and the tests reuse every artifact
     // (built separately, a fresh clone compiled dsm, the coordinator and the tests twice).
     run_cmd(cargo().args(["build", "--workspace", "--exclude", "xtask", "--all-targets"]))?;
-    let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "xtask"]);
-    if !args.cargo_args.is_empty() {
-        cmd.arg("--").args(&args.cargo_args);
-    }
-    run_cmd(&mut cmd)?;
+    let test = |packages: &[&str]| {
+        let mut cmd = cargo();
+        cmd.arg("test").args(packages);
+        if !args.cargo_args.is_empty() {
+            cmd.arg("--").args(&args.cargo_args);
+        }
+        run_cmd(&mut cmd)
+    };
+    test(&["--workspace", "--exclude", "xtask"])?;
     // xtask's own unit tests (prerequisite detection, ...), on their own: its dependencies'
     // features differ from the workspace's.
-    let mut cmd = cargo();
-    cmd.args(["test", "-p", "xtask"]);
-    if !args.cargo_args.is_empty() {
-        cmd.arg("--").args(&args.cargo_args);
-    }
-    run_cmd(&mut cmd)
+    test(&["-p", "xtask"])
 }

@@ -375,14 +375,12 @@ extern "C" fn on_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mu
     }
     // SAFETY: after observing Done the handler owns `outcome` again.
     let outcome = unsafe { *slot.outcome.get() };
-    if let (Outcome::Done { .. }, Some(_)) = (outcome, decoded) {
+    if let (Outcome::Done { old }, Some(d)) = (outcome, decoded) {
         let mut stamps: [u64; stamp::COUNT] = std::array::from_fn(|i| slot.stamps[i].load(Ordering::Relaxed));
         stamps[stamp::HANDLER] = entered;
         stamps[stamp::POSTED] = posted;
         stamps[stamp::RESUMED] = times::now();
         times::record(&stamps);
-    }
-    if let (Outcome::Done { old }, Some(d)) = (outcome, decoded) {
         decode::apply(&d, old, &mut regs);
         // SAFETY: as for read_regs.
         unsafe { write_regs(uc, &regs) };
