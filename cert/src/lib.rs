@@ -10,7 +10,8 @@
 //!   rustls configurations that require TLS 1.3, ALPN `dsm`, and a client
 //!   certificate that chains to the CA.
 //! * [`quic_server_config`] / [`quic_client_config`] wrap them for quinn
-//!   together with the shared [`Transport`] tuning.
+//!   together with the shared [`Transport`] tuning; [`endpoint`] binds the UDP socket under
+//!   them with kernel buffers sized for bulk traffic.
 //!
 //! All errors are [`Error`] values whose messages name the file at fault.
 
@@ -18,6 +19,7 @@ mod error;
 mod gen;
 mod load;
 mod setup;
+mod socket;
 mod transport;
 
 use std::ffi::OsString;
@@ -26,6 +28,7 @@ use std::path::PathBuf;
 pub use error::{tls_alert_name, Error};
 pub use gen::{ensure, generate, issue_client, self_signed_client, DEFAULT_SANS};
 pub use load::{client_tls_config, client_tls_config_from, server_tls_config, ALPN};
+pub use socket::{endpoint, udp_socket, SOCKET_BUFFER};
 pub use setup::{make_certs, CertsReport, CertsRequest, Written, CLIENTS_DIR};
 pub use transport::{
     quic_client_config, quic_server_config, Congestion, Transport, TransportError, MAX_ACK_DELAY,

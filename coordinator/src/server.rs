@@ -169,7 +169,7 @@ impl Coordinator {
     pub fn bind(config: &Config) -> Result<Self, ServeError> {
         config.transport.validate()?;
         let server_config = dsm_cert::quic_server_config(&config.cert_dir, &config.transport)?;
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        let endpoint = dsm_cert::endpoint(config.listen, Some(server_config))
             .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
         let metrics_endpoint = match config.metrics {
             Some(addr) => Some(MetricsEndpoint::bind(addr).map_err(|source| ServeError::MetricsBind { addr, source })?),

@@ -40,7 +40,7 @@ pub(super) async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
         .map_err(|e| Error::Certificates(e.to_string()))?;
     let bind: SocketAddr =
         if addr.is_ipv6() { "[::]:0".parse().expect("literal") } else { "0.0.0.0:0".parse().expect("literal") };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::os("binding a UDP socket", e))?;
+    let mut endpoint = dsm_cert::endpoint(bind, None).map_err(|e| Error::os("binding a UDP socket", e))?;
     endpoint.set_default_client_config(client_config);
     let server_name = config.server_name.clone().unwrap_or_else(|| host_of(&addr_text).to_string());
     let connecting = endpoint.connect(addr, &server_name).map_err(|e| Error::Unreachable {

@@ -244,6 +244,8 @@ impl Driver {
         if let Some(r) = &mut self.region {
             r.release_handlers();
         }
+        // Datagrams, losses, congestion events, path RTT: what to look at when a transfer is slow.
+        debug!("connection statistics at the end: {:?}", self.conn.stats());
         self.conn.close(close_code::OK.into(), b"detached");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }

@@ -537,7 +537,7 @@ fn quinn_bench_via(
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let endpoint = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)
+                let endpoint = dsm_cert::endpoint("127.0.0.1:0".parse()?, Some(server_config))
                     .context("binding the server")?;
                 let _ = addr_tx.send(endpoint.local_addr()?);
                 let incoming = tokio::time::timeout(Duration::from_secs(10), endpoint.accept())
@@ -593,7 +593,7 @@ fn quinn_bench_via(
         .enable_all()
         .build()?;
     let client = rt.block_on(async move {
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?).context("binding the client")?;
+        let mut endpoint = dsm_cert::endpoint("127.0.0.1:0".parse()?, None).context("binding the client")?;
         endpoint.set_default_client_config(client_config);
         let conn = endpoint.connect(addr, "localhost")?.await.context("connecting")?;
         let (mut send, mut recv) = conn.open_bi().await.context("opening a stream")?;
