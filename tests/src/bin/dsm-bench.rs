@@ -38,23 +38,7 @@
 //!   waits until `turn % 2 == r`, then increments it); 2000 hand-offs after 100 warm-up ones; one
 //!   hand-off is half the time between two consecutive turns of the parent.
 //!
-//! * `replay.store`: one 8-byte `write_volatile` store to a page advised
-//!   [`dsm::Coherence::Update`] in a one-process session (the page was read first, so it is
-//!   present and read-only): each store faults, is decoded on the faulting thread, replayed at
-//!   the coordinator and resumed past. Floor `quinn.rtt_64b`.
-//! * `counter.invalidate.2p`, `counter.invalidate.4p`, `counter.update.2p`,
-//!   `counter.update.4p`, `counter.adaptive.4p`: `AtomicU64::fetch_add` on one shared word with
-//!   the region advised Invalidate / Update / Adaptive; every process does `COUNTER_OPS` of them
-//!   between two barriers, and after each one waits (reading the word, no sleep) until another
-//!   process has incremented it too, so that the processes interleave by design (a contended
-//!   counter, not a burst on an owned page); operations per second of all processes together,
-//!   over the time the parent takes between the barriers (the final total is checked). The update figures'
-//!   floor is the invalidate figure of the same process count (target >= 3); the adaptive
-//!   figure's floor is the better of the two fixed modes with 4 processes (target >= 0.9).
-//! * `counter.latency.invalidate.4p`, `counter.latency.update.4p`, `counter.latency.adaptive.4p`:
-//!   from the same 4-process runs, the median time of one contended fetch_add of the parent
-//!   (each increment timed alone; the waits for the other processes are outside it). Floor
-//!   `quinn.rtt_64b`; target <= 1.5 for update mode.
+//! * `replay.*`, `counter.*`: write replay and contended counters (see the `counter` module).
 //! * `pingpong.update`, `pingpong.adaptive`: `pingpong.handoff` with the region advised Update /
 //!   Adaptive.
 //!
@@ -67,7 +51,6 @@
 //! missing its target only produces a note, never a failing exit code.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -79,6 +62,10 @@ use dsm_tests::{session_name, TestEnv, Workers};
 // `src/bin/`, where Cargo would take it for another binary.
 #[path = "dsm-bench/bulk.rs"]
 mod bulk;
+#[path = "dsm-bench/counter.rs"]
+mod counter;
+#[path = "dsm-bench/floors.rs"]
+mod floors;
 #[path = "dsm-bench/lossy.rs"]
 mod lossy;
 
@@ -89,15 +76,6 @@ const HELPER_EXIT: Duration = Duration::from_secs(30);
 /// Page size of the region.
 const PAGE: usize = 4096;
 
-const QUINN_WARMUP: usize = 200;
-const QUINN_ROUNDS: usize = 2000;
-/// `quinn.rtt_4k`: request and response sizes.
-const FETCH_REQUEST: usize = 16;
-const FETCH_RESPONSE: usize = 4096;
-/// `quinn.stream`: message size, byte budget and time budget.
-const STREAM_MSG: usize = 4096;
-const STREAM_BYTES: u64 = 256 << 20;
-const STREAM_TIME: Duration = Duration::from_secs(1);
 const PING_WARMUP: usize = 200;
 const PING_ROUNDS: usize = 2000;
 const BARRIER_WARMUP: usize = 50;
@@ -116,11 +94,6 @@ const TOUCH_BYTES: u64 = 256 << 20;
 const SPIN_WARMUP: u64 = 100;
 const SPIN_ROUNDS: u64 = 2000;
 const SPIN_SIZE: u64 = 64 << 10;
-/// `replay.store`: timed replayed stores after warm-up ones.
-const REPLAY_WARMUP: usize = 100;
-const REPLAY_ROUNDS: usize = 2000;
-/// `counter.*`: fetch_adds per process.
-const COUNTER_OPS: usize = 1000;
 
 /// DSM benchmarks, as ratios to floors measured in the same run.
 #[derive(Parser)]
@@ -287,7 +260,7 @@ fn worker(kind: WorkerKind, rounds: usize) -> Result<()> {
         }
         WorkerKind::Counter => {
             let r = dsm::Region::attach(&config).context("attaching the region")?;
-            counter_ops(&r, rounds)?;
+            counter::counter_ops(&r, rounds)?;
             r.detach().context("detaching")
         }
         WorkerKind::FillWait => {
@@ -323,17 +296,7 @@ fn bench(args: &Args) -> Result<()> {
     let mut figures = Vec::new();
 
     // Floors, always measured.
-    let rtt = quinn_bench(env.cert_dir(), QuinnLoad::Echo { request: 64, response: 64 })
-        .context("measuring quinn.rtt_64b")?;
-    figures.push(Figure::floor("quinn.rtt_64b", median_us(&rtt.rtts), "us"));
-    let fetch = quinn_bench(
-        env.cert_dir(),
-        QuinnLoad::Echo { request: FETCH_REQUEST, response: FETCH_RESPONSE },
-    )
-    .context("measuring quinn.rtt_4k")?;
-    figures.push(Figure::floor("quinn.rtt_4k", median_us(&fetch.rtts), "us"));
-    let stream = quinn_bench(env.cert_dir(), QuinnLoad::Stream).context("measuring quinn.stream")?;
-    figures.push(Figure::floor("quinn.stream", stream.mb_per_s, "MB/s"));
+    floors::measure(env.cert_dir(), &mut figures)?;
     let native = native_store().context("measuring native.store")?;
     figures.push(Figure::floor("native.store", native, "Mstores/s"));
 
@@ -389,77 +352,7 @@ fn bench(args: &Args) -> Result<()> {
             Some(Target::AtLeast(0.5)),
         ));
     }
-    if selected("replay.store") {
-        let (samples, hops) = replay_store(&env).context("measuring replay.store")?;
-        let v = median_us(&samples);
-        figures.push(Figure::over(&figures, "replay.store", v, "us", "quinn.rtt_64b", Some(Target::AtMost(1.2))));
-        // Where the time goes: the mean of each stage of the path, and what is left of the mean
-        // store (the kernel's fault path and wake-up of the runtime thread, and sigreturn).
-        let mean_store = samples.iter().sum::<Duration>().as_secs_f64() * 1e6 / samples.len() as f64;
-        let mut accounted = 0.0;
-        for (stage, mean) in hops.means() {
-            let us = mean.as_secs_f64() * 1e6;
-            accounted += us;
-            let name: &'static str = Box::leak(format!("replay.store.hop.{stage}").into_boxed_str());
-            figures.push(Figure { name, value: us, unit: "us", floor: None, ratio: None, target: None });
-        }
-        if hops.replays > 0 {
-            let rest = mean_store - accounted;
-            figures.push(Figure { name: "replay.store.hop.fault_and_return", value: rest, unit: "us", floor: None, ratio: None, target: None });
-        }
-    }
-    // The counter figures: invalidate ones are measured whenever a figure over them is selected.
-    let want = |names: &[&str]| names.iter().any(|n| selected(n));
-    let counters: [(&'static str, u32, dsm::Coherence, bool); 5] = [
-        ("counter.invalidate.2p", 2, dsm::Coherence::Invalidate, want(&["counter.invalidate.2p", "counter.update.2p"])),
-        (
-            "counter.invalidate.4p",
-            4,
-            dsm::Coherence::Invalidate,
-            want(&["counter.invalidate.4p", "counter.update.4p", "counter.adaptive.4p", "counter.latency.invalidate.4p"]),
-        ),
-        ("counter.update.2p", 2, dsm::Coherence::Update, want(&["counter.update.2p"])),
-        ("counter.update.4p", 4, dsm::Coherence::Update, want(&["counter.update.4p", "counter.adaptive.4p", "counter.latency.update.4p"])),
-        ("counter.adaptive.4p", 4, dsm::Coherence::Adaptive, want(&["counter.adaptive.4p", "counter.latency.adaptive.4p"])),
-    ];
-    let mut latencies = Vec::new();
-    for (name, nprocs, coherence, measure) in counters {
-        if !measure {
-            continue;
-        }
-        let (v, latency) = counter_rate(&env, nprocs, coherence).with_context(|| format!("measuring {name}"))?;
-        if nprocs == 4 {
-            latencies.push((coherence, latency));
-        }
-        let figure = match coherence {
-            dsm::Coherence::Invalidate => Figure { name, value: v, unit: "ops/s", floor: None, ratio: None, target: None },
-            dsm::Coherence::Update => {
-                let floor = if nprocs == 2 { "counter.invalidate.2p" } else { "counter.invalidate.4p" };
-                Figure::over(&figures, name, v, "ops/s", floor, Some(Target::AtLeast(3.0)))
-            }
-            _ => {
-                let value_of = |n: &str| figures.iter().find(|f| f.name == n).map_or(f64::NAN, |f| f.value);
-                let floor = if value_of("counter.update.4p") >= value_of("counter.invalidate.4p") {
-                    "counter.update.4p"
-                } else {
-                    "counter.invalidate.4p"
-                };
-                Figure::over(&figures, name, v, "ops/s", floor, Some(Target::AtLeast(0.9)))
-            }
-        };
-        figures.push(figure);
-    }
-    // Per-operation latency of the contended increment, from the same runs (4 processes).
-    for (coherence, latency) in latencies {
-        let (name, target) = match coherence {
-            dsm::Coherence::Invalidate => ("counter.latency.invalidate.4p", None),
-            dsm::Coherence::Update => ("counter.latency.update.4p", Some(Target::AtMost(1.5))),
-            _ => ("counter.latency.adaptive.4p", None),
-        };
-        if selected(name) {
-            figures.push(Figure::over(&figures, name, latency, "us", "quinn.rtt_64b", target));
-        }
-    }
+    counter::measure(&env, &selected, &mut figures)?;
     for (name, coherence) in [("pingpong.update", dsm::Coherence::Update), ("pingpong.adaptive", dsm::Coherence::Adaptive)] {
         if selected(name) {
             let v = median_us(&spin_handoff(&env, Some(coherence)).with_context(|| format!("measuring {name}"))?);
@@ -490,166 +383,6 @@ fn bench(args: &Args) -> Result<()> {
         print_table(&shown);
     }
     Ok(())
-}
-
-/// What the raw quinn benchmark sends.
-#[derive(Clone, Copy)]
-enum QuinnLoad {
-    /// Round trips: `request` bytes out, `response` bytes back, timed one by one.
-    Echo { request: usize, response: usize },
-    /// One-way stream of `STREAM_MSG`-byte writes, counted by the server.
-    Stream,
-}
-
-/// Results of [`quinn_bench`]: round trips for `Echo`, throughput for `Stream`.
-#[derive(Default)]
-struct QuinnResult {
-    rtts: Vec<Duration>,
-    mb_per_s: f64,
-    /// What the relay did, if there was one.
-    relay: Option<dsm_relay::RelayStats>,
-}
-
-/// Raw quinn: a server thread and a client in this thread, each on its own current-thread
-/// runtime, one bidirectional stream carrying `load`.
-fn quinn_bench(cert_dir: &Path, load: QuinnLoad) -> Result<QuinnResult> {
-    quinn_bench_via(cert_dir, load, None, QUINN_ROUNDS)
-}
-
-/// [`quinn_bench`] with `rounds` timed round trips (for `Echo`), the client talking to the server
-/// through a relay with `link` if given.
-fn quinn_bench_via(
-    cert_dir: &Path,
-    load: QuinnLoad,
-    link: Option<dsm_relay::LinkConfig>,
-    rounds: usize,
-) -> Result<QuinnResult> {
-    let transport = dsm_cert::Transport::default();
-    let server_config = dsm_cert::quic_server_config(cert_dir, &transport).context("quinn server config")?;
-    let tls = dsm_cert::client_tls_config(cert_dir).context("client TLS config")?;
-    let client_config = dsm_cert::quic_client_config(tls, &transport).context("quinn client config")?;
-
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let server = std::thread::Builder::new()
-        .name("quinn-server".into())
-        .spawn(move || -> Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let endpoint = dsm_cert::endpoint("127.0.0.1:0".parse()?, Some(server_config))
-                    .context("binding the server")?;
-                let _ = addr_tx.send(endpoint.local_addr()?);
-                let incoming = tokio::time::timeout(Duration::from_secs(10), endpoint.accept())
-                    .await
-                    .context("no client connected within 10 s")?
-                    .context("endpoint closed")?;
-                let conn = incoming.await.context("accepting the connection")?;
-                let (mut send, mut recv) = conn.accept_bi().await.context("accepting the stream")?;
-                match load {
-                    QuinnLoad::Echo { request, response } => {
-                        let mut buf = vec![0u8; request];
-                        let answer = vec![0xa5u8; response];
-                        loop {
-                            match recv.read_exact(&mut buf).await {
-                                Ok(()) => send.write_all(&answer).await.context("answer write")?,
-                                Err(quinn::ReadExactError::FinishedEarly(0)) => break,
-                                Err(e) => return Err(e).context("request read"),
-                            }
-                        }
-                    }
-                    QuinnLoad::Stream => {
-                        let mut buf = vec![0u8; 64 << 10];
-                        let mut total = 0u64;
-                        while let Some(n) = recv.read(&mut buf).await.context("stream read")? {
-                            total += n as u64;
-                        }
-                        send.write_all(&total.to_le_bytes()).await.context("count write")?;
-                    }
-                }
-                send.finish()?;
-                conn.closed().await;
-                endpoint.wait_idle().await;
-                Ok(())
-            })
-        })
-        .context("starting the quinn server thread")?;
-    let Ok(addr) = addr_rx.recv() else {
-        return Err(match server.join() {
-            Ok(Err(e)) => e,
-            _ => anyhow::anyhow!("the quinn server thread ended without an address"),
-        });
-    };
-    let relay = match link {
-        None => None,
-        Some(link) => Some(
-            dsm_relay::spawn(dsm_relay::RelayConfig { listen: "127.0.0.1:0".parse()?, to: addr, link })
-                .context("starting the relay")?,
-        ),
-    };
-    let addr = relay.as_ref().map_or(addr, dsm_relay::RelayThread::local_addr);
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = rt.block_on(async move {
-        let mut endpoint = dsm_cert::endpoint("127.0.0.1:0".parse()?, None).context("binding the client")?;
-        endpoint.set_default_client_config(client_config);
-        let conn = endpoint.connect(addr, "localhost")?.await.context("connecting")?;
-        let (mut send, mut recv) = conn.open_bi().await.context("opening a stream")?;
-        let mut result = QuinnResult::default();
-        match load {
-            QuinnLoad::Echo { request, response } => {
-                let out = vec![0x5au8; request];
-                let mut back = vec![0u8; response];
-                result.rtts.reserve(rounds);
-                for i in 0..QUINN_WARMUP + rounds {
-                    let t = Instant::now();
-                    send.write_all(&out).await.context("write")?;
-                    recv.read_exact(&mut back).await.context("read")?;
-                    let took = t.elapsed();
-                    if i >= QUINN_WARMUP {
-                        result.rtts.push(took);
-                    }
-                }
-                send.finish()?;
-            }
-            QuinnLoad::Stream => {
-                let msg = vec![0x5au8; STREAM_MSG];
-                let mut sent = 0u64;
-                let t = Instant::now();
-                while sent < STREAM_BYTES {
-                    send.write_all(&msg).await.context("stream write")?;
-                    sent += STREAM_MSG as u64;
-                    if sent.is_multiple_of(1 << 20) && t.elapsed() >= STREAM_TIME {
-                        break;
-                    }
-                }
-                send.finish()?;
-                let mut count = [0u8; 8];
-                recv.read_exact(&mut count).await.context("reading the server's count")?;
-                let took = t.elapsed();
-                let counted = u64::from_le_bytes(count);
-                anyhow::ensure!(counted == sent, "server counted {counted} bytes, {sent} were sent");
-                result.mb_per_s = sent as f64 / took.as_secs_f64() / 1e6;
-            }
-        }
-        let rest = recv
-            .read_to_end(64)
-            .await
-            .context("waiting for the server's stream to finish")?;
-        anyhow::ensure!(rest.is_empty(), "unexpected {} trailing bytes", rest.len());
-        conn.close(0u32.into(), b"done");
-        endpoint.wait_idle().await;
-        Ok::<_, anyhow::Error>(result)
-    });
-    let served = server
-        .join()
-        .map_err(|_| anyhow::anyhow!("the quinn server thread panicked"))?;
-    let mut result = client?;
-    served.context("quinn server")?;
-    result.relay = relay.map(|r| r.stats());
-    Ok(result)
 }
 
 /// `STORE_PASSES` passes of 8-byte volatile stores over `words` words at `ptr`.
@@ -835,92 +568,6 @@ fn spin_handoff_via(
             .filter(|w| w[0].0 >= warmup)
             .map(|w| (w[1].1 - w[0].1) / 2)
             .collect())
-    })
-}
-
-/// `replay.store`: individually timed 8-byte stores to an update-mode page of a one-process
-/// region (the page is read first, so every store is a write-protect fault that is replayed).
-/// Also returns the stages of the timed stores' path (`dsm::ReplayPathTimes`).
-fn replay_store(env: &TestEnv) -> Result<(Vec<Duration>, dsm::ReplayPathTimes)> {
-    let r: dsm::Region = attach(env, &session_name("bench-replay"), 1, SIZE)?;
-    r.advise(0, r.len(), dsm::Coherence::Update).context("advising the region")?;
-    let word = r.ptr_at(0, 8)?.cast::<u64>();
-    // SAFETY: inside the region (bounds-checked above).
-    unsafe { std::ptr::read_volatile(word) };
-    let before = r.stats().context("stats")?.replayed_writes;
-    let mut samples = Vec::with_capacity(REPLAY_ROUNDS);
-    let mut hops_before = dsm::ReplayPathTimes::now();
-    for i in 0..REPLAY_WARMUP + REPLAY_ROUNDS {
-        if i == REPLAY_WARMUP {
-            hops_before = dsm::ReplayPathTimes::now();
-        }
-        let t = Instant::now();
-        // SAFETY: as above.
-        unsafe { std::ptr::write_volatile(word, i as u64 + 1) };
-        let took = t.elapsed();
-        if i >= REPLAY_WARMUP {
-            samples.push(took);
-        }
-    }
-    let stats = r.stats().context("stats")?;
-    // SAFETY: as above.
-    let last = unsafe { std::ptr::read_volatile(word) };
-    ensure!(last == (REPLAY_WARMUP + REPLAY_ROUNDS) as u64, "the word holds {last} after the stores");
-    let replayed = stats.replayed_writes - before;
-    ensure!(
-        replayed >= (REPLAY_WARMUP + REPLAY_ROUNDS) as u64,
-        "only {replayed} of {} stores were replayed ({stats:?})",
-        REPLAY_WARMUP + REPLAY_ROUNDS
-    );
-    let hops = dsm::ReplayPathTimes::now().since(&hops_before);
-    r.detach().context("detaching")?;
-    Ok((samples, hops))
-}
-
-/// Barrier, `ops` fetch_adds on the word at offset 0, barrier; returns the time between the
-/// barriers and each fetch_add's own time, and checks the final total.
-///
-/// The processes interleave by design, with no sleep: after each increment a process waits
-/// (reading the word, yielding the CPU) until another process has incremented it too, or until
-/// every other process is done. So every increment contends (without the wait, each process
-/// would do its whole burst on a page it owns, and invalidate mode would measure local atomics),
-/// and the time between the barriers is the counter's own serialized rate in that mode.
-fn counter_ops(r: &dsm::Region, ops: usize) -> Result<(Duration, Vec<Duration>)> {
-    let word = &r.as_slice::<AtomicU64>(0, 1)?[0];
-    let total = ops as u64 * u64::from(r.nprocs());
-    let mut each = Vec::with_capacity(ops);
-    r.barrier().context("barrier before the fetch_adds")?;
-    let t = Instant::now();
-    for done in 1..=ops {
-        let op = Instant::now();
-        let mine = word.fetch_add(1, Ordering::SeqCst) + 1;
-        each.push(op.elapsed());
-        // Everyone else is done once the word holds all their increments and all of ours so far.
-        let others_done = mine == total - (ops - done) as u64;
-        if done < ops && !others_done {
-            while word.load(Ordering::SeqCst) == mine {
-                std::thread::yield_now();
-            }
-        }
-    }
-    r.barrier().context("barrier after the fetch_adds")?;
-    let took = t.elapsed();
-    let got = word.load(Ordering::SeqCst);
-    ensure!(got == total, "the counter is {got}, expected {total}");
-    Ok((took, each))
-}
-
-/// `counter.*`: fetch_adds per second of `nprocs` processes on one word advised `coherence`,
-/// and the median time of one fetch_add of this process (the pauses between them untimed).
-fn counter_rate(env: &TestEnv, nprocs: u32, coherence: dsm::Coherence) -> Result<(f64, f64)> {
-    let session = session_name("bench-counter");
-    with_helpers(env, &session, nprocs, SIZE, WorkerKind::Counter, COUNTER_OPS, |r: &dsm::Region| {
-        r.advise(0, r.len(), coherence).context("advising the region")?;
-        let (took, each) = counter_ops(r, COUNTER_OPS)?;
-        if std::env::var_os("DSM_BENCH_STATS").is_some() {
-            eprintln!("counter {coherence:?} {nprocs}p: {took:?}, rank 0 {:?}", r.stats()?);
-        }
-        Ok(((COUNTER_OPS * nprocs as usize) as f64 / took.as_secs_f64(), median_us(&each)))
     })
 }
 

@@ -26,9 +26,8 @@ use dsm_tests::TestEnv;
 
 use dsm_relay::RelayStats;
 
-use super::{
-    quinn_bench_via, semaphore_handoff_via, spin_handoff_via, touch_sequential_via, Figure, QuinnLoad, Target,
-};
+use super::floors::{quinn_bench_via, QuinnLoad};
+use super::{semaphore_handoff_via, spin_handoff_via, touch_sequential_via, Figure, Target};
 
 /// One-way delay of the relay and its jitter (uniform, never reorders by itself).
 const DELAY: Duration = Duration::from_millis(2);
