@@ -6,7 +6,8 @@
 //! - `server.rs`: QUIC endpoint, one task pair per connection, frames in and out;
 //! - `status.rs`: answering status requests; `query.rs`: asking for them ([`StatusClient`]);
 //! - `metrics.rs` (+ `metrics/http.rs`): Prometheus metrics and their `/metrics` endpoint;
-//! - `journal.rs`: registry events as log lines; `logging.rs`: the binaries' log set-up.
+//! - `journal.rs`: registry events as log lines; `logging.rs`: the binaries' log set-up;
+//! - `workers.rs`: the runtime and its default number of worker threads.
 
 mod homes;
 mod journal;
@@ -16,6 +17,7 @@ mod query;
 mod registry;
 mod server;
 mod status;
+mod workers;
 
 pub use metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 pub use query::{QueryError, StatusClient};
@@ -23,5 +25,6 @@ pub use registry::{ConnId, EndedSession, Event, Output, Registry, SessionCounts,
 pub use server::{spawn, Config, Coordinator, CoordinatorThread, ServeError};
 pub use homes::use_one_heap_arena;
 pub use status::unix_ms;
+pub use workers::{default_workers, runtime};
 
 pub use dsm_proto::close_code;

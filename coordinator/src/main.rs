@@ -18,6 +18,7 @@ use tracing::info;
     dsm-coordinator --listen 127.0.0.1:4200\n  \
     dsm-coordinator --listen 0.0.0.0:4200 --metrics 127.0.0.1:9477   # Prometheus text at /metrics\n  \
     dsm-coordinator --listen [::]:4200 --cert-dir /etc/dsm/certs\n  \
+    dsm-coordinator --listen 0.0.0.0:4200 --workers 8   # a dedicated host serving many sessions\n  \
     RUST_LOG=dsm_coordinator=debug dsm-coordinator --listen 0.0.0.0:4200 --idle-timeout 5s\n\n\
     Certificates come from --cert-dir, else $DSM_CERT_DIR, else ~/.config/dsm/certs; create them\n\
     with `dsm certs --san <this machine's name or address>` (the coordinator needs ca.pem,\n\
@@ -45,6 +46,10 @@ struct Args {
     /// Log a status line per session this often (0 = never; `dsm status` shows more).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     status_interval: Duration,
+    /// Worker threads serving connections [default: the machine's cores but one, at least one;
+    /// a dedicated coordinator host with many sessions may want one per core].
+    #[arg(long, env = "DSM_COORDINATOR_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,19 +63,17 @@ fn main() -> anyhow::Result<()> {
     config.transport.idle_timeout = args.idle_timeout;
     config.transport.keep_alive = args.keep_alive;
     config.metrics = args.metrics;
-    // Sessions are served in parallel: connections' tasks run on every core, each session's
-    // messages under its own lock.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("dsm-coordinator")
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    // Sessions are served in parallel: connections' tasks run on every worker, each session's
+    // messages under its own lock (see `workers.rs` for the default count).
+    let workers = args.workers.map_or_else(dsm_coordinator::default_workers, usize::from);
+    let rt = dsm_coordinator::runtime(workers).context("starting the tokio runtime")?;
     rt.block_on(async move {
         let coordinator = dsm_coordinator::Coordinator::bind(&config)
             .with_context(|| format!("starting the coordinator on {}", config.listen))?;
         info!(
             addr = %coordinator.local_addr()?,
             cert_dir = %config.cert_dir.display(),
+            workers,
             "listening"
         );
         let shutdown = async {

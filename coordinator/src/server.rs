@@ -40,6 +40,8 @@ pub struct Config {
     pub hello_timeout: Duration,
     /// Where to serve Prometheus metrics over plain HTTP (`/metrics`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Worker threads of the runtime [`spawn`] starts (default [`crate::default_workers`]).
+    pub workers: usize,
 }
 
 impl Config {
@@ -51,6 +53,7 @@ impl Config {
             transport: dsm_cert::Transport::default(),
             hello_timeout: Duration::from_secs(10),
             metrics: None,
+            workers: crate::workers::default_workers(),
         }
     }
 }
@@ -530,12 +533,12 @@ impl Drop for CoordinatorThread {
 }
 
 /// Starts a coordinator on a new thread, serving connections on a multi-threaded tokio runtime
-/// of two workers (as the binary does with one per core).
+/// of `config.workers` workers (as the binary does).
 pub fn spawn(config: Config) -> Result<CoordinatorThread, ServeError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new().name("dsm-coordinator".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("dsm-coordinator").enable_all().build() {
+        let rt = match crate::workers::runtime(config.workers) {
             Ok(rt) => rt,
             Err(e) => {
                 let _ = ready_tx.send(Err(ServeError::Io(e)));

@@ -244,3 +244,38 @@ fn dsm_status_shows_sessions_and_fails_clearly_when_unreachable() {
     assert!(err.contains(&format!("cannot reach the coordinator at {addr}")), "{err}");
     assert!(err.contains(&format!("UDP port {}", silent.local_addr().unwrap().port())), "{err}");
 }
+
+#[test]
+fn the_worker_count_is_the_default_or_the_flag_and_zero_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    let threads_named = |pid: u32, name: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter(|t| {
+                let comm = std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).unwrap_or_default();
+                comm.trim() == name
+            })
+            .count()
+    };
+
+    // Default: the machine's cores but one, at least one.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let default = cores.saturating_sub(1).max(1);
+    let coordinator = start(&certs, &tmp.path().join("default.log"), &[]);
+    let log = coordinator.log_text();
+    assert!(log.contains(&format!(" workers={default}")), "{log}");
+    coordinator.stop();
+
+    // --workers 3: three worker threads (plus the main thread, named like them).
+    let coordinator = start(&certs, &tmp.path().join("three.log"), &["--workers", "3"]);
+    let log = coordinator.log_text();
+    assert!(log.contains(" workers=3"), "{log}");
+    assert!(threads_named(coordinator.pid(), "dsm-coordinator") >= 4, "{log}");
+    coordinator.stop();
+
+    let out = Command::new(built_binary("dsm-coordinator")).args(["--workers", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--workers") && err.contains('0'), "{err}");
+}
