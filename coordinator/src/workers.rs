@@ -5,7 +5,7 @@
 //! an idle worker whenever a busy one has more than one task ready (here: a connection's reader
 //! handing a reply to its writer while quinn's driver has a datagram), and on a VM that wake is
 //! a cross-vCPU interrupt that also takes the CPU the waiting client needs. Measured on the
-//! 2-core machine (`DSM_EXP_RT`-switched builds of the in-process coordinator, interleaved runs,
+//! 2-core machine (the in-process coordinator switched between 1 and 2 workers, interleaved runs,
 //! `cargo xtask bench` figures): the replay round trip (`replay.store.hop.coordinator_round_trip`)
 //! 69-104 us (mean 90, bimodal) with 2 workers and 69-84 us (mean 75) with 1; `fault.read_home`
 //! 136 / 111 us against 110 / 105; `counter.update.4p` 9259 / 9377 ops/s against 9879 / 10440;
