@@ -3,6 +3,7 @@
 mod bench;
 mod certs;
 mod demo;
+mod features;
 mod install;
 mod itest;
 mod prereq;
