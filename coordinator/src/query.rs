@@ -110,7 +110,7 @@ impl StatusClient {
         let port = target.port();
         let unreachable =
             |detail: String| QueryError::Unreachable { addr: addr.to_string(), port, detail };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
+        let mut endpoint = dsm_cert::endpoint(bind, None).map_err(|e| unreachable(format!("cannot open a UDP socket: {e}")))?;
         endpoint.set_default_client_config(client_config);
         let name = server_name.unwrap_or_else(|| host_of(addr));
         let connecting = endpoint.connect(target, name).map_err(|e| unreachable(e.to_string()))?;
