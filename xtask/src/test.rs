@@ -18,17 +18,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // `--all-targets` in the same package set as the tests below, so that dev-dependency
     // features (iced-x86's formatter, ...) are unified once and the tests reuse every artifact
     // (built separately, a fresh clone compiled dsm, the coordinator and the tests twice).
-    run_cmd(cargo().args(["build", "--workspace", "--exclude", "xtask", "--all-targets"]))?;
-    let test = |packages: &[&str]| {
-        let mut cmd = cargo();
-        cmd.arg("test").args(packages);
-        if !args.cargo_args.is_empty() {
-            cmd.arg("--").args(&args.cargo_args);
-        }
-        run_cmd(&mut cmd)
-    };
-    test(&["--workspace", "--exclude", "xtask"])?;
-    // xtask's own unit tests (prerequisite detection, ...), on their own: its dependencies'
-    // features differ from the workspace's.
-    test(&["-p", "xtask"])
+    // xtask is part of both: its manifest asks for the workspace's features (`features.rs`),
+    // so it changes nothing in what the rest is built with, and its own tests run too.
+    run_cmd(cargo().args(["build", "--workspace", "--all-targets"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]);
+    if !args.cargo_args.is_empty() {
+        cmd.arg("--").args(&args.cargo_args);
+    }
+    run_cmd(&mut cmd)
 }
