@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use dsm_proto::{decode_frame, encode_frame, Hello, ToCoordinator, ToProcess, HELLO_LEN};
+use bytes::Bytes;
+use dsm_proto::{encode_frame, FrameReader, Hello, ToCoordinator, ToProcess, HELLO_LEN};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -26,6 +27,14 @@ use crate::close_code;
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::registry::{ConnId, Output, Registry};
 use crate::status::LossTimes;
+
+/// Chunks taken from quinn per read: about one packet's stream data each.
+const READ_CHUNKS: usize = 32;
+/// Room for one batch of a writer; a batch of page data grows it (up to `BATCH_LIMIT` and one
+/// message).
+const WRITE_CAPACITY: usize = 16 * 1024;
+/// A writer stops adding queued messages to a batch at this size.
+const BATCH_LIMIT: usize = 256 * 1024;
 
 /// How the coordinator is set up.
 #[derive(Debug, Clone)]
@@ -332,19 +341,18 @@ impl Coordinator {
         self.metrics.on_open();
         let writer = tokio::spawn(write_loop(conn.clone(), send, rx).in_current_span());
 
-        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-        let mut chunk = vec![0u8; 64 * 1024];
+        let mut frames = FrameReader::with_capacity(64 * 1024);
+        let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
         let (detail, clean) = 'read: loop {
-            match recv.read(&mut chunk).await {
-                Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+            match recv.read_chunks(&mut chunks).await {
+                // quinn's own buffers (one packet's stream data each), copied once.
+                Ok(Some(n)) => chunks[..n].iter_mut().for_each(|c| frames.extend(&std::mem::take(c))),
                 Ok(None) => break 'read ("closed its stream".to_string(), true),
                 Err(e) => break 'read (connection_detail(&e), is_clean(&e)),
             }
-            let mut used = 0;
             loop {
-                match decode_frame::<ToCoordinator>(&buf[used..]) {
-                    Ok(Some((msg, n))) => {
-                        used += n;
+                match frames.next::<ToCoordinator>() {
+                    Ok(Some(msg)) => {
                         self.metrics.on_receive(id, &msg);
                         if !matches!(msg, ToCoordinator::Status { .. } | ToCoordinator::Ping { .. }) {
                             if member.is_none() {
@@ -381,7 +389,6 @@ impl Coordinator {
                     }
                 }
             }
-            buf.drain(..used);
         };
         // A member is lost under its session's lock (what that sends is ordered with the
         // session's other messages); the registry then learns of it.
@@ -445,7 +452,7 @@ async fn write_loop(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<WriterCmd>,
 ) {
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut buf = Vec::with_capacity(WRITE_CAPACITY);
     while let Some(first) = rx.recv().await {
         let mut close = None;
         let mut next = Some(first);
@@ -466,16 +473,17 @@ async fn write_loop(
                     break;
                 }
             }
-            if buf.len() < 256 * 1024 {
+            if buf.len() < BATCH_LIMIT {
                 next = rx.try_recv().ok();
             }
         }
         if !buf.is_empty() {
-            if let Err(e) = send.write_all(&buf).await {
+            // Handed to quinn as it is, without a copy into its send buffer.
+            let batch = std::mem::replace(&mut buf, Vec::with_capacity(WRITE_CAPACITY));
+            if let Err(e) = send.write_chunk(Bytes::from(batch)).await {
                 debug!("write failed: {e}");
                 return;
             }
-            buf.clear();
         }
         if let Some(why) = close {
             debug!("closing: {why}");

@@ -385,12 +385,12 @@ impl PageDirectory {
             ToCoordinator::DowngradeAck { page, data } => {
                 self.check(page)?;
                 check_len(page, data.as_ref())?;
-                self.owner_ack(page, from, Kind::Fetch, data, out);
+                self.owner_ack(page, from, Kind::Fetch, data.as_ref().map(|d| &d.0[..]), out);
             }
             ToCoordinator::RecallAck { page, data } => {
                 self.check(page)?;
                 check_len(page, data.as_ref())?;
-                self.owner_ack(page, from, Kind::Own, data, out);
+                self.owner_ack(page, from, Kind::Own, data.as_ref().map(|d| &d.0[..]), out);
             }
             ToCoordinator::Write { req, page, offset, width, value } => {
                 self.check(page)?;
@@ -439,13 +439,7 @@ impl PageDirectory {
             ToCoordinator::Writeback { page, data } => {
                 self.check(page)?;
                 check_len(page, Some(&data))?;
-                if let Some(e) = self.entries.get_mut(&page) {
-                    if e.owner == Some(from) {
-                        self.homes.write(page, &data.0);
-                        e.owner = None;
-                        self.stats.writebacks += 1;
-                    }
-                }
+                self.writeback(page, from, &data.0);
             }
             ToCoordinator::FetchRun { req, first, count } => {
                 self.check_span("fetch run", first, count, None)?;
@@ -481,8 +475,31 @@ impl PageDirectory {
                     _ => unreachable!("matched above"),
                 };
                 self.check_span("acknowledgement run", first, count, len)?;
-                for msg in crate::runs::expand_to_coordinator(run) {
-                    self.handle(from, msg, out)?;
+                // Each page as its own message would be, its bytes read in place (checked
+                // above: the run's data is `count` whole pages).
+                let pages = (first..first + u64::from(count)).zip(0..);
+                match run {
+                    ToCoordinator::DowngradeAckRun { data, .. } => {
+                        for (page, i) in pages {
+                            self.owner_ack(page, from, Kind::Fetch, page_bytes(&data, i), out);
+                        }
+                    }
+                    ToCoordinator::RecallAckRun { data, .. } => {
+                        for (page, i) in pages {
+                            self.owner_ack(page, from, Kind::Own, page_bytes(&data, i), out);
+                        }
+                    }
+                    ToCoordinator::WritebackRun { data, .. } => {
+                        let data = Some(data);
+                        for (page, i) in pages {
+                            self.writeback(page, from, page_bytes(&data, i).expect("Some above"));
+                        }
+                    }
+                    run => {
+                        for msg in crate::runs::expand_to_coordinator(run) {
+                            self.handle(from, msg, out)?;
+                        }
+                    }
                 }
             }
             other => {
@@ -635,13 +652,25 @@ impl PageDirectory {
         self.progress(page, out);
     }
 
-    /// A DowngradeAck (`kind` Fetch) or RecallAck (`kind` Own) from `from`.
+    /// A Writeback of `page` (one page of `bytes`) from `from`: kept only from its owner.
+    fn writeback(&mut self, page: PageNo, from: Rank, bytes: &[u8]) {
+        if let Some(e) = self.entries.get_mut(&page) {
+            if e.owner == Some(from) {
+                self.homes.write(page, bytes);
+                e.owner = None;
+                self.stats.writebacks += 1;
+            }
+        }
+    }
+
+    /// A DowngradeAck (`kind` Fetch) or RecallAck (`kind` Own) from `from`, with the page's
+    /// bytes if it sent them.
     fn owner_ack(
         &mut self,
         page: PageNo,
         from: Rank,
         kind: Kind,
-        data: Option<PageData>,
+        data: Option<&[u8]>,
         out: &mut Vec<(Rank, ToProcess)>,
     ) {
         let Some(e) = self.entries.get_mut(&page) else { return };
@@ -657,7 +686,7 @@ impl PageDirectory {
         // current contents. Without: the owner wrote back before (home is current).
         e.owner = None;
         if let Some(d) = data {
-            self.homes.write(page, &d.0);
+            self.homes.write(page, d);
             if downgrade {
                 // Downgraded to ReadOnly, keeps a copy equal to the new home.
                 e.readers.insert(from);
@@ -783,6 +812,11 @@ fn start(
         }
     }
     e.busy = Some(txn);
+}
+
+/// Page `i` of a run's data (whose length was checked).
+fn page_bytes(data: &Option<PageData>, i: usize) -> Option<&[u8]> {
+    data.as_ref().map(|d| &d.0[i * crate::PAGE_SIZE..(i + 1) * crate::PAGE_SIZE])
 }
 
 fn check_len(page: PageNo, data: Option<&PageData>) -> Result<(), DirectoryError> {

@@ -7,6 +7,9 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+mod reader;
+pub use reader::FrameReader;
+
 /// Largest payload a frame may carry (1 MiB: 256 pages with headroom). Anything larger is an
 /// error before a single payload byte is buffered.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
@@ -35,6 +38,13 @@ pub enum FrameError {
 /// queued before stay queued.
 pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
+    // The exact size first (a walk over the message that copies nothing), so the one copy of
+    // its bytes goes into room reserved once, not into a buffer that doubles and moves.
+    let size = postcard::experimental::serialized_size(msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if size > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge { len: size, max: MAX_FRAME_LEN });
+    }
+    out.reserve(HEADER_LEN + size);
     out.extend_from_slice(&[0; HEADER_LEN]);
     if let Err(e) = postcard::to_io(msg, &mut *out) {
         out.truncate(start);

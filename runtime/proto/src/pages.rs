@@ -457,7 +457,7 @@ impl ProcessPages {
                 self.stats.fetches += 1;
                 // The pages read-ahead wants right after this one travel in the same request,
                 // the rest of the windows in runs of their own.
-                let ahead = self.read_ahead_span(page);
+                let (ahead, asked) = self.read_ahead_span(page);
                 let first_run = ahead.min(u64::from(crate::runs::MAX_RUN) - 1);
                 let count = 1 + self.claim_run(page + 1, first_run, req, Access::Read, false, |s| s.state == PageState::Invalid);
                 self.stats.fetches += u64::from(count - 1);
@@ -467,7 +467,7 @@ impl ProcessPages {
                 } else {
                     out.push(ToCoordinator::FetchRun { req, first: page, count });
                 }
-                self.fetch_runs(page + u64::from(count), page + 1 + ahead, out);
+                self.fetch_runs((page + u64::from(count)).max(asked), page + 1 + ahead, out);
             }
             Access::Write => {
                 self.stats.ownership_requests += 1;
@@ -515,11 +515,13 @@ impl ProcessPages {
     }
 
     /// How many pages after `page` a read fault on it should fetch too (0 unless read faults
-    /// are walking the region in order).
-    fn read_ahead_span(&mut self, page: PageNo) -> u64 {
+    /// are walking the region in order), and the first page earlier read-ahead had not asked
+    /// for yet: the pages before it were asked for already, so they need no second look (one
+    /// that came back and was invalidated since faults, and is fetched, on its own).
+    fn read_ahead_span(&mut self, page: PageNo) -> (u64, PageNo) {
         let ra = &mut self.readahead;
         if ra.pages == 0 {
-            return 0;
+            return (0, page + 1);
         }
         // Sequential: the next page, or a page inside what was prefetched already (the thread
         // caught up with a run in flight).
@@ -528,12 +530,13 @@ impl ProcessPages {
         if !sequential {
             ra.window = 0;
             ra.next = page + 1;
-            return 0;
+            return (0, page + 1);
         }
         ra.window = (ra.window * 2).clamp(4, MAX_READ_AHEAD);
         let end = (page + 1 + READ_AHEAD_WINDOWS * ra.window).min(ra.pages);
+        let asked = ra.next;
         ra.next = ra.next.max(end);
-        end - (page + 1)
+        (end.saturating_sub(page + 1), asked)
     }
 
     /// Fetches, as runs of up to [`crate::runs::MAX_RUN`] pages with a request each, every page
@@ -633,9 +636,9 @@ impl ProcessPages {
     /// A read fault on `page`, whose request is in flight already: when read faults walk the
     /// region in order, fetch the next pages beyond what is in flight, as one run.
     fn read_ahead(&mut self, page: PageNo, out: &mut Vec<ToCoordinator>) {
-        let span = self.read_ahead_span(page);
+        let (span, asked) = self.read_ahead_span(page);
         if span > 0 {
-            self.fetch_runs(page + 1, page + 1 + span, out);
+            self.fetch_runs((page + 1).max(asked), page + 1 + span, out);
         }
     }
 

@@ -27,9 +27,12 @@ pub const MAX_RUN: u32 = 255;
 /// Linear in the bytes carried: a run's data grows in place.
 pub fn coalesce_to_process(msgs: Vec<ToProcess>) -> Vec<ToProcess> {
     let mut out: Vec<ToProcess> = Vec::with_capacity(msgs.len());
+    // Page bytes of the messages after the current one: the most a run can still take.
+    let mut room: usize = msgs.iter().map(process_bytes).sum();
     for m in msgs {
+        room -= process_bytes(&m);
         let m = match out.last_mut() {
-            Some(last) => match merge_into_process(last, m) {
+            Some(last) => match merge_into_process(last, m, room) {
                 None => continue,
                 Some(m) => m,
             },
@@ -44,9 +47,11 @@ pub fn coalesce_to_process(msgs: Vec<ToProcess>) -> Vec<ToProcess> {
 /// [`coalesce_to_process`]).
 pub fn coalesce_to_coordinator(msgs: Vec<ToCoordinator>) -> Vec<ToCoordinator> {
     let mut out: Vec<ToCoordinator> = Vec::with_capacity(msgs.len());
+    let mut room: usize = msgs.iter().map(coordinator_bytes).sum();
     for m in msgs {
+        room -= coordinator_bytes(&m);
         let m = match out.last_mut() {
-            Some(last) => match merge_into_coordinator(last, m) {
+            Some(last) => match merge_into_coordinator(last, m, room) {
                 None => continue,
                 Some(m) => m,
             },
@@ -81,16 +86,51 @@ fn grant_shape(data: &Option<GrantData>) -> Shape {
     }
 }
 
-/// Appends `b`'s bytes to `a` (both of one shape, checked by the caller).
-fn append(a: &mut Option<PageData>, b: Option<PageData>) {
+/// Appends `b`'s bytes to `a` (both of one shape, checked by the caller); `room`: page bytes
+/// of the messages after `b`.
+fn append(a: &mut Option<PageData>, b: Option<PageData>, room: usize) {
     if let (Some(a), Some(b)) = (a, b) {
-        a.0.extend_from_slice(&b.0);
+        append_bytes(&mut a.0, &b.0, room);
     }
 }
 
-fn append_grant(a: &mut Option<GrantData>, b: Option<GrantData>) {
+fn append_grant(a: &mut Option<GrantData>, b: Option<GrantData>, room: usize) {
     if let (Some(GrantData::Bytes(a)), Some(GrantData::Bytes(b))) = (a, b) {
-        a.0.extend_from_slice(&b.0);
+        append_bytes(&mut a.0, &b.0, room);
+    }
+}
+
+/// Appends a page to a run's bytes. When the run's buffer is full it makes room for all the run
+/// can still take (what follows in the input, at most [`MAX_RUN`] pages) at once: a buffer that
+/// doubles would move its bytes again at each step, up to 8 times on the way to a full run.
+fn append_bytes(run: &mut Vec<u8>, page: &[u8], room: usize) {
+    if run.capacity() - run.len() < page.len() {
+        let most = (MAX_RUN as usize * PAGE_SIZE).saturating_sub(run.len());
+        run.reserve_exact(page.len().saturating_add(room).min(most).max(page.len()));
+    }
+    run.extend_from_slice(page);
+}
+
+/// Page bytes a message to a process carries.
+fn process_bytes(m: &ToProcess) -> usize {
+    match m {
+        ToProcess::Data { data: Some(d), .. } | ToProcess::DataRun { data: Some(d), .. } => d.0.len(),
+        ToProcess::Grant { data: Some(GrantData::Bytes(d)), .. }
+        | ToProcess::GrantRun { data: Some(GrantData::Bytes(d)), .. } => d.0.len(),
+        _ => 0,
+    }
+}
+
+/// Page bytes a message to the coordinator carries.
+fn coordinator_bytes(m: &ToCoordinator) -> usize {
+    match m {
+        ToCoordinator::DowngradeAck { data: Some(d), .. }
+        | ToCoordinator::RecallAck { data: Some(d), .. }
+        | ToCoordinator::DowngradeAckRun { data: Some(d), .. }
+        | ToCoordinator::RecallAckRun { data: Some(d), .. }
+        | ToCoordinator::Writeback { data: d, .. }
+        | ToCoordinator::WritebackRun { data: d, .. } => d.0.len(),
+        _ => 0,
     }
 }
 
@@ -114,7 +154,7 @@ fn span_to_process(m: &ToProcess) -> Option<(PageNo, u32)> {
 
 /// Appends `b` to `a` when they merge (`None`); else gives `b` back. `a` may be left in its run
 /// form either way ([`single_process`] turns one-page runs back).
-fn merge_into_process(a: &mut ToProcess, b: ToProcess) -> Option<ToProcess> {
+fn merge_into_process(a: &mut ToProcess, b: ToProcess, room: usize) -> Option<ToProcess> {
     let (Some((first, n)), Some((next, m))) = (span_to_process(a), span_to_process(&b)) else { return Some(b) };
     if first.checked_add(u64::from(n)) != Some(next) || n + m > MAX_RUN {
         return Some(b);
@@ -129,14 +169,14 @@ fn merge_into_process(a: &mut ToProcess, b: ToProcess) -> Option<ToProcess> {
             if *req == r2 && *mode == m2 && shape_of(data) == shape_of(&d2) =>
         {
             *count += c2;
-            append(data, d2);
+            append(data, d2, room);
             None
         }
         (P::GrantRun { req, data, count, .. }, P::GrantRun { req: r2, data: d2, count: c2, .. })
             if *req == r2 && grant_shape(data) == grant_shape(&d2) =>
         {
             *count += c2;
-            append_grant(data, d2);
+            append_grant(data, d2, room);
             None
         }
         (P::Denied { req, count, .. }, P::Denied { req: r2, count: c2, .. }) if *req == r2 => {
@@ -212,7 +252,7 @@ fn single_coordinator(m: ToCoordinator) -> ToCoordinator {
     }
 }
 
-fn merge_into_coordinator(a: &mut ToCoordinator, b: ToCoordinator) -> Option<ToCoordinator> {
+fn merge_into_coordinator(a: &mut ToCoordinator, b: ToCoordinator, room: usize) -> Option<ToCoordinator> {
     let (Some((first, n)), Some((next, m))) = (span_to_coordinator(a), span_to_coordinator(&b)) else { return Some(b) };
     if first.checked_add(u64::from(n)) != Some(next) || n + m > MAX_RUN {
         return Some(b);
@@ -231,12 +271,12 @@ fn merge_into_coordinator(a: &mut ToCoordinator, b: ToCoordinator) -> Option<ToC
             if shape_of(data) == shape_of(&d2) =>
         {
             *count += c2;
-            append(data, d2);
+            append(data, d2, room);
             None
         }
         (C::WritebackRun { data, count, .. }, C::WritebackRun { data: d2, count: c2, .. }) => {
             *count += c2;
-            data.0.extend_from_slice(&d2.0);
+            append_bytes(&mut data.0, &d2.0, room);
             None
         }
         (_, b) => Some(b),

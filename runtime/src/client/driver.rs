@@ -10,7 +10,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use dsm_proto::{close_code, decode_frame, encode_frame, ReqId, SessionFault, ToCoordinator, ToProcess};
+use bytes::Bytes;
+use dsm_proto::{close_code, encode_frame, FrameReader, ReqId, SessionFault, ToCoordinator, ToProcess};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -22,6 +23,12 @@ use crate::fatal::fatal;
 use crate::fault::FaultService;
 use crate::sys::UffdFd;
 
+/// Chunks taken from quinn per read: about one packet's stream data each.
+const READ_CHUNKS: usize = 32;
+
+/// Room for the frames of one flush; a larger flush (a run of page data) grows it.
+const OUT_CAPACITY: usize = 16 * 1024;
+
 /// The runtime thread's state: the stream, and the requests waiting for replies.
 pub(crate) struct Driver {
     addr: String,
@@ -29,7 +36,7 @@ pub(crate) struct Driver {
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
-    inbuf: Vec<u8>,
+    inbuf: FrameReader,
     outbuf: Vec<u8>,
     next_req: ReqId,
     waiting: HashMap<ReqId, Waiting>,
@@ -66,8 +73,8 @@ impl Driver {
             conn,
             send,
             recv,
-            inbuf: Vec::with_capacity(64 * 1024),
-            outbuf: Vec::with_capacity(64 * 1024),
+            inbuf: FrameReader::with_capacity(64 * 1024),
+            outbuf: Vec::with_capacity(OUT_CAPACITY),
             next_req: 1,
             waiting: HashMap::new(),
             barrier: None,
@@ -108,9 +115,9 @@ impl Driver {
     /// Queues protocol messages produced by the fault service. They are small by construction;
     /// one that cannot be framed would leave the coherence protocol waiting forever, so it is
     /// fatal.
-    fn queue_all(&mut self, msgs: &[ToCoordinator]) {
+    fn queue_all(&mut self, msgs: Vec<ToCoordinator>) {
         // Consecutive acknowledgements and writebacks of neighbouring pages travel as runs.
-        for m in dsm_proto::runs::coalesce_to_coordinator(msgs.to_vec()) {
+        for m in dsm_proto::runs::coalesce_to_coordinator(msgs) {
             if let Err(e) = self.queue(&m) {
                 fatal("queueing a coherence message", &e);
             }
@@ -121,9 +128,10 @@ impl Driver {
         if self.outbuf.is_empty() {
             return Ok(());
         }
-        let r = self.send.write_all(&self.outbuf).await;
-        self.outbuf.clear();
-        r.map_err(|e| write_error(&self.addr, e))
+        // Handed to quinn as it is (no copy into its send buffer); the next frames go to a
+        // new buffer.
+        let frames = std::mem::replace(&mut self.outbuf, Vec::with_capacity(OUT_CAPACITY));
+        self.send.write_chunk(Bytes::from(frames)).await.map_err(|e| write_error(&self.addr, e))
     }
 
     /// Flushes, failing everything if the connection is gone.
@@ -144,12 +152,8 @@ impl Driver {
     }
 
     fn try_decode(&mut self) -> Result<Option<ToProcess>> {
-        match decode_frame::<ToProcess>(&self.inbuf) {
-            Ok(Some((msg, n))) => {
-                self.inbuf.drain(..n);
-                Ok(Some(msg))
-            }
-            Ok(None) => Ok(None),
+        match self.inbuf.next::<ToProcess>() {
+            Ok(msg) => Ok(msg),
             Err(e) => {
                 self.conn.close(close_code::PROTOCOL_ERROR.into(), e.to_string().as_bytes());
                 Err(Error::Protocol(format!("bad frame from the coordinator: {e}")))
@@ -158,10 +162,10 @@ impl Driver {
     }
 
     async fn fill(&mut self) -> Result<()> {
-        let mut chunk = [0u8; 16 * 1024];
-        match self.recv.read(&mut chunk).await {
+        let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
+        match self.recv.read_chunks(&mut chunks).await {
             Ok(Some(n)) => {
-                self.inbuf.extend_from_slice(&chunk[..n]);
+                chunks[..n].iter().for_each(|c| self.inbuf.extend(c));
                 Ok(())
             }
             Ok(None) => Err(Error::ConnectionLost("the coordinator closed the stream".into())),
@@ -170,7 +174,7 @@ impl Driver {
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut chunk = vec![0u8; 64 * 1024];
+        let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
         let uffd = self.uffd.take();
         let efd = self.efd.take();
         let mut stale_check = tokio::time::interval(Duration::from_millis(20));
@@ -184,7 +188,7 @@ impl Driver {
                             if let Some(r) = &mut self.region {
                                 r.handle_replay_requests(&mut out);
                             }
-                            self.queue_all(&out);
+                            self.queue_all(out);
                             guard.clear_ready();
                         }
                         Err(e) => fatal("polling the replay eventfd", &e),
@@ -196,7 +200,7 @@ impl Driver {
                     if let Some(r) = &mut self.region {
                         r.reclaim_stale_replays(&mut out);
                     }
-                    self.queue_all(&out);
+                    self.queue_all(out);
                     self.flush_or_fail().await;
                 }
                 ready = async { uffd.as_ref().expect("guarded").readable().await }, if uffd.is_some() => {
@@ -206,7 +210,7 @@ impl Driver {
                             if let Some(r) = &mut self.region {
                                 r.handle_faults(&mut out);
                             }
-                            self.queue_all(&out);
+                            self.queue_all(out);
                             guard.clear_ready();
                         }
                         Err(e) => fatal("polling userfaultfd", &e),
@@ -221,10 +225,11 @@ impl Driver {
                     }
                     self.flush_or_fail().await;
                 }
-                read = self.recv.read(&mut chunk), if self.dead.is_none() => {
+                read = self.recv.read_chunks(&mut chunks), if self.dead.is_none() => {
                     match read {
                         Ok(Some(n)) => {
-                            self.inbuf.extend_from_slice(&chunk[..n]);
+                            // quinn's own buffers (one packet's stream data each), copied once.
+                            chunks[..n].iter_mut().for_each(|c| self.inbuf.extend(&std::mem::take(c)));
                             loop {
                                 match self.try_decode() {
                                     Ok(Some(msg)) => self.handle_message(msg),
@@ -351,7 +356,7 @@ impl Driver {
                     debug!("detaching: wrote back {n} owned pages; stats {:?}", r.stats());
                 }
                 out.push(ToCoordinator::Detach);
-                self.queue_all(&out);
+                self.queue_all(out);
                 self.detach = Some(reply);
             }
             Command::Stats(reply) => {
@@ -359,7 +364,7 @@ impl Driver {
                 let _ = reply.send(Ok(stats));
             }
             Command::Advise { first, count, coherence } => {
-                self.queue_all(&[ToCoordinator::Advise { first, count, coherence }]);
+                self.queue_all(vec![ToCoordinator::Advise { first, count, coherence }]);
             }
         }
     }
@@ -418,7 +423,7 @@ impl Driver {
         };
         let mut out = Vec::new();
         match r.handle_page_message(msg, &mut out) {
-            Ok(()) => self.queue_all(&out),
+            Ok(()) => self.queue_all(out),
             Err(e) => {
                 // The coordinator and this process disagree about the pages: nothing that waits
                 // could ever be answered correctly.
