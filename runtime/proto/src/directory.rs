@@ -998,6 +998,7 @@ fn complete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PAGE_SIZE;
     use rand::{rngs::SmallRng, Rng, SeedableRng};
 
     type Out = Vec<(Rank, ToProcess)>;
@@ -1017,6 +1018,75 @@ mod tests {
         let mut v = b.to_vec();
         v.resize(crate::PAGE_SIZE, 0);
         v
+    }
+
+    /// Acknowledgement and writeback runs are read in place page by page: a directory fed the
+    /// run answers, stores and counts exactly like one fed the pages' own messages.
+    #[test]
+    fn ack_and_writeback_runs_act_like_their_pages() {
+        const N: u64 = 5;
+        let pages = |b: u8| -> Vec<u8> { (0..N).flat_map(|p| page_of(&[b, p as u8 + 1])).collect() };
+        // Rank 0 owns pages 1..1+N (written), rank 1 fetches them (a Downgrade each), rank 2
+        // takes ownership (a Recall each), rank 2 writes back.
+        let scenario = |as_runs: bool| {
+            let mut d = PageDirectory::new(3, 8);
+            let mut outs = Vec::new();
+            for page in 1..1 + N {
+                outs.extend(run(&mut d, 0, ToCoordinator::Own { req: 1, page }));
+            }
+            outs.extend(run(&mut d, 1, ToCoordinator::FetchRun { req: 2, first: 1, count: N as u32 }));
+            let (down, recall, back) = (pages(7), pages(8), pages(9));
+            let page = |all: &[u8], i: u64| PageData(all[i as usize * PAGE_SIZE..(i as usize + 1) * PAGE_SIZE].to_vec());
+            if as_runs {
+                outs.extend(run(&mut d, 0, ToCoordinator::DowngradeAckRun { first: 1, count: N as u32, data: Some(PageData(down.clone())) }));
+            } else {
+                for i in 0..N {
+                    outs.extend(run(&mut d, 0, ToCoordinator::DowngradeAck { page: 1 + i, data: Some(page(&down, i)) }));
+                }
+            }
+            // Rank 0 kept a copy (it is a reader now); rank 2 asks for ownership while rank 1
+            // (also a reader) is invalidated; then rank 2 is made the owner and recalled.
+            outs.extend(run(&mut d, 2, ToCoordinator::OwnRun { req: 3, first: 1, count: N as u32, conditional: false }));
+            for r in [0, 1] {
+                outs.extend(run(&mut d, r, ToCoordinator::InvalidateAckRun { first: 1, count: N as u32 }));
+            }
+            outs.extend(run(&mut d, 0, ToCoordinator::OwnRun { req: 4, first: 1, count: N as u32, conditional: false }));
+            if as_runs {
+                outs.extend(run(&mut d, 2, ToCoordinator::RecallAckRun { first: 1, count: N as u32, data: Some(PageData(recall.clone())) }));
+                outs.extend(run(&mut d, 0, ToCoordinator::WritebackRun { first: 1, count: N as u32, data: PageData(back.clone()) }));
+            } else {
+                for i in 0..N {
+                    outs.extend(run(&mut d, 2, ToCoordinator::RecallAck { page: 1 + i, data: Some(page(&recall, i)) }));
+                }
+                for i in 0..N {
+                    outs.extend(run(&mut d, 0, ToCoordinator::Writeback { page: 1 + i, data: page(&back, i) }));
+                }
+            }
+            let homes: Vec<Option<Vec<u8>>> = (0..8).map(|p| d.homes.read(p)).collect();
+            let views: Vec<(Option<Rank>, Vec<Rank>, bool)> =
+                (0..8).map(|p| d.inspect(p)).map(|v| (v.owner, v.readers, v.busy)).collect();
+            (outs, homes, views, d.stats())
+        };
+        let (runs, pages_each) = (scenario(true), scenario(false));
+        assert_eq!(runs, pages_each);
+        // And what they did is what the scenario says: the write-back is the home copy, nobody
+        // owns the pages, the downgraded bytes reached the fetcher and the recalled ones rank 0.
+        let (outs, homes, views, stats) = runs;
+        for i in 0..N {
+            assert_eq!(homes[1 + i as usize].as_deref(), Some(&pages(9)[i as usize * PAGE_SIZE..(i as usize + 1) * PAGE_SIZE]));
+            assert_eq!(views[1 + i as usize], (None, vec![], false));
+        }
+        assert_eq!(stats.writebacks, N);
+        let sent_to = |r: Rank, b: u8| {
+            outs.iter().any(|(to, m)| {
+                *to == r
+                    && match m {
+                        ToProcess::Data { data: Some(d), .. } | ToProcess::Grant { data: Some(GrantData::Bytes(d)), .. } => d.0[0] == b,
+                        _ => false,
+                    }
+            })
+        };
+        assert!(sent_to(1, 7) && sent_to(0, 8));
     }
 
     #[test]

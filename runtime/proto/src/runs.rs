@@ -366,6 +366,26 @@ mod tests {
         PageData(vec![b; PAGE_SIZE])
     }
 
+    /// A run's bytes are reserved once, for all the run takes: merging 300 pages (a full run
+    /// and 45 more) ends with buffers of exactly their runs' sizes, not a doubled buffer's.
+    #[test]
+    fn a_run_reserves_its_bytes_once() {
+        let msgs: Vec<ToProcess> = (0..300)
+            .map(|p| ToProcess::Data { req: 1, page: p, data: Some(filled(p as u8)), mode: Mode::Invalidate })
+            .collect();
+        let out = coalesce_to_process(msgs);
+        let sizes: Vec<(usize, usize)> = out
+            .iter()
+            .map(|m| match m {
+                ToProcess::DataRun { data: Some(d), .. } => (d.0.len(), d.0.capacity()),
+                other => panic!("not a data run: {other:?}"),
+            })
+            .collect();
+        let full = MAX_RUN as usize * PAGE_SIZE;
+        let rest = (300 - MAX_RUN as usize) * PAGE_SIZE;
+        assert_eq!(sizes, vec![(full, full), (rest, rest)]);
+    }
+
     #[test]
     fn consecutive_data_of_one_request_becomes_one_run() {
         let msgs: Vec<ToProcess> = (5..8)
