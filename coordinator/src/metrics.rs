@@ -15,7 +15,7 @@ mod http;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use dsm_proto::{GrantData, ReqId, ToCoordinator, ToProcess};
+use dsm_proto::{ReqId, ToCoordinator, ToProcess};
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -220,15 +220,7 @@ impl Metrics {
     pub(crate) fn on_receive(&self, conn: ConnId, msg: &ToCoordinator) {
         let kind = received_kind(msg);
         self.messages.get_or_create(&MessageLabels { direction: "received", kind }).inc();
-        let bytes = match msg {
-            ToCoordinator::DowngradeAck { data: Some(d), .. }
-            | ToCoordinator::RecallAck { data: Some(d), .. }
-            | ToCoordinator::Writeback { data: d, .. }
-            | ToCoordinator::DowngradeAckRun { data: Some(d), .. }
-            | ToCoordinator::RecallAckRun { data: Some(d), .. }
-            | ToCoordinator::WritebackRun { data: d, .. } => d.0.len(),
-            _ => 0,
-        };
+        let bytes = msg.page_bytes();
         if bytes > 0 {
             self.page_bytes
                 .get_or_create(&MessageLabels { direction: "received", kind })
@@ -256,18 +248,13 @@ impl Metrics {
     pub(crate) fn on_send(&self, conn: ConnId, msg: &ToProcess) {
         let kind = sent_kind(msg);
         self.messages.get_or_create(&MessageLabels { direction: "sent", kind }).inc();
-        let (served, bytes) = match msg {
-            ToProcess::Data { data, .. } | ToProcess::DataRun { data, .. } => (Some("read"), data.as_ref().map_or(0, |d| d.0.len())),
-            ToProcess::Grant { data, .. } | ToProcess::GrantRun { data, .. } => (
-                Some("write"),
-                match data {
-                    Some(GrantData::Bytes(d)) => d.0.len(),
-                    _ => 0,
-                },
-            ),
-            ToProcess::WriteAck { .. } => (Some("replay"), 0),
-            _ => (None, 0),
+        let served = match msg {
+            ToProcess::Data { .. } | ToProcess::DataRun { .. } => Some("read"),
+            ToProcess::Grant { .. } | ToProcess::GrantRun { .. } => Some("write"),
+            ToProcess::WriteAck { .. } => Some("replay"),
+            _ => None,
         };
+        let bytes = msg.page_bytes();
         if let Some(kind) = served {
             // Pages, not messages: a run serves several.
             let pages = match msg {
@@ -403,7 +390,7 @@ fn sent_kind(msg: &ToProcess) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use dsm_proto::{Mode, PageData};
+    use dsm_proto::{GrantData, Mode, PageData};
 
     use super::*;
 

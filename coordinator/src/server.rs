@@ -345,8 +345,7 @@ impl Coordinator {
         let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
         let (detail, clean) = 'read: loop {
             match recv.read_chunks(&mut chunks).await {
-                // quinn's own buffers (one packet's stream data each), copied once.
-                Ok(Some(n)) => chunks[..n].iter_mut().for_each(|c| frames.extend(&std::mem::take(c))),
+                Ok(Some(n)) => frames.extend_from_chunks(&mut chunks[..n]),
                 Ok(None) => break 'read ("closed its stream".to_string(), true),
                 Err(e) => break 'read (connection_detail(&e), is_clean(&e)),
             }

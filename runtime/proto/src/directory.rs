@@ -481,18 +481,17 @@ impl PageDirectory {
                 match run {
                     ToCoordinator::DowngradeAckRun { data, .. } => {
                         for (page, i) in pages {
-                            self.owner_ack(page, from, Kind::Fetch, page_bytes(&data, i), out);
+                            self.owner_ack(page, from, Kind::Fetch, data.as_ref().map(|d| d.page(i)), out);
                         }
                     }
                     ToCoordinator::RecallAckRun { data, .. } => {
                         for (page, i) in pages {
-                            self.owner_ack(page, from, Kind::Own, page_bytes(&data, i), out);
+                            self.owner_ack(page, from, Kind::Own, data.as_ref().map(|d| d.page(i)), out);
                         }
                     }
                     ToCoordinator::WritebackRun { data, .. } => {
-                        let data = Some(data);
                         for (page, i) in pages {
-                            self.writeback(page, from, page_bytes(&data, i).expect("Some above"));
+                            self.writeback(page, from, data.page(i));
                         }
                     }
                     run => {
@@ -812,11 +811,6 @@ fn start(
         }
     }
     e.busy = Some(txn);
-}
-
-/// Page `i` of a run's data (whose length was checked).
-fn page_bytes(data: &Option<PageData>, i: usize) -> Option<&[u8]> {
-    data.as_ref().map(|d| &d.0[i * crate::PAGE_SIZE..(i + 1) * crate::PAGE_SIZE])
 }
 
 fn check_len(page: PageNo, data: Option<&PageData>) -> Result<(), DirectoryError> {

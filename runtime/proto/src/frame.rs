@@ -51,11 +51,8 @@ pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), Fram
         return Err(FrameError::Malformed(e.to_string()));
     }
     let len = out.len() - start - HEADER_LEN;
-    if len > MAX_FRAME_LEN {
-        out.truncate(start);
-        return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
-    }
-    let len = u32::try_from(len).expect("bounded by MAX_FRAME_LEN");
+    debug_assert_eq!(len, size, "postcard's size walk and its encoding disagree");
+    let len = u32::try_from(len).expect("bounded by MAX_FRAME_LEN (checked above)");
     out[start..start + HEADER_LEN].copy_from_slice(&len.to_le_bytes());
     Ok(())
 }

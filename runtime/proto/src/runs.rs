@@ -28,9 +28,9 @@ pub const MAX_RUN: u32 = 255;
 pub fn coalesce_to_process(msgs: Vec<ToProcess>) -> Vec<ToProcess> {
     let mut out: Vec<ToProcess> = Vec::with_capacity(msgs.len());
     // Page bytes of the messages after the current one: the most a run can still take.
-    let mut room: usize = msgs.iter().map(process_bytes).sum();
+    let mut room: usize = msgs.iter().map(ToProcess::page_bytes).sum();
     for m in msgs {
-        room -= process_bytes(&m);
+        room -= m.page_bytes();
         let m = match out.last_mut() {
             Some(last) => match merge_into_process(last, m, room) {
                 None => continue,
@@ -47,9 +47,9 @@ pub fn coalesce_to_process(msgs: Vec<ToProcess>) -> Vec<ToProcess> {
 /// [`coalesce_to_process`]).
 pub fn coalesce_to_coordinator(msgs: Vec<ToCoordinator>) -> Vec<ToCoordinator> {
     let mut out: Vec<ToCoordinator> = Vec::with_capacity(msgs.len());
-    let mut room: usize = msgs.iter().map(coordinator_bytes).sum();
+    let mut room: usize = msgs.iter().map(ToCoordinator::page_bytes).sum();
     for m in msgs {
-        room -= coordinator_bytes(&m);
+        room -= m.page_bytes();
         let m = match out.last_mut() {
             Some(last) => match merge_into_coordinator(last, m, room) {
                 None => continue,
@@ -109,29 +109,6 @@ fn append_bytes(run: &mut Vec<u8>, page: &[u8], room: usize) {
         run.reserve_exact(page.len().saturating_add(room).min(most).max(page.len()));
     }
     run.extend_from_slice(page);
-}
-
-/// Page bytes a message to a process carries.
-fn process_bytes(m: &ToProcess) -> usize {
-    match m {
-        ToProcess::Data { data: Some(d), .. } | ToProcess::DataRun { data: Some(d), .. } => d.0.len(),
-        ToProcess::Grant { data: Some(GrantData::Bytes(d)), .. }
-        | ToProcess::GrantRun { data: Some(GrantData::Bytes(d)), .. } => d.0.len(),
-        _ => 0,
-    }
-}
-
-/// Page bytes a message to the coordinator carries.
-fn coordinator_bytes(m: &ToCoordinator) -> usize {
-    match m {
-        ToCoordinator::DowngradeAck { data: Some(d), .. }
-        | ToCoordinator::RecallAck { data: Some(d), .. }
-        | ToCoordinator::DowngradeAckRun { data: Some(d), .. }
-        | ToCoordinator::RecallAckRun { data: Some(d), .. }
-        | ToCoordinator::Writeback { data: d, .. }
-        | ToCoordinator::WritebackRun { data: d, .. } => d.0.len(),
-        _ => 0,
-    }
 }
 
 /// `(first, count)` of a run or single-page message of a mergeable kind.
@@ -290,8 +267,7 @@ pub fn page_of(data: &Option<PageData>, i: u32) -> Option<PageData> {
 }
 
 fn page_slice(d: &PageData, i: u32) -> PageData {
-    let at = i as usize * PAGE_SIZE;
-    PageData(d.0.get(at..at + PAGE_SIZE).map(<[u8]>::to_vec).unwrap_or_default())
+    PageData(d.page(i as usize).to_vec())
 }
 
 /// Checks a run's page count and, when it carries bytes, their length. `what` names it.

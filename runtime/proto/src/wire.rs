@@ -29,6 +29,15 @@ impl std::fmt::Debug for PageData {
     }
 }
 
+impl PageData {
+    /// The `i`-th page of run data; empty if the data is too short (callers check lengths
+    /// first, `runs::check_run`, so this never panics on what a peer sent).
+    pub fn page(&self, i: usize) -> &[u8] {
+        let at = i.saturating_mul(crate::PAGE_SIZE);
+        self.0.get(at..at.saturating_add(crate::PAGE_SIZE)).unwrap_or_default()
+    }
+}
+
 /// The first message of a connection: join (or declare) a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachRequest {
@@ -253,6 +262,21 @@ pub enum ToCoordinator {
     },
 }
 
+impl ToCoordinator {
+    /// Bytes of page contents this message carries (acknowledgements with data, writebacks).
+    pub fn page_bytes(&self) -> usize {
+        match self {
+            ToCoordinator::DowngradeAck { data: Some(d), .. }
+            | ToCoordinator::RecallAck { data: Some(d), .. }
+            | ToCoordinator::DowngradeAckRun { data: Some(d), .. }
+            | ToCoordinator::RecallAckRun { data: Some(d), .. }
+            | ToCoordinator::Writeback { data: d, .. }
+            | ToCoordinator::WritebackRun { data: d, .. } => d.0.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// Messages from the coordinator to a process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToProcess {
@@ -460,6 +484,18 @@ pub enum ToProcess {
         /// The coordinator's sessions and counters.
         report: StatusReport,
     },
+}
+
+impl ToProcess {
+    /// Bytes of page contents this message carries (0 for all-zero or no data).
+    pub fn page_bytes(&self) -> usize {
+        match self {
+            ToProcess::Data { data: Some(d), .. } | ToProcess::DataRun { data: Some(d), .. } => d.0.len(),
+            ToProcess::Grant { data: Some(GrantData::Bytes(d)), .. }
+            | ToProcess::GrantRun { data: Some(GrantData::Bytes(d)), .. } => d.0.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// The page contents carried by a [`ToProcess::Grant`].

@@ -165,7 +165,7 @@ impl Driver {
         let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
         match self.recv.read_chunks(&mut chunks).await {
             Ok(Some(n)) => {
-                chunks[..n].iter().for_each(|c| self.inbuf.extend(c));
+                self.inbuf.extend_from_chunks(&mut chunks[..n]);
                 Ok(())
             }
             Ok(None) => Err(Error::ConnectionLost("the coordinator closed the stream".into())),
@@ -228,8 +228,7 @@ impl Driver {
                 read = self.recv.read_chunks(&mut chunks), if self.dead.is_none() => {
                     match read {
                         Ok(Some(n)) => {
-                            // quinn's own buffers (one packet's stream data each), copied once.
-                            chunks[..n].iter_mut().for_each(|c| self.inbuf.extend(&std::mem::take(c)));
+                            self.inbuf.extend_from_chunks(&mut chunks[..n]);
                             loop {
                                 match self.try_decode() {
                                     Ok(Some(msg)) => self.handle_message(msg),

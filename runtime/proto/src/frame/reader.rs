@@ -32,6 +32,14 @@ impl FrameReader {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Appends every chunk of one read, in order, and empties them: the stream's own buffers
+    /// (quinn's, one packet's stream data each) go back as soon as their bytes are copied.
+    pub fn extend_from_chunks<B: AsRef<[u8]> + Default>(&mut self, chunks: &mut [B]) {
+        for chunk in chunks {
+            self.extend(std::mem::take(chunk).as_ref());
+        }
+    }
+
     /// The next complete frame, `Ok(None)` when the buffered bytes end inside one. After an
     /// error the stream cannot be read further (the caller closes it).
     pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
@@ -92,6 +100,22 @@ mod tests {
             assert_eq!(out, msgs, "reads of {step} bytes");
             assert_eq!(r.pending(), 0, "reads of {step} bytes");
         }
+    }
+
+    /// Chunks of a read are appended in order and left empty.
+    #[test]
+    fn chunks_are_taken_in_order() {
+        let msgs = messages();
+        let bytes = frames(&msgs);
+        let mut chunks: Vec<Vec<u8>> = bytes.chunks(1200).map(<[u8]>::to_vec).collect();
+        let mut r = FrameReader::default();
+        r.extend_from_chunks(&mut chunks);
+        assert!(chunks.iter().all(Vec::is_empty));
+        let mut out = Vec::new();
+        while let Some(m) = r.next::<ToCoordinator>().unwrap() {
+            out.push(m);
+        }
+        assert_eq!(out, msgs);
     }
 
     /// The consumed prefix does not pile up: with frames decoded as they complete, the buffer
