@@ -1,0 +1,323 @@
+//! One page's transactions, the steps [`super::PageDirectory::progress`] drives: [`start`] a
+//! request (send the revocations it needs, or answer at once), [`complete`] it once every ack is
+//! in (update the entry, reply, and run the adaptive policy's ownership side), and [`write`], a
+//! replayed store or RMW in update mode (the policy's write-run side). The entry and request
+//! types are what these steps read and change; the module docs of [`super`] give the rules.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use super::{DirectoryStats, HomeStore, PINGPONG_GRANTS, WRITE_RUN};
+use crate::wire::{Coherence, GrantData, Mode, PageData, PageNo, Rank, ReqId, RmwOp, ToProcess};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriteOp {
+    Store { offset: u16, width: u8, value: u128 },
+    Rmw { offset: u16, width: u8, op: RmwOp, operand: u64, expected: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Fetch,
+    Own,
+    /// Ownership whatever the mode (`ForceOwn`); served as `Own` after switching an
+    /// update-mode page back to invalidate mode.
+    ForceOwn,
+    /// A replayed store or RMW (update mode); never leaves the page busy.
+    Write(WriteOp),
+    /// A mode switch (I->U downgrades the owner first; U->I is immediate).
+    Switch(Mode),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Request {
+    pub(super) from: Rank,
+    pub(super) req: ReqId,
+    pub(super) kind: Kind,
+}
+
+#[derive(Debug)]
+pub(super) struct Txn {
+    pub(super) request: Request,
+    /// The requester left: finish the state changes, send no reply.
+    pub(super) requester_gone: bool,
+    /// The rank whose `DowngradeAck` (Fetch) or `RecallAck` (Own) is awaited.
+    pub(super) owner_ack: Option<Rank>,
+    /// The ranks whose `InvalidateAck` is awaited (Own only).
+    pub(super) invalidate_acks: BTreeSet<Rank>,
+}
+
+impl Txn {
+    pub(super) fn done(&self) -> bool {
+        self.owner_ack.is_none() && self.invalidate_acks.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Entry {
+    pub(super) owner: Option<Rank>,
+    pub(super) readers: BTreeSet<Rank>,
+    pub(super) busy: Option<Txn>,
+    pub(super) queue: VecDeque<Request>,
+    pub(super) mode: Mode,
+    pub(super) policy: Coherence,
+    /// Adaptive bookkeeping: the last grantee and how many grants in a row changed hands.
+    pub(super) last_grantee: Option<Rank>,
+    pub(super) alternations: u32,
+    /// Adaptive bookkeeping: the process writing the current run of replayed writes.
+    pub(super) run_writer: Option<Rank>,
+    pub(super) run_len: u32,
+}
+
+impl Entry {
+    pub(super) fn new(policy: Coherence) -> Entry {
+        let mode = if policy == Coherence::Update { Mode::Update } else { Mode::Invalidate };
+        Entry { policy, mode, ..Entry::default() }
+    }
+
+}
+
+/// Starts `request`: sends the Downgrade / Invalidates / Recall it needs and marks the page
+/// busy (a transaction with nothing to wait for completes at the next step of `progress`).
+pub(super) fn start(
+    e: &mut Entry,
+    homes: &mut dyn HomeStore,
+    stats: &mut DirectoryStats,
+    page: PageNo,
+    request: Request,
+    out: &mut Vec<(Rank, ToProcess)>,
+) {
+    // Rule 3': an ordinary ownership request on an update-mode page (which nobody owns) is
+    // answered like a fetch, with a read-only copy in update mode; the process then replays
+    // its store. Only a forced request (a store that cannot be replayed) switches the page
+    // back, so an Own queued before its sender heard of the switch no longer undoes it.
+    if request.kind == Kind::Own && e.mode == Mode::Update && e.owner.is_none() {
+        stats.owns_kept_in_update += 1;
+        let data = if e.readers.contains(&request.from) { None } else { homes.read(page).map(PageData) };
+        if let Some(d) = &data {
+            stats.pages_sent += 1;
+            stats.bytes_sent += d.0.len() as u64;
+        }
+        out.push((request.from, ToProcess::Data { req: request.req, page, data, mode: Mode::Update }));
+        e.readers.insert(request.from);
+        return;
+    }
+    let request = if request.kind == Kind::ForceOwn { Request { kind: Kind::Own, ..request } } else { request };
+    let mut txn =
+        Txn { request, requester_gone: false, owner_ack: None, invalidate_acks: BTreeSet::new() };
+    match request.kind {
+        Kind::Fetch => {
+            if let Some(o) = e.owner {
+                // Also when o == request.from (cannot happen with a correct process): the
+                // downgrade makes its copy ReadOnly and the directory consistent again.
+                out.push((o, ToProcess::Downgrade { page }));
+                stats.downgrades += 1;
+                txn.owner_ack = Some(o);
+            }
+        }
+        // (A forced request was turned into `Own` above.)
+        Kind::Own | Kind::ForceOwn => {
+            if e.mode == Mode::Update {
+                // A forced ownership request on an update-mode page (an instruction the process
+                // could not replay, or a store inside a system call) switches it back
+                // (phase-2 rule 3; answering Retry instead livelocks).
+                e.mode = Mode::Invalidate;
+                stats.to_invalidate += 1;
+            }
+            for &r in &e.readers {
+                if r != request.from {
+                    out.push((r, ToProcess::Invalidate { page }));
+                    stats.invalidations += 1;
+                    txn.invalidate_acks.insert(r);
+                }
+            }
+            if let Some(o) = e.owner {
+                if o != request.from {
+                    out.push((o, ToProcess::Recall { page }));
+                    stats.recalls += 1;
+                    txn.owner_ack = Some(o);
+                }
+            }
+        }
+        Kind::Write(op) => {
+            write(e, homes, stats, page, request, op, out);
+            return;
+        }
+        Kind::Switch(Mode::Invalidate) => {
+            // U->I: nothing to tell anyone; readers keep their copies, the next Own
+            // invalidates them (phase-2 rule 5).
+            if e.mode == Mode::Update {
+                e.mode = Mode::Invalidate;
+                stats.to_invalidate += 1;
+            }
+            return;
+        }
+        Kind::Switch(Mode::Update) => {
+            if e.mode == Mode::Update {
+                return;
+            }
+            // I->U: downgrade the owner first, flip once it acknowledged (rule 5).
+            if let Some(o) = e.owner {
+                out.push((o, ToProcess::Downgrade { page }));
+                stats.downgrades += 1;
+                txn.owner_ack = Some(o);
+            }
+        }
+    }
+    e.busy = Some(txn);
+}
+
+/// Applies a replayed store or RMW (update mode) to the home copy, broadcasts it to the other
+/// readers and acknowledges it; or answers Retry (phase-2 rule 2 and rule 6).
+fn write(
+    e: &mut Entry,
+    homes: &mut dyn HomeStore,
+    stats: &mut DirectoryStats,
+    page: PageNo,
+    request: Request,
+    op: WriteOp,
+    out: &mut Vec<(Rank, ToProcess)>,
+) {
+    let Request { from, req, .. } = request;
+    if e.mode != Mode::Update || !e.readers.contains(&from) {
+        stats.retries += 1;
+        out.push((from, ToProcess::Retry { req, page }));
+        return;
+    }
+    let mut bytes = homes.read(page).unwrap_or_else(|| vec![0; crate::PAGE_SIZE]);
+    if bytes.len() < crate::PAGE_SIZE {
+        bytes.resize(crate::PAGE_SIZE, 0);
+    }
+    let (offset, width) = match op {
+        WriteOp::Store { offset, width, .. } | WriteOp::Rmw { offset, width, .. } => {
+            (usize::from(offset), usize::from(width))
+        }
+    };
+    let mut cur = [0u8; 16];
+    cur[..width].copy_from_slice(&bytes[offset..offset + width]);
+    let old128 = u128::from_le_bytes(cur);
+    let old = old128 as u64;
+    let (new, stored) = match op {
+        WriteOp::Store { value, .. } => (value, true),
+        WriteOp::Rmw { width, op, operand, expected, .. } => {
+            let (new, stored) = op.execute(width, old, operand, expected);
+            (u128::from(new), stored)
+        }
+    };
+    if stored {
+        bytes[offset..offset + width].copy_from_slice(&new.to_le_bytes()[..width]);
+    }
+    homes.write(page, &bytes);
+    stats.replayed_writes += 1;
+    let value = if stored { new } else { old128 };
+    let (offset, width) = (offset as u16, width as u8);
+    if stored {
+        for &r in &e.readers {
+            if r != from {
+                out.push((r, ToProcess::Update { page, offset, width, value }));
+                stats.updates += 1;
+            }
+        }
+    }
+    out.push((from, ToProcess::WriteAck { req, page, offset, width, value, old }));
+    // Adaptive: a long run of writes by one process goes back to ownership.
+    if e.run_writer == Some(from) {
+        e.run_len += 1;
+    } else {
+        e.run_writer = Some(from);
+        e.run_len = 1;
+    }
+    if e.policy == Coherence::Adaptive && e.run_len >= WRITE_RUN {
+        e.mode = Mode::Invalidate;
+        stats.to_invalidate += 1;
+        e.run_len = 0;
+        e.alternations = 0;
+    }
+}
+
+/// Finishes a transaction whose acks have all arrived: updates the entry and replies.
+pub(super) fn complete(
+    e: &mut Entry,
+    homes: &mut dyn HomeStore,
+    stats: &mut DirectoryStats,
+    nprocs: u32,
+    page: PageNo,
+    txn: &Txn,
+    out: &mut Vec<(Rank, ToProcess)>,
+) {
+    let Request { from, req, kind } = txn.request;
+    match kind {
+        Kind::Fetch => {
+            // Any owner was downgraded (or left, or wrote back): home is current.
+            e.owner = None;
+            if txn.requester_gone {
+                return;
+            }
+            let data = homes.read(page).map(PageData);
+            if let Some(d) = &data {
+                stats.pages_sent += 1;
+                stats.bytes_sent += d.0.len() as u64;
+            }
+            out.push((from, ToProcess::Data { req, page, data, mode: e.mode }));
+            e.readers.insert(from);
+        }
+        Kind::Switch(_) => {
+            // I->U after the owner's DowngradeAck: it stays a reader (owner_ack added it).
+            e.owner = None;
+            e.mode = Mode::Update;
+            stats.to_update += 1;
+            e.run_writer = None;
+            e.run_len = 0;
+            // Tell every process, not only the readers: a process that last held the page
+            // through a Grant still believes invalidate mode, and its next store would ask for
+            // ownership and flip the page straight back.
+            for r in 0..nprocs {
+                out.push((r, ToProcess::ModeHint { page, mode: Mode::Update }));
+            }
+        }
+        Kind::Write(_) => {}
+        Kind::Own | Kind::ForceOwn => {
+            // Every other copy is gone. The requester's own copy is current if it is still
+            // listed: nobody could have written the page since it got that copy.
+            let had_copy = e.owner == Some(from) || e.readers.contains(&from);
+            e.readers.clear();
+            if txn.requester_gone {
+                e.owner = None;
+                return;
+            }
+            e.owner = Some(from);
+            let data = if had_copy {
+                None
+            } else {
+                Some(match homes.read(page) {
+                    None => GrantData::Zero,
+                    Some(bytes) => {
+                        stats.pages_sent += 1;
+                        stats.bytes_sent += bytes.len() as u64;
+                        GrantData::Bytes(PageData(bytes))
+                    }
+                })
+            };
+            stats.ownership_grants += 1;
+            out.push((from, ToProcess::Grant { req, page, data }));
+            // Adaptive: ownership changing hands grant after grant means fine-grained sharing.
+            if e.last_grantee.is_some_and(|g| g != from) {
+                e.alternations += 1;
+            } else {
+                e.alternations = 0;
+            }
+            e.last_grantee = Some(from);
+            let to_update = match e.policy {
+                Coherence::Adaptive => e.alternations >= PINGPONG_GRANTS,
+                // Ownership was needed for an instruction the process could not replay. Switch
+                // back once another process wants the page, not at once: an instruction
+                // touching two pages (a straddling store) needs both writable at the same time.
+                Coherence::Update => e.alternations >= 1,
+                Coherence::Invalidate => false,
+            };
+            if to_update {
+                e.alternations = 0;
+                e.queue.push_back(Request { from, req: 0, kind: Kind::Switch(Mode::Update) });
+            }
+        }
+    }
+}
