@@ -46,13 +46,13 @@
 
 use std::collections::HashMap;
 
-use crate::wire::{Coherence, GrantData, Mode, PageData, PageNo, Rank, ReqId, ToCoordinator, ToProcess};
+use crate::wire::{Coherence, Mode, PageData, PageNo, Rank, ReqId, ToCoordinator, ToProcess};
 
 mod homes;
 mod txn;
 
 pub use homes::{HeapHomes, HomeStore};
-use txn::{complete, start, Entry, Kind, Request, WriteOp};
+use txn::{complete, grant_home, start, Entry, Kind, Request, WriteOp};
 
 /// Adaptive policy: a page whose ownership went to a different process this many grants in a
 /// row switches to update mode. Four alternations mean the page is ping-ponging (a flag, a
@@ -445,14 +445,7 @@ impl PageDirectory {
         let stats = &mut self.stats;
         let e = self.entries.entry(page).or_insert_with(|| Entry::new(policy));
         e.owner = Some(from);
-        let data = match self.homes.read(page) {
-            None => GrantData::Zero,
-            Some(bytes) => {
-                stats.pages_sent += 1;
-                stats.bytes_sent += bytes.len() as u64;
-                GrantData::Bytes(PageData(bytes))
-            }
-        };
+        let data = grant_home(&*self.homes, stats, page);
         stats.ownership_grants += 1;
         stats.ahead_granted += 1;
         // Not an alternation: nobody else held the page.

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::PAGE_SIZE;
-use crate::wire::RmwOp;
+use crate::wire::{GrantData, RmwOp};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 type Out = Vec<(Rank, ToProcess)>;

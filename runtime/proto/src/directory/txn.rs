@@ -92,11 +92,7 @@ pub(super) fn start(
     // back, so an Own queued before its sender heard of the switch no longer undoes it.
     if request.kind == Kind::Own && e.mode == Mode::Update && e.owner.is_none() {
         stats.owns_kept_in_update += 1;
-        let data = if e.readers.contains(&request.from) { None } else { homes.read(page).map(PageData) };
-        if let Some(d) = &data {
-            stats.pages_sent += 1;
-            stats.bytes_sent += d.0.len() as u64;
-        }
+        let data = if e.readers.contains(&request.from) { None } else { send_home(homes, stats, page) };
         out.push((request.from, ToProcess::Data { req: request.req, page, data, mode: Mode::Update }));
         e.readers.insert(request.from);
         return;
@@ -252,11 +248,7 @@ pub(super) fn complete(
             if txn.requester_gone {
                 return;
             }
-            let data = homes.read(page).map(PageData);
-            if let Some(d) = &data {
-                stats.pages_sent += 1;
-                stats.bytes_sent += d.0.len() as u64;
-            }
+            let data = send_home(homes, stats, page);
             out.push((from, ToProcess::Data { req, page, data, mode: e.mode }));
             e.readers.insert(from);
         }
@@ -285,18 +277,7 @@ pub(super) fn complete(
                 return;
             }
             e.owner = Some(from);
-            let data = if had_copy {
-                None
-            } else {
-                Some(match homes.read(page) {
-                    None => GrantData::Zero,
-                    Some(bytes) => {
-                        stats.pages_sent += 1;
-                        stats.bytes_sent += bytes.len() as u64;
-                        GrantData::Bytes(PageData(bytes))
-                    }
-                })
-            };
+            let data = if had_copy { None } else { Some(grant_home(homes, stats, page)) };
             stats.ownership_grants += 1;
             out.push((from, ToProcess::Grant { req, page, data }));
             // Adaptive: ownership changing hands grant after grant means fine-grained sharing.
@@ -320,4 +301,17 @@ pub(super) fn complete(
             }
         }
     }
+}
+
+/// The home copy of `page` as a reply carries it (`None`: all zero), counted as sent.
+pub(super) fn send_home(homes: &dyn HomeStore, stats: &mut DirectoryStats, page: PageNo) -> Option<PageData> {
+    let bytes = homes.read(page)?;
+    stats.pages_sent += 1;
+    stats.bytes_sent += bytes.len() as u64;
+    Some(PageData(bytes))
+}
+
+/// The home copy of `page` as a `Grant` carries it, counted as sent.
+pub(super) fn grant_home(homes: &dyn HomeStore, stats: &mut DirectoryStats, page: PageNo) -> GrantData {
+    send_home(homes, stats, page).map_or(GrantData::Zero, GrantData::Bytes)
 }
