@@ -185,9 +185,14 @@ fn counter_rate(env: &TestEnv, nprocs: u32, coherence: dsm::Coherence) -> Result
     let session = session_name("bench-counter");
     with_helpers(env, &session, nprocs, SIZE, WorkerKind::Counter, COUNTER_OPS, |r: &dsm::Region| {
         r.advise(0, r.len(), coherence).context("advising the region")?;
+        let hops_before = dsm::ReplayPathTimes::now();
         let (took, each) = counter_ops(r, COUNTER_OPS)?;
         if std::env::var_os("DSM_BENCH_STATS").is_some() {
             eprintln!("counter {coherence:?} {nprocs}p: {took:?}, rank 0 {:?}", r.stats()?);
+            // Where rank 0's replayed increments spent their time (means, as replay.store's hops).
+            let hops = dsm::ReplayPathTimes::now().since(&hops_before);
+            let means: Vec<String> = hops.means().iter().map(|(stage, d)| format!("{stage} {:.1}", d.as_secs_f64() * 1e6)).collect();
+            eprintln!("counter {coherence:?} {nprocs}p: rank 0's {} replays, mean us per stage: {}", hops.replays, means.join(", "));
         }
         Ok(((COUNTER_OPS * nprocs as usize) as f64 / took.as_secs_f64(), median_us(&each)))
     })
