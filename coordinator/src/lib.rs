@@ -23,7 +23,7 @@ mod workers;
 
 pub use metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 pub use query::{QueryError, StatusClient};
-pub use registry::{ConnId, EndedSession, Event, Output, Registry, SessionCounts, SessionStats};
+pub use registry::{ConnId, EndedSession, Event, FollowUp, MemberHandle, Output, Registry, SessionCounts, SessionStats};
 pub use server::{Config, Coordinator, ServeError};
 pub use thread::{spawn, CoordinatorThread};
 pub use homes::use_one_heap_arena;
