@@ -369,44 +369,48 @@ impl PageDirectory {
             run @ (ToCoordinator::InvalidateAckRun { .. }
             | ToCoordinator::DowngradeAckRun { .. }
             | ToCoordinator::RecallAckRun { .. }
-            | ToCoordinator::WritebackRun { .. }) => {
-                let (first, count, len) = match &run {
-                    ToCoordinator::InvalidateAckRun { first, count } => (*first, *count, None),
-                    ToCoordinator::DowngradeAckRun { first, count, data } | ToCoordinator::RecallAckRun { first, count, data } => {
-                        (*first, *count, data.as_ref().map(|d| d.0.len()))
-                    }
-                    ToCoordinator::WritebackRun { first, count, data } => (*first, *count, Some(data.0.len())),
-                    _ => unreachable!("matched above"),
-                };
-                self.check_span("acknowledgement run", first, count, len)?;
-                // Each page as its own message would be, its bytes read in place (checked
-                // above: the run's data is `count` whole pages).
-                let pages = (first..first + u64::from(count)).zip(0..);
-                match run {
-                    ToCoordinator::DowngradeAckRun { data, .. } => {
-                        for (page, i) in pages {
-                            self.owner_ack(page, from, Kind::Fetch, data.as_ref().map(|d| d.page(i)), out);
-                        }
-                    }
-                    ToCoordinator::RecallAckRun { data, .. } => {
-                        for (page, i) in pages {
-                            self.owner_ack(page, from, Kind::Own, data.as_ref().map(|d| d.page(i)), out);
-                        }
-                    }
-                    ToCoordinator::WritebackRun { data, .. } => {
-                        for (page, i) in pages {
-                            self.writeback(page, from, data.page(i));
-                        }
-                    }
-                    run => {
-                        for msg in crate::runs::expand_to_coordinator(run) {
-                            self.handle(from, msg, out)?;
-                        }
-                    }
-                }
-            }
+            | ToCoordinator::WritebackRun { .. }) => self.handle_ack_run(from, run, out)?,
             other => {
                 return Err(DirectoryError::Unexpected(format!("not a page message: {other:?}")))
+            }
+        }
+        Ok(())
+    }
+
+    /// A run of acknowledgements or writebacks: each page acts as its own message would, its
+    /// bytes read in place (no per-page copy).
+    fn handle_ack_run(&mut self, from: Rank, run: ToCoordinator, out: &mut Vec<(Rank, ToProcess)>) -> Result<(), DirectoryError> {
+        let (first, count, len) = match &run {
+            ToCoordinator::InvalidateAckRun { first, count } => (*first, *count, None),
+            ToCoordinator::DowngradeAckRun { first, count, data } | ToCoordinator::RecallAckRun { first, count, data } => {
+                (*first, *count, data.as_ref().map(|d| d.0.len()))
+            }
+            ToCoordinator::WritebackRun { first, count, data } => (*first, *count, Some(data.0.len())),
+            other => return Err(DirectoryError::Unexpected(format!("not an acknowledgement run: {other:?}"))),
+        };
+        // Checked here: the run's data is `count` whole pages, so `page(i)` is each page's.
+        self.check_span("acknowledgement run", first, count, len)?;
+        let pages = (first..first + u64::from(count)).zip(0..);
+        match run {
+            ToCoordinator::DowngradeAckRun { data, .. } => {
+                for (page, i) in pages {
+                    self.owner_ack(page, from, Kind::Fetch, data.as_ref().map(|d| d.page(i)), out);
+                }
+            }
+            ToCoordinator::RecallAckRun { data, .. } => {
+                for (page, i) in pages {
+                    self.owner_ack(page, from, Kind::Own, data.as_ref().map(|d| d.page(i)), out);
+                }
+            }
+            ToCoordinator::WritebackRun { data, .. } => {
+                for (page, i) in pages {
+                    self.writeback(page, from, data.page(i));
+                }
+            }
+            run => {
+                for msg in crate::runs::expand_to_coordinator(run) {
+                    self.handle(from, msg, out)?;
+                }
             }
         }
         Ok(())

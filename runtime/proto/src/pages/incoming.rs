@@ -126,8 +126,7 @@ impl ProcessPages {
                 match self.state(page) {
                     PageState::Invalid => {}
                     PageState::ReadOnly => {
-                        mem.drop_page(page, false);
-                        self.set_state(page, PageState::Invalid);
+                        self.drop_copy(page, mem);
                     }
                     PageState::Writable => {
                         // The owner gets Recall, never Invalidate. Keep the data.
@@ -149,8 +148,7 @@ impl ProcessPages {
                         // Cannot happen with a correct coordinator (only the owner is
                         // downgraded). Answering None tells it we are not a reader, so drop the
                         // copy to keep that true.
-                        mem.drop_page(page, false);
-                        self.set_state(page, PageState::Invalid);
+                        self.drop_copy(page, mem);
                         None
                     }
                     PageState::Invalid => None,
@@ -169,8 +167,7 @@ impl ProcessPages {
                         Some(bytes.unwrap_or_default())
                     }
                     PageState::ReadOnly => {
-                        mem.drop_page(page, false);
-                        self.set_state(page, PageState::Invalid);
+                        self.drop_copy(page, mem);
                         None
                     }
                     PageState::Invalid => None,
@@ -303,6 +300,12 @@ impl ProcessPages {
         }
         out.extend(crate::runs::coalesce_to_coordinator(acks));
         Ok(())
+    }
+
+    /// Drops this process's copy of `page` (its contents are not needed): the page is Invalid.
+    fn drop_copy(&mut self, page: PageNo, mem: &mut impl PageMemory) {
+        mem.drop_page(page, false);
+        self.set_state(page, PageState::Invalid);
     }
 
     /// Checks what a message carries against the region before anything acts on it.
