@@ -6,9 +6,8 @@
 use super::{Access, PageState, Pending, ProcessPages, Slot};
 use crate::wire::{Mode, PageNo, ReqId, ToCoordinator};
 
-/// Sequential read-ahead: when read faults walk pages in order, fetch a growing window of the
-/// next Invalid pages too, so a sequential first touch streams instead of paying one round trip
-/// per page. Scattered faults reset the window to nothing.
+/// One window's state (`ProcessPages` keeps one for reads, one for writes): where the last
+/// fault was, how large the window has grown and how far requests have been sent.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct ReadAhead {
     /// Pages in the region (no prefetch past the end); 0 = read-ahead off.
