@@ -54,17 +54,17 @@ pub(super) struct Running {
 }
 
 impl Running {
-    pub(super) fn conn(&self, rank: Rank) -> ConnId {
+    fn conn(&self, rank: Rank) -> ConnId {
         self.members[rank as usize].conn
     }
 
-    pub(super) fn lost_fault(&self) -> Option<SessionFault> {
+    fn lost_fault(&self) -> Option<SessionFault> {
         self.lost
             .as_ref()
             .map(|(rank, detail)| SessionFault::RankLost { rank: *rank, detail: detail.clone() })
     }
 
-    pub(super) fn fail(&self, rank: Rank, req: Option<ReqId>, error: SessionFault, out: &mut Outbox) {
+    fn fail(&self, rank: Rank, req: Option<ReqId>, error: SessionFault, out: &mut Outbox) {
         out.push(Output::Send(self.conn(rank), ToProcess::Failed { req, error }));
     }
 
@@ -93,7 +93,7 @@ impl Running {
     /// Sends the directory's messages, each process's in their order, with consecutive pages
     /// merged into run messages (`dsm_proto::runs`: only the order per destination matters,
     /// and it is kept).
-    pub(super) fn send_pages(&self, sends: Vec<(Rank, ToProcess)>, out: &mut Outbox) {
+    fn send_pages(&self, sends: Vec<(Rank, ToProcess)>, out: &mut Outbox) {
         let mut by_rank: Vec<(Rank, Vec<ToProcess>)> = Vec::new();
         for (r, msg) in sends {
             if self.members[r as usize].state != MemberState::Active {
@@ -112,7 +112,7 @@ impl Running {
 
     /// `rank` left (detached or lost): its pages fall back to the home copies and transactions
     /// waiting for its acknowledgements complete.
-    pub(super) fn leave_pages(&mut self, rank: Rank, out: &mut Outbox) {
+    fn leave_pages(&mut self, rank: Rank, out: &mut Outbox) {
         let mut sends = Vec::new();
         self.directory.handle_leave(rank, &mut sends);
         self.send_pages(sends, out);
@@ -120,7 +120,7 @@ impl Running {
 
     /// `rank` broke the protocol: it is told why, its connection is closed, and it counts as
     /// lost (its pages fall back to the home copies; the others get the usual errors).
-    pub(super) fn violation(&mut self, rank: Rank, what: String, out: &mut Outbox) {
+    fn violation(&mut self, rank: Rank, what: String, out: &mut Outbox) {
         tracing::warn!(rank, "protocol violation: {what}; closing its connection");
         let conn = self.conn(rank);
         self.fail(rank, None, SessionFault::Protocol(what.clone()), out);
@@ -128,7 +128,7 @@ impl Running {
         self.lose(rank, &format!("protocol violation: {what}"), out);
     }
 
-    pub(super) fn handle_barrier(&mut self, rank: Rank, epoch: u64, out: &mut Outbox) {
+    fn handle_barrier(&mut self, rank: Rank, epoch: u64, out: &mut Outbox) {
         if let Some(fault) = self.lost_fault() {
             return self.fail(rank, None, fault, out);
         }
@@ -158,7 +158,7 @@ impl Running {
 
     /// The semaphore `name`, created with `initial` on its first use. A use asking for another
     /// initial count than the one it was created with is refused (never silently ignored).
-    pub(super) fn semaphore(
+    fn semaphore(
         semaphores: &mut HashMap<String, Semaphore>,
         name: String,
         initial: u32,
@@ -180,7 +180,7 @@ impl Running {
         Ok(sem)
     }
 
-    pub(super) fn handle_wait(&mut self, rank: Rank, req: ReqId, name: String, initial: u32, out: &mut Outbox) {
+    fn handle_wait(&mut self, rank: Rank, req: ReqId, name: String, initial: u32, out: &mut Outbox) {
         let lost = self.lost_fault();
         let conn = self.conn(rank);
         let waits: usize = self.semaphores.values().map(|s| s.waiters.iter().filter(|(r, _)| *r == rank).count()).sum();
@@ -204,7 +204,7 @@ impl Running {
         }
     }
 
-    pub(super) fn handle_post(&mut self, rank: Rank, req: ReqId, name: String, initial: u32, out: &mut Outbox) {
+    fn handle_post(&mut self, rank: Rank, req: ReqId, name: String, initial: u32, out: &mut Outbox) {
         let sem = match Self::semaphore(&mut self.semaphores, name, initial) {
             Ok(sem) => sem,
             Err(e) => return self.fail(rank, Some(req), e, out),
@@ -221,7 +221,7 @@ impl Running {
         out.push(Output::Send(self.conn(rank), ToProcess::SemaphorePosted { req }));
     }
 
-    pub(super) fn handle_detach(&mut self, rank: Rank, out: &mut Outbox) {
+    fn handle_detach(&mut self, rank: Rank, out: &mut Outbox) {
         self.members[rank as usize].state = MemberState::Detached;
         self.drop_waiters_of(rank);
         self.leave_pages(rank, out);
@@ -247,7 +247,7 @@ impl Running {
         }
     }
 
-    pub(super) fn drop_waiters_of(&mut self, rank: Rank) {
+    fn drop_waiters_of(&mut self, rank: Rank) {
         for s in self.semaphores.values_mut() {
             s.waiters.retain(|(r, _)| *r != rank);
         }
@@ -257,7 +257,7 @@ impl Running {
         }
     }
 
-    pub(super) fn fail_barrier_waiters(&mut self, fault: SessionFault, out: &mut Outbox) {
+    fn fail_barrier_waiters(&mut self, fault: SessionFault, out: &mut Outbox) {
         let waiting: Vec<Rank> = (0..self.members.len() as Rank)
             .filter(|r| self.barrier.arrived[*r as usize])
             .collect();

@@ -304,7 +304,7 @@ pub(super) fn complete(
 }
 
 /// The home copy of `page` as a reply carries it (`None`: all zero), counted as sent.
-pub(super) fn send_home(homes: &dyn HomeStore, stats: &mut DirectoryStats, page: PageNo) -> Option<PageData> {
+fn send_home(homes: &dyn HomeStore, stats: &mut DirectoryStats, page: PageNo) -> Option<PageData> {
     let bytes = homes.read(page)?;
     stats.pages_sent += 1;
     stats.bytes_sent += bytes.len() as u64;
