@@ -21,6 +21,7 @@ mod load;
 mod setup;
 mod socket;
 mod transport;
+pub mod congestion;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
