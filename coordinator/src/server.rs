@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use dsm_proto::{encode_frame, FrameReader, Hello, ToCoordinator, ToProcess, HELLO_LEN};
+use dsm_proto::{FrameQueue, FrameReader, Hello, ToCoordinator, ToProcess, HELLO_LEN};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -30,9 +30,6 @@ use crate::status::LossTimes;
 
 /// Chunks taken from quinn per read: about one packet's stream data each.
 const READ_CHUNKS: usize = 32;
-/// Room for one batch of a writer; a batch of page data grows it (up to `BATCH_LIMIT` and one
-/// message).
-const WRITE_CAPACITY: usize = 16 * 1024;
 /// A writer stops adding queued messages to a batch at this size.
 const BATCH_LIMIT: usize = 256 * 1024;
 
@@ -451,18 +448,19 @@ async fn write_loop(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<WriterCmd>,
 ) {
-    let mut buf = Vec::with_capacity(WRITE_CAPACITY);
+    // Page data goes to quinn as the allocation the message carried (no copy into the batch).
+    let mut queue = FrameQueue::new();
     while let Some(first) = rx.recv().await {
         let mut close = None;
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
                 WriterCmd::Send(msg) => {
-                    if let Err(e) = encode_frame(&msg, &mut buf) {
+                    if let Err(e) = queue.push(msg) {
                         // Dropping it would leave the peer waiting forever for an answer:
                         // close the connection instead, so it gets a clear error.
                         tracing::error!("a message to this connection cannot be framed ({e}); closing it");
-                        let _ = send.write_all(&buf).await;
+                        let _ = send.write_all_chunks(&mut queue.take()).await;
                         conn.close(close_code::PROTOCOL_ERROR.into(), b"internal error: a reply could not be framed");
                         return;
                     }
@@ -472,14 +470,13 @@ async fn write_loop(
                     break;
                 }
             }
-            if buf.len() < BATCH_LIMIT {
+            if queue.len() < BATCH_LIMIT {
                 next = rx.try_recv().ok();
             }
         }
-        if !buf.is_empty() {
-            // Handed to quinn as it is, without a copy into its send buffer.
-            let batch = std::mem::replace(&mut buf, Vec::with_capacity(WRITE_CAPACITY));
-            if let Err(e) = send.write_chunk(Bytes::from(batch)).await {
+        if !queue.is_empty() {
+            // Handed to quinn as they are, without a copy into its send buffer.
+            if let Err(e) = send.write_all_chunks(&mut queue.take()).await {
                 debug!("write failed: {e}");
                 return;
             }

@@ -7,7 +7,9 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+mod queue;
 mod reader;
+pub use queue::{FrameQueue, PageBytes, SPLIT_MIN};
 pub use reader::FrameReader;
 
 /// Largest payload a frame may carry (1 MiB: 256 pages with headroom). Anything larger is an

@@ -275,6 +275,19 @@ impl ToCoordinator {
             _ => 0,
         }
     }
+
+    /// The page contents this message carries, to be taken out (see [`crate::FrameQueue`]).
+    pub fn page_data_mut(&mut self) -> Option<&mut PageData> {
+        match self {
+            ToCoordinator::DowngradeAck { data: Some(d), .. }
+            | ToCoordinator::RecallAck { data: Some(d), .. }
+            | ToCoordinator::DowngradeAckRun { data: Some(d), .. }
+            | ToCoordinator::RecallAckRun { data: Some(d), .. }
+            | ToCoordinator::Writeback { data: d, .. }
+            | ToCoordinator::WritebackRun { data: d, .. } => Some(d),
+            _ => None,
+        }
+    }
 }
 
 /// Messages from the coordinator to a process.
@@ -494,6 +507,16 @@ impl ToProcess {
             ToProcess::Grant { data: Some(GrantData::Bytes(d)), .. }
             | ToProcess::GrantRun { data: Some(GrantData::Bytes(d)), .. } => d.0.len(),
             _ => 0,
+        }
+    }
+
+    /// The page contents this message carries, to be taken out (see [`crate::FrameQueue`]).
+    pub fn page_data_mut(&mut self) -> Option<&mut PageData> {
+        match self {
+            ToProcess::Data { data: Some(d), .. } | ToProcess::DataRun { data: Some(d), .. } => Some(d),
+            ToProcess::Grant { data: Some(GrantData::Bytes(d)), .. }
+            | ToProcess::GrantRun { data: Some(GrantData::Bytes(d)), .. } => Some(d),
+            _ => None,
         }
     }
 }

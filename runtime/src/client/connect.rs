@@ -99,7 +99,7 @@ pub(super) async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
         std::env::args().next().unwrap_or_default()
     );
     driver
-        .send(&ToCoordinator::Attach(AttachRequest {
+        .send(ToCoordinator::Attach(AttachRequest {
             session: config.session.clone(),
             size: config.size,
             nprocs: config.nprocs,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dsm_proto::{close_code, encode_frame, FrameReader, ReqId, SessionFault, ToCoordinator, ToProcess};
+use dsm_proto::{close_code, FrameQueue, FrameReader, ReqId, SessionFault, ToCoordinator, ToProcess};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -26,9 +26,6 @@ use crate::sys::UffdFd;
 /// Chunks taken from quinn per read: about one packet's stream data each.
 const READ_CHUNKS: usize = 32;
 
-/// Room for the frames of one flush; a larger flush (a run of page data) grows it.
-const OUT_CAPACITY: usize = 16 * 1024;
-
 /// The runtime thread's state: the stream, and the requests waiting for replies.
 pub(crate) struct Driver {
     addr: String,
@@ -37,7 +34,8 @@ pub(crate) struct Driver {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     inbuf: FrameReader,
-    outbuf: Vec<u8>,
+    /// Frames not yet written; page data in them is not copied (`FrameQueue`).
+    outbuf: FrameQueue,
     next_req: ReqId,
     waiting: HashMap<ReqId, Waiting>,
     barrier: Option<Reply<()>>,
@@ -74,7 +72,7 @@ impl Driver {
             send,
             recv,
             inbuf: FrameReader::with_capacity(64 * 1024),
-            outbuf: Vec::with_capacity(OUT_CAPACITY),
+            outbuf: FrameQueue::new(),
             next_req: 1,
             waiting: HashMap::new(),
             barrier: None,
@@ -100,16 +98,16 @@ impl Driver {
         self.conn.close(code.into(), reason);
     }
 
-    pub(super) async fn send(&mut self, msg: &ToCoordinator) -> Result<()> {
+    pub(super) async fn send(&mut self, msg: ToCoordinator) -> Result<()> {
         self.queue(msg)?;
         self.flush().await
     }
 
     /// Frames `msg` behind everything queued before. An error (a message over the frame
     /// limit) leaves the queue as it was.
-    fn queue(&mut self, msg: &ToCoordinator) -> Result<()> {
-        encode_frame(msg, &mut self.outbuf)
-            .map_err(|e| Error::Protocol(format!("cannot send a {} message: {e}", kind(msg))))
+    fn queue(&mut self, msg: ToCoordinator) -> Result<()> {
+        let what = kind(&msg);
+        self.outbuf.push(msg).map_err(|e| Error::Protocol(format!("cannot send a {what} message: {e}")))
     }
 
     /// Queues protocol messages produced by the fault service. They are small by construction;
@@ -118,7 +116,7 @@ impl Driver {
     fn queue_all(&mut self, msgs: Vec<ToCoordinator>) {
         // Consecutive acknowledgements and writebacks of neighbouring pages travel as runs.
         for m in dsm_proto::runs::coalesce_to_coordinator(msgs) {
-            if let Err(e) = self.queue(&m) {
+            if let Err(e) = self.queue(m) {
                 fatal("queueing a coherence message", &e);
             }
         }
@@ -128,10 +126,9 @@ impl Driver {
         if self.outbuf.is_empty() {
             return Ok(());
         }
-        // Handed to quinn as it is (no copy into its send buffer); the next frames go to a
-        // new buffer.
-        let frames = std::mem::replace(&mut self.outbuf, Vec::with_capacity(OUT_CAPACITY));
-        self.send.write_chunk(Bytes::from(frames)).await.map_err(|e| write_error(&self.addr, e))
+        // Handed to quinn as they are (no copy into its send buffer).
+        let mut frames = self.outbuf.take();
+        self.send.write_all_chunks(&mut frames).await.map_err(|e| write_error(&self.addr, e))
     }
 
     /// Flushes, failing everything if the connection is gone.
@@ -295,7 +292,7 @@ impl Driver {
                 }
                 let epoch = self.barrier_epoch;
                 self.barrier_epoch += 1;
-                match self.queue(&ToCoordinator::Barrier { epoch }) {
+                match self.queue(ToCoordinator::Barrier { epoch }) {
                     Ok(()) => self.barrier = Some(reply),
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -308,7 +305,7 @@ impl Driver {
                     return;
                 }
                 let req = self.next_req();
-                match self.queue(&ToCoordinator::SemaphoreWait { req, name, initial }) {
+                match self.queue(ToCoordinator::SemaphoreWait { req, name, initial }) {
                     Ok(()) => {
                         self.waiting.insert(req, Waiting::Done(reply));
                     }
@@ -322,7 +319,7 @@ impl Driver {
                 // this process sends next, and a failure is reported by the coordinator's
                 // `Failed` (logged) or by the next blocking call.
                 let req = self.next_req();
-                match (self.queue(&ToCoordinator::SemaphorePost { req, name, initial }), reply) {
+                match (self.queue(ToCoordinator::SemaphorePost { req, name, initial }), reply) {
                     (Ok(()), Some(reply)) => {
                         self.waiting.insert(req, Waiting::Done(reply));
                     }
@@ -338,7 +335,7 @@ impl Driver {
             }
             Command::Ping(payload, reply) => {
                 let req = self.next_req();
-                match self.queue(&ToCoordinator::Ping { req, payload }) {
+                match self.queue(ToCoordinator::Ping { req, payload }) {
                     Ok(()) => {
                         self.waiting.insert(req, Waiting::Pong(reply));
                     }
