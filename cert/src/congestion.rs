@@ -13,7 +13,7 @@
 //! at most [`WINDOW_FLOOR_CAP`]. The floor scales with the measured rate, so a slow link
 //! gets no more in flight than a fast one needs: at 10 Mbit/s the floor is 2.5 KB, below
 //! BBR's own minimum of four packets; loss handling is BBR's (it does not back off on random
-//! loss, which is why it is the default: see [`crate::transport`]).
+//! loss, which is why it is the default: see [`crate::Transport`] and `transport.rs`).
 //!
 //! Measured on the 2-core machine (`dsm-bench app.contrast`, `touch.sequential`, `lossy`, two
 //! interleaved runs each; the contrast example on a 4096×4096 image, rank 0's time):
@@ -52,7 +52,7 @@ pub struct AckClockBbrConfig {
 
 impl ControllerFactory for AckClockBbrConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(AckClockBbr { inner: self.bbr.clone().build(now, current_mtu) })
+        Box::new(AckClockBbr::new(self.bbr.clone().build(now, current_mtu)))
     }
 }
 

@@ -26,7 +26,7 @@ pub mod units;
 pub mod wire;
 
 pub use directory::{DirectoryError, DirectoryStats, PageDirectory, PageView};
-pub use frame::{decode_frame, encode_frame, FrameError, FrameQueue, FrameReader, MAX_FRAME_LEN};
+pub use frame::{decode_frame, encode_frame, FrameError, FrameQueue, FrameReader, PageBytes, MAX_FRAME_LEN};
 pub use handshake::{Hello, HelloError, HELLO_LEN, MAGIC, PROTOCOL_VERSION};
 pub use pages::{Access, PageMemory, PageState, PageStats, PagesError, ProcessPages};
 pub use status::{LostRank, MemberState, MemberStatus, PageTraffic, SessionState, SessionStatus, StatusReport};

@@ -275,9 +275,11 @@ impl ToCoordinator {
             _ => 0,
         }
     }
+}
 
-    /// The page contents this message carries, to be taken out (see [`crate::FrameQueue`]).
-    pub fn page_data_mut(&mut self) -> Option<&mut PageData> {
+/// The same variants as [`ToCoordinator::page_bytes`], for [`crate::FrameQueue`] to take.
+impl crate::frame::PageBytes for ToCoordinator {
+    fn page_data_mut(&mut self) -> Option<&mut PageData> {
         match self {
             ToCoordinator::DowngradeAck { data: Some(d), .. }
             | ToCoordinator::RecallAck { data: Some(d), .. }
@@ -509,9 +511,11 @@ impl ToProcess {
             _ => 0,
         }
     }
+}
 
-    /// The page contents this message carries, to be taken out (see [`crate::FrameQueue`]).
-    pub fn page_data_mut(&mut self) -> Option<&mut PageData> {
+/// The same variants as [`ToProcess::page_bytes`], for [`crate::FrameQueue`] to take.
+impl crate::frame::PageBytes for ToProcess {
+    fn page_data_mut(&mut self) -> Option<&mut PageData> {
         match self {
             ToProcess::Data { data: Some(d), .. } | ToProcess::DataRun { data: Some(d), .. } => Some(d),
             ToProcess::Grant { data: Some(GrantData::Bytes(d)), .. }

@@ -15,27 +15,16 @@ use postcard::ser_flavors::Flavor;
 use serde::Serialize;
 
 use super::{FrameError, HEADER_LEN, MAX_FRAME_LEN};
-use crate::wire::{PageData, ToCoordinator, ToProcess};
+use crate::wire::PageData;
 
 /// Page data at least this long travels as its own chunk (one page; shorter data is copied).
 pub const SPLIT_MIN: usize = crate::PAGE_SIZE;
 
-/// A message whose page contents a [`FrameQueue`] may take instead of copying.
+/// A message whose page contents a [`FrameQueue`] may take instead of copying (implemented
+/// in `wire.rs`, beside each message type's `page_bytes`).
 pub trait PageBytes: Serialize {
     /// The page contents the message carries, if any.
     fn page_data_mut(&mut self) -> Option<&mut PageData>;
-}
-
-impl PageBytes for ToProcess {
-    fn page_data_mut(&mut self) -> Option<&mut PageData> {
-        ToProcess::page_data_mut(self)
-    }
-}
-
-impl PageBytes for ToCoordinator {
-    fn page_data_mut(&mut self) -> Option<&mut PageData> {
-        ToCoordinator::page_data_mut(self)
-    }
 }
 
 /// Frames waiting for one stream write (see the module docs).
@@ -141,7 +130,7 @@ impl Flavor for SplitFlavor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{GrantData, Mode};
+    use crate::wire::{GrantData, Mode, ToCoordinator, ToProcess};
     use crate::{decode_frame, encode_frame, PAGE_SIZE};
 
     fn joined(q: &mut FrameQueue) -> Vec<u8> {
