@@ -33,7 +33,8 @@ pub use socket::{endpoint, udp_socket, SOCKET_BUFFER};
 pub use setup::{make_certs, CertsReport, CertsRequest, Written, CLIENTS_DIR};
 pub use transport::{
     quic_client_config, quic_server_config, Congestion, Transport, TransportError, MAX_ACK_DELAY,
-    MIN_IDLE_PER_KEEP_ALIVE, RECEIVE_WINDOW, REORDERING_THRESHOLD, SEND_WINDOW, STREAM_RECEIVE_WINDOW,
+    MAX_UDP_PAYLOAD, MIN_IDLE_PER_KEEP_ALIVE, RECEIVE_WINDOW, REORDERING_THRESHOLD, SEND_WINDOW,
+    STREAM_RECEIVE_WINDOW,
 };
 
 /// File name of the CA certificate.

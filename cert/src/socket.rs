@@ -12,6 +12,8 @@ use std::net::{SocketAddr, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::transport::MAX_UDP_PAYLOAD;
+
 /// Requested size of each UDP socket's receive and send buffer (bytes).
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -31,11 +33,16 @@ pub fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// A quinn endpoint on [`udp_socket`]`(addr)`, serving incoming connections with `server` if
-/// given. Must be called inside a tokio runtime.
+/// given, accepting datagrams up to [`MAX_UDP_PAYLOAD`] (what the peer's MTU discovery may
+/// then find). Must be called inside a tokio runtime.
 pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime found (quinn endpoints need tokio)"))?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, udp_socket(addr)?, runtime)
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| std::io::Error::other(format!("max UDP payload {MAX_UDP_PAYLOAD}: {e}")))?;
+    quinn::Endpoint::new(config, server, udp_socket(addr)?, runtime)
 }
 
 #[cfg(test)]
