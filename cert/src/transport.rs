@@ -83,7 +83,12 @@ pub const SEND_WINDOW: u64 = 16 << 20;
 /// two or three runs (`dsm-bench touch.sequential`, `dsm-bench app.contrast`): quinn's 1452 ->
 /// 6550: touch.sequential 99-196 -> 165-279 MB/s, app.contrast.2p 240-259 -> 194-229 ms,
 /// app.contrast.4p 369-402 -> 293-341 ms; a raw stream (`quinn.stream`) doubles (415 -> 820 MB/s).
-pub const MAX_UDP_PAYLOAD: u16 = 6550;
+pub const MAX_UDP_PAYLOAD: u16 = (GSO_BATCH_BYTES / GSO_BATCH_DATAGRAMS) as u16;
+/// Datagrams quinn puts in one GSO `sendmsg` at most (its private `MAX_TRANSMIT_SEGMENTS`, 0.11).
+const GSO_BATCH_DATAGRAMS: usize = 10;
+/// Largest UDP payload the kernel takes in one `sendmsg` over IPv4 (65,535 - 20 - 8), a GSO
+/// batch included.
+const GSO_BATCH_BYTES: usize = 65_507;
 
 /// Longest time a peer may wait before acknowledging an ack-eliciting packet, asked of it with
 /// the ACK-frequency extension (1 ms, the least quinn accepts: its timer granularity).
