@@ -15,6 +15,7 @@
 //!
 //! All errors are [`Error`] values whose messages name the file at fault.
 
+mod busy_poll;
 mod error;
 mod gen;
 mod load;
@@ -26,6 +27,7 @@ pub mod congestion;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+pub use busy_poll::{BusyPoll, DEFAULT_BUDGET as BUSY_POLL_BUDGET};
 pub use error::{tls_alert_name, Error};
 pub use gen::{ensure, generate, issue_client, self_signed_client, DEFAULT_SANS};
 pub use load::{client_tls_config, client_tls_config_from, server_tls_config, ALPN};

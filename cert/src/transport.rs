@@ -123,6 +123,10 @@ pub struct Transport {
     pub initial_rtt: Duration,
     /// Congestion controller (default [`Congestion::Bbr`]).
     pub congestion: Congestion,
+    /// How long the thread driving the connection keeps polling after traffic instead of
+    /// blocking (default [`crate::BUSY_POLL_BUDGET`], 200 µs; zero: never). Local to each
+    /// side; see [`crate::BusyPoll`].
+    pub busy_poll: Duration,
 }
 
 impl Default for Transport {
@@ -132,6 +136,7 @@ impl Default for Transport {
             idle_timeout: Duration::from_secs(10),
             initial_rtt: Duration::from_millis(10),
             congestion: Congestion::Bbr,
+            busy_poll: crate::BUSY_POLL_BUDGET,
         }
     }
 }

@@ -166,6 +166,8 @@ pub struct Coordinator {
     endpoint: quinn::Endpoint,
     shared: Arc<Mutex<Shared>>,
     hello_timeout: Duration,
+    /// How long the workers keep polling after a message ([`dsm_cert::Transport::busy_poll`]).
+    busy_poll: Duration,
     next_conn: AtomicU64,
     metrics: Arc<Metrics>,
     metrics_endpoint: Mutex<Option<MetricsEndpoint>>,
@@ -196,6 +198,7 @@ impl Coordinator {
                 writers: Writers::default(),
             })),
             hello_timeout: config.hello_timeout,
+            busy_poll: config.transport.busy_poll,
             next_conn: AtomicU64::new(1),
             metrics,
             metrics_endpoint: Mutex::new(metrics_endpoint),
@@ -250,6 +253,8 @@ impl Coordinator {
             tokio::spawn(endpoint.serve(Arc::new(self.metrics_handle())).in_current_span())
         });
         let this = Arc::new(self);
+        // Keeps the worker polling for a moment after each message (see `dsm_cert::BusyPoll`).
+        let busy = dsm_cert::BusyPoll::spawn(this.busy_poll);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -258,7 +263,7 @@ impl Coordinator {
                     let id = this.next_conn.fetch_add(1, Ordering::Relaxed);
                     let remote = incoming.remote_address();
                     let span = info_span!("conn", id, %remote);
-                    tokio::spawn(Arc::clone(&this).handle_incoming(id, incoming).instrument(span));
+                    tokio::spawn(Arc::clone(&this).handle_incoming(id, incoming, busy.clone()).instrument(span));
                 }
                 () = &mut shutdown => break,
             }
@@ -271,7 +276,7 @@ impl Coordinator {
         let _ = tokio::time::timeout(Duration::from_secs(2), this.endpoint.wait_idle()).await;
     }
 
-    async fn handle_incoming(self: Arc<Self>, id: ConnId, incoming: quinn::Incoming) {
+    async fn handle_incoming(self: Arc<Self>, id: ConnId, incoming: quinn::Incoming, busy: dsm_cert::BusyPoll) {
         let conn = match incoming.await {
             Ok(c) => c,
             Err(e) => {
@@ -284,7 +289,7 @@ impl Coordinator {
         self.metrics.on_accept();
         debug!("connected");
         match tokio::time::timeout(self.hello_timeout, self.open(&conn)).await {
-            Ok(Ok((send, recv))) => self.serve(id, conn, send, recv).await,
+            Ok(Ok((send, recv))) => self.serve(id, conn, send, recv, busy).await,
             Ok(Err(why)) => {
                 self.metrics.on_refused("hello");
                 warn!(reason = %why, "handshake refused");
@@ -324,6 +329,7 @@ impl Coordinator {
         conn: quinn::Connection,
         send: quinn::SendStream,
         mut recv: quinn::RecvStream,
+        busy: dsm_cert::BusyPoll,
     ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let writers = {
@@ -342,7 +348,10 @@ impl Coordinator {
         let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
         let (detail, clean) = 'read: loop {
             match recv.read_chunks(&mut chunks).await {
-                Ok(Some(n)) => frames.extend_from_chunks(&mut chunks[..n]),
+                Ok(Some(n)) => {
+                    busy.touch();
+                    frames.extend_from_chunks(&mut chunks[..n]);
+                }
                 Ok(None) => break 'read ("closed its stream".to_string(), true),
                 Err(e) => break 'read (connection_detail(&e), is_clean(&e)),
             }

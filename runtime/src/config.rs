@@ -12,6 +12,7 @@
 //! | `DSM_ATTACH_TIMEOUT` | how long to wait for all processes (`30s`) | `60s` |
 //! | `DSM_IDLE_TIMEOUT` | declare the coordinator lost after this silence (at least 3 keep-alives) | `10s` |
 //! | `DSM_KEEP_ALIVE` | send a keep-alive after this much silence | `1s` |
+//! | `DSM_BUSY_POLL` | keep the runtime thread polling this long after traffic (`0s`: never; see [`dsm_cert::BusyPoll`]) | `200us` |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,6 +104,7 @@ pub struct ConfigBuilder {
     connect_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
     keep_alive: Option<Duration>,
+    busy_poll: Option<Duration>,
     hello_version: Option<u16>,
     client_cert: Option<(PathBuf, PathBuf)>,
 }
@@ -156,6 +158,14 @@ impl ConfigBuilder {
     /// Interval of keep-alive packets (default 1 s).
     pub fn keep_alive(mut self, t: Duration) -> Self {
         self.keep_alive = Some(t);
+        self
+    }
+    /// How long the runtime thread keeps polling after traffic instead of sleeping (default
+    /// 200 µs; zero: never). Polling saves a wake-up per message where sleeping is expensive
+    /// (virtual machines) and costs CPU time while traffic flows (given up to any other
+    /// runnable thread first). See [`dsm_cert::BusyPoll`].
+    pub fn busy_poll(mut self, t: Duration) -> Self {
+        self.busy_poll = Some(t);
         self
     }
     /// Present this certificate and key instead of the cert directory's `client.pem`.
@@ -219,6 +229,11 @@ impl ConfigBuilder {
                 self.keep_alive = Some(parse_duration(&v).map_err(|e| bad("DSM_KEEP_ALIVE", e))?);
             }
         }
+        if self.busy_poll.is_none() {
+            if let Some(v) = var("DSM_BUSY_POLL") {
+                self.busy_poll = Some(parse_duration(&v).map_err(|e| bad("DSM_BUSY_POLL", e))?);
+            }
+        }
         Ok(self)
     }
 
@@ -248,6 +263,9 @@ impl ConfigBuilder {
         }
         if let Some(t) = self.keep_alive {
             transport.keep_alive = t;
+        }
+        if let Some(t) = self.busy_poll {
+            transport.busy_poll = t;
         }
         transport.validate().map_err(|e| Error::Config(e.to_string()))?;
         Ok(Config {
@@ -318,6 +336,21 @@ mod tests {
         assert!(e.contains("DSM_KEEP_ALIVE") && e.contains("often"), "{e}");
         let c = base().env_overrides().unwrap().build().unwrap();
         assert_eq!(c.transport.keep_alive, dsm_cert::Transport::default().keep_alive);
+        // Busy polling: on by default, set or turned off from the environment, the builder wins.
+        assert_eq!(c.transport.busy_poll, dsm_cert::BUSY_POLL_BUDGET);
+        assert!(!c.transport.busy_poll.is_zero());
+        std::env::set_var("DSM_BUSY_POLL", "0s");
+        let off = base().env_overrides().unwrap().build().unwrap();
+        std::env::set_var("DSM_BUSY_POLL", "50us");
+        let short = base().env_overrides().unwrap().build().unwrap();
+        let built = base().busy_poll(Duration::from_millis(1)).env_overrides().unwrap().build().unwrap();
+        std::env::set_var("DSM_BUSY_POLL", "soon");
+        let e = base().env_overrides().unwrap_err().to_string();
+        std::env::remove_var("DSM_BUSY_POLL");
+        assert_eq!(off.transport.busy_poll, Duration::ZERO);
+        assert_eq!(short.transport.busy_poll, Duration::from_micros(50));
+        assert_eq!(built.transport.busy_poll, Duration::from_millis(1));
+        assert!(e.contains("DSM_BUSY_POLL") && e.contains("soon"), "{e}");
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub(super) async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
             })
         }
     };
-    let mut driver = Driver::new(addr_text, endpoint, conn, send, recv);
+    let mut driver = Driver::new(addr_text, endpoint, conn, send, recv, config.transport.busy_poll);
     let label = format!(
         "pid {} ({})",
         std::process::id(),

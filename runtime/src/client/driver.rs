@@ -49,6 +49,8 @@ pub(crate) struct Driver {
     region: Option<FaultService>,
     uffd: Option<AsyncFd<UffdFd>>,
     efd: Option<AsyncFd<UffdFd>>,
+    /// Keeps this thread polling for a moment after traffic (see `dsm_cert::BusyPoll`).
+    busy: dsm_cert::BusyPoll,
 }
 
 enum Waiting {
@@ -64,6 +66,7 @@ impl Driver {
         conn: quinn::Connection,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
+        busy_poll: Duration,
     ) -> Driver {
         Driver {
             addr,
@@ -83,6 +86,7 @@ impl Driver {
             region: None,
             uffd: None,
             efd: None,
+            busy: dsm_cert::BusyPoll::spawn(busy_poll),
         }
     }
 
@@ -126,6 +130,7 @@ impl Driver {
         if self.outbuf.is_empty() {
             return Ok(());
         }
+        self.busy.touch();
         // Handed to quinn as they are (no copy into its send buffer).
         let mut frames = self.outbuf.take();
         self.send.write_all_chunks(&mut frames).await.map_err(|e| write_error(&self.addr, e))
@@ -225,6 +230,7 @@ impl Driver {
                 read = self.recv.read_chunks(&mut chunks), if self.dead.is_none() => {
                     match read {
                         Ok(Some(n)) => {
+                            self.busy.touch();
                             self.inbuf.extend_from_chunks(&mut chunks[..n]);
                             loop {
                                 match self.try_decode() {
