@@ -15,7 +15,9 @@
 //!   figure's floor is the better of the two fixed modes with 4 processes (target >= 0.9).
 //! * `counter.latency.invalidate.4p`, `counter.latency.update.4p`, `counter.latency.adaptive.4p`:
 //!   from the same 4-process runs, the median time of one contended fetch_add of the parent
-//!   (each increment timed alone; the waits for the other processes are outside it). Floor
+//!   (each increment timed alone; the waits for the other processes are outside it; the
+//!   increments it makes after every other process has finished are not counted: they run
+//!   alone, and in adaptive mode on a page that went back to ownership, ~0 µs). Floor
 //!   `quinn.rtt_64b`; target <= 1.5 for update mode.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,7 +149,8 @@ fn replay_store(env: &TestEnv) -> Result<(Vec<Duration>, dsm::ReplayPathTimes)> 
 }
 
 /// Barrier, `ops` fetch_adds on the word at offset 0, barrier; returns the time between the
-/// barriers and each fetch_add's own time, and checks the final total.
+/// barriers and the own time of each fetch_add made while another process still had some to
+/// make, and checks the final total.
 ///
 /// The processes interleave by design, with no sleep: after each increment a process waits
 /// (reading the word, yielding the CPU) until another process has incremented it too, or until
@@ -163,9 +166,14 @@ pub(super) fn counter_ops(r: &dsm::Region, ops: usize) -> Result<(Duration, Vec<
     for done in 1..=ops {
         let op = Instant::now();
         let mine = word.fetch_add(1, Ordering::SeqCst) + 1;
-        each.push(op.elapsed());
+        let took = op.elapsed();
         // Everyone else is done once the word holds all their increments and all of ours so far.
         let others_done = mine == total - (ops - done) as u64;
+        // An increment after which nobody else is left did not contend (once the others have
+        // finished, the rest of ours run alone, on a page this process may own): not timed.
+        if !others_done {
+            each.push(took);
+        }
         if done < ops && !others_done {
             while word.load(Ordering::SeqCst) == mine {
                 std::thread::yield_now();
@@ -189,6 +197,7 @@ fn counter_rate(env: &TestEnv, nprocs: u32, coherence: dsm::Coherence) -> Result
         let (took, each) = counter_ops(r, COUNTER_OPS)?;
         if std::env::var_os("DSM_BENCH_STATS").is_some() {
             eprintln!("counter {coherence:?} {nprocs}p: {took:?}, rank 0 {:?}", r.stats()?);
+            eprintln!("counter {coherence:?} {nprocs}p: rank 0 made {} of its {COUNTER_OPS} increments while others were still at it", each.len());
             // Where rank 0's replayed increments spent their time (means, as replay.store's hops).
             let hops = dsm::ReplayPathTimes::now().since(&hops_before);
             let means: Vec<String> = hops.means().iter().map(|(stage, d)| format!("{stage} {:.1}", d.as_secs_f64() * 1e6)).collect();
