@@ -18,6 +18,7 @@
 mod busy_poll;
 mod error;
 mod gen;
+mod gso;
 mod load;
 mod setup;
 mod socket;

@@ -34,7 +34,8 @@ pub fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 
 /// A quinn endpoint on [`udp_socket`]`(addr)`, serving incoming connections with `server` if
 /// given, accepting datagrams up to [`MAX_UDP_PAYLOAD`] (what the peer's MTU discovery may
-/// then find). Must be called inside a tokio runtime.
+/// then find), sending GSO batches too large for one `sendmsg` in parts (`gso.rs`). Must be
+/// called inside a tokio runtime.
 pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime found (quinn endpoints need tokio)"))?;
@@ -42,7 +43,9 @@ pub fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::i
     config
         .max_udp_payload_size(MAX_UDP_PAYLOAD)
         .map_err(|e| std::io::Error::other(format!("max UDP payload {MAX_UDP_PAYLOAD}: {e}")))?;
-    quinn::Endpoint::new(config, server, udp_socket(addr)?, runtime)
+    let socket = runtime.wrap_udp_socket(udp_socket(addr)?)?;
+    let socket = std::sync::Arc::new(crate::gso::SplitGso::new(socket));
+    quinn::Endpoint::new_with_abstract_socket(config, server, socket, runtime)
 }
 
 #[cfg(test)]

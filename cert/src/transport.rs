@@ -73,22 +73,21 @@ pub const RECEIVE_WINDOW: u32 = 16 << 20;
 /// Per-connection send window set by [`Transport::to_quinn`] (16 MiB).
 pub const SEND_WINDOW: u64 = 16 << 20;
 
-/// Largest UDP payload an endpoint sends or accepts (6550 bytes): the upper bound of quinn's
-/// MTU discovery ([`Transport::to_quinn`]) and the `max_udp_payload_size` every endpoint
-/// announces ([`crate::endpoint`]). Connections start at QUIC's 1200 and discover what the path
-/// carries (1452 on Ethernet, this bound on loopback or jumbo frames). The bound is what fits a
-/// GSO batch: quinn hands the kernel up to 10 datagrams in one `sendmsg`, and a batch over
-/// 65,507 bytes fails there (`EMSGSIZE`), which quinn reads as a black hole and falls back to
-/// 1200 for the whole connection (seen with 8972). Measured on the 2-core machine, interleaved,
-/// two or three runs (`dsm-bench touch.sequential`, `dsm-bench app.contrast`): quinn's 1452 ->
-/// 6550: touch.sequential 99-196 -> 165-279 MB/s, app.contrast.2p 240-259 -> 194-229 ms,
-/// app.contrast.4p 369-402 -> 293-341 ms; a raw stream (`quinn.stream`) doubles (415 -> 820 MB/s).
-pub const MAX_UDP_PAYLOAD: u16 = (GSO_BATCH_BYTES / GSO_BATCH_DATAGRAMS) as u16;
-/// Datagrams quinn puts in one GSO `sendmsg` at most (its private `MAX_TRANSMIT_SEGMENTS`, 0.11).
-const GSO_BATCH_DATAGRAMS: usize = 10;
-/// Largest UDP payload the kernel takes in one `sendmsg` over IPv4 (65,535 - 20 - 8), a GSO
-/// batch included.
-const GSO_BATCH_BYTES: usize = 65_507;
+/// Largest UDP payload an endpoint sends or accepts (65,507 bytes, the most one UDP/IPv4
+/// datagram carries): the upper bound of quinn's MTU discovery ([`Transport::to_quinn`]) and
+/// the `max_udp_payload_size` every endpoint announces ([`crate::endpoint`]). Connections
+/// start at QUIC's 1200 and discover what the path carries: 1452-1472 on Ethernet, 8972 with jumbo
+/// frames, this bound on loopback (processes on the coordinator's machine). quinn hands the
+/// kernel up to 10 datagrams in one `sendmsg` (GSO) with no cap on their total, and a batch
+/// over 65,507 bytes fails there (`EMSGSIZE`), which quinn reads as a black hole and falls back
+/// to 1200 for the whole connection; every endpoint's socket therefore splits such batches
+/// (`gso.rs`). Measured on the 2-core machine, interleaved (`dsm-bench touch.sequential`,
+/// `dsm-bench app.contrast`): quinn's 1452 -> 6550 (the largest whole batch, before the split):
+/// touch.sequential 99-196 -> 165-279 MB/s, app.contrast.2p 240-259 -> 194-229 ms,
+/// app.contrast.4p 369-402 -> 293-341 ms; 6550 -> 65,507 (three runs each, another day):
+/// touch.sequential 177 / 191 / 207 / 206 / 211 -> 257 / 277 / 285 / 255 / 286 MB/s,
+/// app.contrast.4p 307 / 339 / 328 -> 311 / 290 / 315 ms (within that day's noise).
+pub const MAX_UDP_PAYLOAD: u16 = crate::gso::MAX_SEND_BYTES as u16;
 
 /// Longest time a peer may wait before acknowledging an ack-eliciting packet, asked of it with
 /// the ACK-frequency extension (1 ms, the least quinn accepts: its timer granularity).

@@ -1,7 +1,8 @@
 //! MTU discovery between two `dsm_cert::endpoint`s on loopback (MTU 65536): the connection
 //! starts at QUIC's 1200 bytes and finds [`MAX_UDP_PAYLOAD`], not Ethernet's 1452 (quinn's
 //! default bound) and not the 1200 it falls back to when a GSO batch is too large for one
-//! `sendmsg`.
+//! `sendmsg` (ten 65,507-byte datagrams: the endpoint's socket must send them in parts; without
+//! the split this test fails with "the path MTU fell from 65507 to 1200").
 
 use std::time::{Duration, Instant};
 
