@@ -19,6 +19,7 @@ use tracing::info;
     dsm-coordinator --listen 0.0.0.0:4200 --metrics 127.0.0.1:9477   # Prometheus text at /metrics\n  \
     dsm-coordinator --listen [::]:4200 --cert-dir /etc/dsm/certs\n  \
     dsm-coordinator --listen 0.0.0.0:4200 --workers 8   # a dedicated host serving many sessions\n  \
+    dsm-coordinator --listen 0.0.0.0:4200 --busy-poll 0s   # never poll: its cores run compute jobs\n  \
     RUST_LOG=dsm_coordinator=debug dsm-coordinator --listen 0.0.0.0:4200 --idle-timeout 5s\n\n\
     Certificates come from --cert-dir, else $DSM_CERT_DIR, else ~/.config/dsm/certs; create them\n\
     with `dsm certs --san <this machine's name or address>` (the coordinator needs ca.pem,\n\
