@@ -62,6 +62,17 @@ impl Config {
             workers: crate::workers::default_workers(),
         }
     }
+
+    /// Takes the busy-poll budget from `DSM_BUSY_POLL` when it is set and not blank, as the
+    /// processes do (`dsm::Config::from_env`): the private coordinators of `dsm run`, the tests
+    /// and the benchmarks poll as their processes do. A value that is not a duration is an
+    /// error naming the variable.
+    pub fn busy_poll_from_env(&mut self) -> Result<(), String> {
+        if let Some(v) = std::env::var("DSM_BUSY_POLL").ok().filter(|v| !v.trim().is_empty()) {
+            self.transport.busy_poll = dsm_proto::units::parse_duration(&v).map_err(|e| format!("DSM_BUSY_POLL: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Why the coordinator could not start.
@@ -498,5 +509,32 @@ async fn write_loop(
             conn.close(close_code::REFUSED.into(), why.as_bytes());
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_poll_budget_follows_dsm_busy_poll_when_set_and_not_blank() {
+        // The only test of this crate that touches the variable (the environment is process-wide).
+        let fresh = || Config::new("127.0.0.1:0".parse().unwrap());
+        std::env::remove_var("DSM_BUSY_POLL");
+        let mut unset = fresh();
+        unset.busy_poll_from_env().unwrap();
+        std::env::set_var("DSM_BUSY_POLL", "  ");
+        let mut blank = fresh();
+        blank.busy_poll_from_env().unwrap();
+        std::env::set_var("DSM_BUSY_POLL", "0s");
+        let mut off = fresh();
+        off.busy_poll_from_env().unwrap();
+        std::env::set_var("DSM_BUSY_POLL", "soon");
+        let e = fresh().busy_poll_from_env().unwrap_err();
+        std::env::remove_var("DSM_BUSY_POLL");
+        assert_eq!(unset.transport.busy_poll, dsm_cert::BUSY_POLL_BUDGET);
+        assert_eq!(blank.transport.busy_poll, dsm_cert::BUSY_POLL_BUDGET);
+        assert_eq!(off.transport.busy_poll, Duration::ZERO);
+        assert!(e.contains("DSM_BUSY_POLL") && e.contains("soon"), "{e}");
     }
 }

@@ -58,11 +58,9 @@ impl TestEnv {
         config.cert_dir = certs.path().to_path_buf();
         adjust(&mut config);
         // As `dsm run`'s private coordinator: it polls as the processes do (`DSM_BUSY_POLL=0s
-        // dsm-bench` measures everything without polling).
-        if let Ok(v) = std::env::var("DSM_BUSY_POLL") {
-            config.transport.busy_poll = dsm_proto::units::parse_duration(&v)
-                .map_err(|e| anyhow::anyhow!("DSM_BUSY_POLL: {e}"))?;
-        }
+        // dsm-bench` measures everything without polling; after `adjust`, whose transports are
+        // the defaults but for their timers).
+        config.busy_poll_from_env().map_err(anyhow::Error::msg)?;
         let coordinator = dsm_coordinator::spawn(config)?;
         Ok(TestEnv { certs, coordinator })
     }

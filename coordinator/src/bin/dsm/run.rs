@@ -277,10 +277,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             let mut config = dsm_coordinator::Config::new("127.0.0.1:0".parse().expect("literal"));
             config.cert_dir = dir.clone();
             // The processes read DSM_BUSY_POLL themselves; the private coordinator follows it.
-            if let Some(v) = std::env::var("DSM_BUSY_POLL").ok().filter(|v| !v.trim().is_empty()) {
-                config.transport.busy_poll =
-                    parse_duration(&v).map_err(|e| anyhow::anyhow!("DSM_BUSY_POLL: {e}"))?;
-            }
+            config.busy_poll_from_env().map_err(anyhow::Error::msg)?;
             let coordinator = dsm_coordinator::spawn(config).context("starting a private coordinator")?;
             let addr = coordinator.local_addr().to_string();
             _coordinator = Some(coordinator);
