@@ -71,6 +71,35 @@ impl HomeStore for MappedHomes {
         self.present.insert(page);
     }
 
+    fn read_at(&self, page: PageNo, offset: usize, buf: &mut [u8]) {
+        let range = Self::range(page);
+        let at = range.start + offset;
+        match self.map.get(at..at + buf.len()) {
+            Some(bytes) if self.present.contains(&page) && offset + buf.len() <= PAGE_SIZE => buf.copy_from_slice(bytes),
+            _ => buf.fill(0),
+        }
+    }
+
+    fn patch(&mut self, page: PageNo, offset: usize, bytes: &[u8]) {
+        let range = Self::range(page);
+        if range.end > self.map.len() || offset + bytes.len() > PAGE_SIZE {
+            tracing::error!(page, offset, len = bytes.len(), "home copy patch outside the session's region ignored");
+            return;
+        }
+        let zeros = bytes.iter().all(|&b| b == 0);
+        if zeros && !self.present.contains(&page) {
+            return; // already zero there
+        }
+        let at = range.start + offset;
+        self.map[at..at + bytes.len()].copy_from_slice(bytes);
+        if zeros && self.map[range.clone()].iter().all(|&b| b == 0) {
+            // Back to all zeros: give the page back, as `write` does.
+            self.write(page, &[0; PAGE_SIZE]);
+        } else {
+            self.present.insert(page);
+        }
+    }
+
     fn stored_pages(&self) -> usize {
         self.present.len()
     }
@@ -116,6 +145,22 @@ mod tests {
         // Outside the region or a wrong length: ignored, never a panic.
         h.write(1 << 20, &[1; PAGE_SIZE]);
         h.write(1, &[1; 10]);
+        assert_eq!(h.stored_pages(), 0);
+        // Patches touch only their bytes; zeros on a page with no copy store nothing, and a
+        // page patched back to zeros is given back.
+        h.patch(5, 8, &[0; 8]);
+        assert_eq!(h.stored_pages(), 0);
+        h.patch(5, 8, &[9; 8]);
+        let mut b = [1u8; 12];
+        h.read_at(5, 6, &mut b);
+        assert_eq!(b, [0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 0, 0]);
+        assert_eq!(h.read(5).unwrap().iter().filter(|&&x| x == 9).count(), 8);
+        h.patch(5, 8, &[0; 8]);
+        assert_eq!((h.read(5), h.stored_pages()), (None, 0));
+        h.read_at(6, 0, &mut b);
+        assert_eq!(b, [0; 12]);
+        h.patch(1 << 20, 0, &[1; 8]); // outside: ignored
+        h.patch(7, PAGE_SIZE - 4, &[1; 8]); // past the page's end: ignored
         assert_eq!(h.stored_pages(), 0);
         assert!(MappedHomes::new(0).is_err());
     }

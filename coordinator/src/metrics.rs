@@ -408,9 +408,9 @@ mod tests {
         m.on_receive(1, &ToCoordinator::Fetch { req: 5, page: 0 });
         m.on_send(
             1,
-            &ToProcess::Data { req: 5, page: 0, data: Some(PageData(vec![1; 4096])), mode: Mode::Invalidate },
+            &ToProcess::Data { req: 5, page: 0, data: Some(PageData::from(vec![1; 4096])), mode: Mode::Invalidate },
         );
-        m.on_receive(1, &ToCoordinator::Writeback { page: 0, data: PageData(vec![2; 4096]) });
+        m.on_receive(1, &ToCoordinator::Writeback { page: 0, data: PageData::from(vec![2; 4096]) });
         // A reply to another connection's request id does not close this one's transaction.
         m.on_receive(2, &ToCoordinator::Own { req: 5, page: 1 });
         m.on_send(1, &ToProcess::Grant { req: 5, page: 1, data: Some(GrantData::Zero) });

@@ -256,9 +256,9 @@ fn arbitrary_message() -> impl proptest::strategy::Strategy<Value = ToCoordinato
     use proptest::prelude::*;
     let page = prop_oneof![0u64..4, Just(u64::MAX), 4u64..1 << 20];
     let data = prop_oneof![
-        Just(PageData(vec![7; dsm_proto::PAGE_SIZE])),
-        (0usize..5000).prop_map(|n| PageData(vec![1; n])),
-        Just(PageData(vec![2; 1 << 20])),
+        Just(PageData::from(vec![7; dsm_proto::PAGE_SIZE])),
+        (0usize..5000).prop_map(|n| PageData::from(vec![1; n])),
+        Just(PageData::from(vec![2; 1 << 20])),
     ];
     let coherence = prop_oneof![Just(Coherence::Update), Just(Coherence::Invalidate), Just(Coherence::Adaptive)];
     prop_oneof![
@@ -320,7 +320,7 @@ fn a_member_sending_a_short_writeback_is_closed_and_counts_as_lost() {
     let mut r = Registry::new();
     start(&mut r, "s", &[1, 2]);
     send(&mut r, 1, ToCoordinator::Barrier { epoch: 0 });
-    let bad = ToCoordinator::Writeback { page: 0, data: dsm_proto::PageData(vec![1; 100]) };
+    let bad = ToCoordinator::Writeback { page: 0, data: dsm_proto::PageData::from(vec![1; 100]) };
     let out = send(&mut r, 2, bad);
     assert!(out.iter().any(|o| matches!(o, Output::Close(2, "protocol violation"))), "{out:?}");
     assert!(

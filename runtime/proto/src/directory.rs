@@ -52,6 +52,7 @@ mod homes;
 mod txn;
 
 pub use homes::{HeapHomes, HomeStore};
+use homes::Homes;
 use txn::{complete, grant_home, start, Entry, Kind, Request, WriteOp};
 
 /// Adaptive policy: a page whose ownership went to a different process this many grants in a
@@ -193,7 +194,7 @@ pub struct PageDirectory {
     /// Requests of each rank waiting in page queues (bounded by [`MAX_PENDING_PER_RANK`]).
     pending: Vec<u32>,
     /// The home copies.
-    homes: Box<dyn HomeStore>,
+    homes: Homes,
 }
 
 impl PageDirectory {
@@ -207,13 +208,13 @@ impl PageDirectory {
             advice: Vec::new(),
             default_policy: Coherence::Adaptive,
             pending: vec![0; nprocs as usize],
-            homes: Box::new(HeapHomes::default()),
+            homes: Homes::new(Box::new(HeapHomes::default())),
         }
     }
 
     /// Keeps the home copies in `homes` (it must be empty).
     pub fn with_homes(mut self, homes: Box<dyn HomeStore>) -> Self {
-        self.homes = homes;
+        self.homes = Homes::new(homes);
         self
     }
 
@@ -255,6 +256,18 @@ impl PageDirectory {
         msg: ToCoordinator,
         out: &mut Vec<(Rank, ToProcess)>,
     ) -> Result<(), DirectoryError> {
+        let handled = self.handle_message(from, msg, out);
+        // The replies are made: the message's buffer is no longer needed here.
+        self.homes.forget();
+        handled
+    }
+
+    fn handle_message(
+        &mut self,
+        from: Rank,
+        msg: ToCoordinator,
+        out: &mut Vec<(Rank, ToProcess)>,
+    ) -> Result<(), DirectoryError> {
         if from >= self.nprocs {
             return Err(DirectoryError::Unexpected(format!(
                 "message from rank {from}, but the session has {} processes",
@@ -289,12 +302,12 @@ impl PageDirectory {
             ToCoordinator::DowngradeAck { page, data } => {
                 self.check(page)?;
                 check_len(page, data.as_ref())?;
-                self.owner_ack(page, from, Kind::Fetch, data.as_ref().map(|d| &d.0[..]), out);
+                self.owner_ack(page, from, Kind::Fetch, data, out);
             }
             ToCoordinator::RecallAck { page, data } => {
                 self.check(page)?;
                 check_len(page, data.as_ref())?;
-                self.owner_ack(page, from, Kind::Own, data.as_ref().map(|d| &d.0[..]), out);
+                self.owner_ack(page, from, Kind::Own, data, out);
             }
             ToCoordinator::Write { req, page, offset, width, value } => {
                 self.check(page)?;
@@ -343,7 +356,7 @@ impl PageDirectory {
             ToCoordinator::Writeback { page, data } => {
                 self.check(page)?;
                 check_len(page, Some(&data))?;
-                self.writeback(page, from, &data.0);
+                self.writeback(page, from, &data);
             }
             ToCoordinator::FetchRun { req, first, count } => {
                 self.check_span("fetch run", first, count, None)?;
@@ -383,9 +396,9 @@ impl PageDirectory {
         let (first, count, len) = match &run {
             ToCoordinator::InvalidateAckRun { first, count } => (*first, *count, None),
             ToCoordinator::DowngradeAckRun { first, count, data } | ToCoordinator::RecallAckRun { first, count, data } => {
-                (*first, *count, data.as_ref().map(|d| d.0.len()))
+                (*first, *count, data.as_ref().map(|d| d.len()))
             }
-            ToCoordinator::WritebackRun { first, count, data } => (*first, *count, Some(data.0.len())),
+            ToCoordinator::WritebackRun { first, count, data } => (*first, *count, Some(data.len())),
             other => return Err(DirectoryError::Unexpected(format!("not an acknowledgement run: {other:?}"))),
         };
         // Checked here: the run's data is `count` whole pages, so `page(i)` is each page's.
@@ -394,12 +407,12 @@ impl PageDirectory {
         match run {
             ToCoordinator::DowngradeAckRun { data, .. } => {
                 for (page, i) in pages {
-                    self.owner_ack(page, from, Kind::Fetch, data.as_ref().map(|d| d.page(i)), out);
+                    self.owner_ack(page, from, Kind::Fetch, data.as_ref().map(|d| d.page_data(i)), out);
                 }
             }
             ToCoordinator::RecallAckRun { data, .. } => {
                 for (page, i) in pages {
-                    self.owner_ack(page, from, Kind::Own, data.as_ref().map(|d| d.page(i)), out);
+                    self.owner_ack(page, from, Kind::Own, data.as_ref().map(|d| d.page_data(i)), out);
                 }
             }
             ToCoordinator::WritebackRun { data, .. } => {
@@ -409,7 +422,7 @@ impl PageDirectory {
             }
             run => {
                 for msg in crate::runs::expand_to_coordinator(run) {
-                    self.handle(from, msg, out)?;
+                    self.handle_message(from, msg, out)?;
                 }
             }
         }
@@ -449,7 +462,7 @@ impl PageDirectory {
         let stats = &mut self.stats;
         let e = self.entries.entry(page).or_insert_with(|| Entry::new(policy));
         e.owner = Some(from);
-        let data = grant_home(&*self.homes, stats, page);
+        let data = grant_home(&self.homes, stats, page);
         stats.ownership_grants += 1;
         stats.ahead_granted += 1;
         // Not an alternation: nobody else held the page.
@@ -507,7 +520,7 @@ impl PageDirectory {
             Some(e) => PageView {
                 owner: e.owner,
                 readers: e.readers.iter().copied().collect(),
-                home: self.homes.read(page),
+                home: self.homes.read(page).map(|d| d.to_vec()),
                 busy: e.busy.is_some(),
                 queued: e.queue.len(),
                 mode: e.mode,
@@ -570,7 +583,7 @@ impl PageDirectory {
         page: PageNo,
         from: Rank,
         kind: Kind,
-        data: Option<&[u8]>,
+        data: Option<PageData>,
         out: &mut Vec<(Rank, ToProcess)>,
     ) {
         let Some(e) = self.entries.get_mut(&page) else { return };
@@ -585,8 +598,9 @@ impl PageDirectory {
         // The former owner no longer holds a Writable copy either way. With data: it is the
         // current contents. Without: the owner wrote back before (home is current).
         e.owner = None;
-        if let Some(d) = data {
-            self.homes.write(page, d);
+        if let Some(d) = &data {
+            // A reply this step makes carries these bytes as they came (`Homes`).
+            self.homes.write_data(page, d);
             if downgrade {
                 // Downgraded to ReadOnly, keeps a copy equal to the new home.
                 e.readers.insert(from);
@@ -601,7 +615,7 @@ impl PageDirectory {
         let Some(e) = self.entries.get_mut(&page) else { return };
         let stats = &mut self.stats;
         let pending = &mut self.pending;
-        let homes = &mut *self.homes;
+        let homes = &mut self.homes;
         let nprocs = self.nprocs;
         loop {
             match &e.busy {
@@ -626,8 +640,8 @@ impl PageDirectory {
 
 fn check_len(page: PageNo, data: Option<&PageData>) -> Result<(), DirectoryError> {
     match data {
-        Some(d) if d.0.len() != crate::PAGE_SIZE => {
-            Err(DirectoryError::BadPageLength { page, len: d.0.len(), expected: crate::PAGE_SIZE })
+        Some(d) if d.len() != crate::PAGE_SIZE => {
+            Err(DirectoryError::BadPageLength { page, len: d.len(), expected: crate::PAGE_SIZE })
         }
         _ => Ok(()),
     }

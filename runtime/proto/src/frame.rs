@@ -106,7 +106,7 @@ mod tests {
             }),
             ToCoordinator::Barrier { epoch: 7 },
             ToCoordinator::SemaphoreWait { req: 1, name: "lock".into(), initial: 1 },
-            ToCoordinator::DowngradeAck { page: 3, data: Some(PageData(vec![7; 4096])) },
+            ToCoordinator::DowngradeAck { page: 3, data: Some(PageData::from(vec![7; 4096])) },
             ToCoordinator::Ping { req: 9, payload: vec![1, 2, 3] },
         ]
     }

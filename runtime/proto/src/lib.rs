@@ -18,6 +18,7 @@ pub mod directory;
 pub mod fault_track;
 pub mod frame;
 pub mod handshake;
+mod page_data;
 pub mod pages;
 pub mod replay_slot;
 pub mod runs;

@@ -495,7 +495,7 @@ impl ProcessPages {
                     let bytes = mem.write_protect(page);
                     mem.drop_page(page, false);
                     self.stats.bytes_sent += bytes.len() as u64;
-                    out.push(ToCoordinator::Writeback { page, data: PageData(bytes) });
+                    out.push(ToCoordinator::Writeback { page, data: PageData::from(bytes) });
                     written += 1;
                 }
             }

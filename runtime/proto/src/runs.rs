@@ -90,25 +90,24 @@ fn grant_shape(data: &Option<GrantData>) -> Shape {
 /// of the messages after `b`.
 fn append(a: &mut Option<PageData>, b: Option<PageData>, room: usize) {
     if let (Some(a), Some(b)) = (a, b) {
-        append_bytes(&mut a.0, &b.0, room);
+        append_bytes(a, &b, room);
     }
 }
 
 fn append_grant(a: &mut Option<GrantData>, b: Option<GrantData>, room: usize) {
     if let (Some(GrantData::Bytes(a)), Some(GrantData::Bytes(b))) = (a, b) {
-        append_bytes(&mut a.0, &b.0, room);
+        append_bytes(a, &b, room);
     }
 }
 
-/// Appends a page to a run's bytes. When the run's buffer is full it makes room for all the run
-/// can still take (what follows in the input, at most [`MAX_RUN`] pages) at once: a buffer that
-/// doubles would move its bytes again at each step, up to 8 times on the way to a full run.
-fn append_bytes(run: &mut Vec<u8>, page: &[u8], room: usize) {
-    if run.capacity() - run.len() < page.len() {
-        let most = (MAX_RUN as usize * PAGE_SIZE).saturating_sub(run.len());
-        run.reserve_exact(page.len().saturating_add(room).min(most).max(page.len()));
-    }
-    run.extend_from_slice(page);
+/// Appends a page to a run's bytes: in place when both are back-to-back slices of one shared
+/// buffer (the coordinator's replies from an acknowledgement run), else copied. When the run's
+/// own buffer is full it makes room for all the run can still take (what follows in the
+/// input, at most [`MAX_RUN`] pages) at once: a buffer that doubles would move its bytes again
+/// at each step, up to 8 times on the way to a full run.
+fn append_bytes(run: &mut PageData, page: &PageData, room: usize) {
+    let most = (MAX_RUN as usize * PAGE_SIZE).saturating_sub(run.len() + page.len());
+    run.append(page, room.min(most));
 }
 
 /// `(first, count)` of a run or single-page message of a mergeable kind.
@@ -253,7 +252,7 @@ fn merge_into_coordinator(a: &mut ToCoordinator, b: ToCoordinator, room: usize) 
         }
         (C::WritebackRun { data, count, .. }, C::WritebackRun { data: d2, count: c2, .. }) => {
             *count += c2;
-            append_bytes(&mut data.0, &d2.0, room);
+            append_bytes(data, &d2, room);
             None
         }
         (_, b) => Some(b),
@@ -267,7 +266,7 @@ pub fn page_of(data: &Option<PageData>, i: u32) -> Option<PageData> {
 }
 
 fn page_slice(d: &PageData, i: u32) -> PageData {
-    PageData(d.page(i as usize).to_vec())
+    d.page_data(i as usize)
 }
 
 /// Checks a run's page count and, when it carries bytes, their length. `what` names it.
@@ -325,7 +324,7 @@ pub fn expand_to_coordinator(m: ToCoordinator) -> Vec<ToCoordinator> {
         ToCoordinator::WritebackRun { first, count, data } => {
             let data = Some(data);
             pages(first, count)
-                .map(|(i, page)| ToCoordinator::Writeback { page, data: page_of(&data, i).unwrap_or(PageData(Vec::new())) })
+                .map(|(i, page)| ToCoordinator::Writeback { page, data: page_of(&data, i).unwrap_or(PageData::from(Vec::new())) })
                 .collect()
         }
         other => vec![other],
@@ -339,7 +338,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn filled(b: u8) -> PageData {
-        PageData(vec![b; PAGE_SIZE])
+        PageData::from(vec![b; PAGE_SIZE])
     }
 
     /// A run's bytes are reserved once, for all the run takes: merging 300 pages (a full run
@@ -353,7 +352,7 @@ mod tests {
         let sizes: Vec<(usize, usize)> = out
             .iter()
             .map(|m| match m {
-                ToProcess::DataRun { data: Some(d), .. } => (d.0.len(), d.0.capacity()),
+                ToProcess::DataRun { data: Some(d), .. } => (d.len(), d.capacity()),
                 other => panic!("not a data run: {other:?}"),
             })
             .collect();
@@ -371,8 +370,8 @@ mod tests {
         assert_eq!(out.len(), 1);
         match &out[0] {
             ToProcess::DataRun { req: 1, first: 5, count: 3, data: Some(d), mode: Mode::Invalidate } => {
-                assert_eq!(d.0.len(), 3 * PAGE_SIZE);
-                assert_eq!((d.0[0], d.0[PAGE_SIZE], d.0[2 * PAGE_SIZE]), (5, 6, 7));
+                assert_eq!(d.len(), 3 * PAGE_SIZE);
+                assert_eq!((d[0], d[PAGE_SIZE], d[2 * PAGE_SIZE]), (5, 6, 7));
             }
             other => panic!("{other:?}"),
         }

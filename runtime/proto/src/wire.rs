@@ -18,25 +18,7 @@ pub type PageNo = u64;
 /// Correlates a request with its reply. Chosen by the process, unique per connection.
 pub type ReqId = u64;
 
-/// The contents of one page. `None` in a message means "all zero": pages nobody wrote
-/// cost no transfer.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PageData(#[serde(with = "serde_bytes")] pub Vec<u8>);
-
-impl std::fmt::Debug for PageData {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PageData({} bytes)", self.0.len())
-    }
-}
-
-impl PageData {
-    /// The `i`-th page of run data; empty if the data is too short (callers check lengths
-    /// first, `runs::check_run`, so this never panics on what a peer sent).
-    pub fn page(&self, i: usize) -> &[u8] {
-        let at = i.saturating_mul(crate::PAGE_SIZE);
-        self.0.get(at..at.saturating_add(crate::PAGE_SIZE)).unwrap_or_default()
-    }
-}
+pub use crate::page_data::PageData;
 
 /// The first message of a connection: join (or declare) a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,7 +253,7 @@ impl ToCoordinator {
             | ToCoordinator::DowngradeAckRun { data: Some(d), .. }
             | ToCoordinator::RecallAckRun { data: Some(d), .. }
             | ToCoordinator::Writeback { data: d, .. }
-            | ToCoordinator::WritebackRun { data: d, .. } => d.0.len(),
+            | ToCoordinator::WritebackRun { data: d, .. } => d.len(),
             _ => 0,
         }
     }
@@ -505,9 +487,9 @@ impl ToProcess {
     /// Bytes of page contents this message carries (0 for all-zero or no data).
     pub fn page_bytes(&self) -> usize {
         match self {
-            ToProcess::Data { data: Some(d), .. } | ToProcess::DataRun { data: Some(d), .. } => d.0.len(),
+            ToProcess::Data { data: Some(d), .. } | ToProcess::DataRun { data: Some(d), .. } => d.len(),
             ToProcess::Grant { data: Some(GrantData::Bytes(d)), .. }
-            | ToProcess::GrantRun { data: Some(GrantData::Bytes(d)), .. } => d.0.len(),
+            | ToProcess::GrantRun { data: Some(GrantData::Bytes(d)), .. } => d.len(),
             _ => 0,
         }
     }

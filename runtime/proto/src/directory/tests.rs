@@ -16,13 +16,46 @@ fn run(d: &mut PageDirectory, from: Rank, msg: ToCoordinator) -> Out {
 
 /// A whole page starting with `b` (zeros after).
 fn bytes(b: &[u8]) -> PageData {
-    PageData(page_of(b))
+    PageData::from(page_of(b))
 }
 
 fn page_of(b: &[u8]) -> Vec<u8> {
     let mut v = b.to_vec();
     v.resize(crate::PAGE_SIZE, 0);
     v
+}
+
+/// A fetch run served after a downgrade run carries the owner's bytes as they came: once the
+/// replies are coalesced, the run's data is the acknowledgement's own buffer (no copy read
+/// back out of the home copies, no copy into the run), and the home copies hold the bytes.
+#[test]
+fn a_fetch_run_answered_from_a_downgrade_run_shares_its_bytes() {
+    const N: u64 = 4;
+    let mut d = PageDirectory::new(2, 8);
+    for page in 0..N {
+        run(&mut d, 0, ToCoordinator::Own { req: 1, page });
+    }
+    run(&mut d, 1, ToCoordinator::FetchRun { req: 2, first: 0, count: N as u32 });
+    let owner: Vec<u8> = (0..N).flat_map(|p| page_of(&[p as u8 + 1, 0xaa])).collect();
+    let ack = bytes::Bytes::from(owner.clone());
+    let out = run(&mut d, 0, ToCoordinator::DowngradeAckRun { first: 0, count: N as u32, data: Some(PageData::from(ack.clone())) });
+    let to_1: Vec<ToProcess> = out.into_iter().filter(|(r, _)| *r == 1).map(|(_, m)| m).collect();
+    match &crate::runs::coalesce_to_process(to_1)[..] {
+        [ToProcess::DataRun { req: 2, first: 0, count, data: Some(data), .. }] => {
+            assert_eq!(*count, N as u32);
+            assert_eq!(data.as_slice(), &owner[..]);
+            assert!(data.is_shared(), "the reply run was copied");
+            assert_eq!(data.clone().into_bytes().as_ptr(), ack.as_ptr(), "the reply run is not the acknowledgement's buffer");
+        }
+        other => panic!("{other:?}"),
+    }
+    for p in 0..N {
+        assert_eq!(d.inspect(p).home.as_deref(), Some(&owner[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE]));
+    }
+    // Once handled, the directory keeps no part of the frame: a later fetch reads the store.
+    assert!(d.homes.read(N).is_none());
+    let later = run(&mut d, 1, ToCoordinator::Fetch { req: 3, page: 0 });
+    assert!(matches!(&later[..], [(1, ToProcess::Data { data: Some(h), .. })] if !h.is_shared() && h.as_slice() == &owner[..PAGE_SIZE]));
 }
 
 /// Acknowledgement and writeback runs are read in place page by page: a directory fed the
@@ -41,9 +74,9 @@ fn ack_and_writeback_runs_act_like_their_pages() {
         }
         outs.extend(run(&mut d, 1, ToCoordinator::FetchRun { req: 2, first: 1, count: N as u32 }));
         let (down, recall, back) = (pages(7), pages(8), pages(9));
-        let page = |all: &[u8], i: u64| PageData(all[i as usize * PAGE_SIZE..(i as usize + 1) * PAGE_SIZE].to_vec());
+        let page = |all: &[u8], i: u64| PageData::from(all[i as usize * PAGE_SIZE..(i as usize + 1) * PAGE_SIZE].to_vec());
         if as_runs {
-            outs.extend(run(&mut d, 0, ToCoordinator::DowngradeAckRun { first: 1, count: N as u32, data: Some(PageData(down.clone())) }));
+            outs.extend(run(&mut d, 0, ToCoordinator::DowngradeAckRun { first: 1, count: N as u32, data: Some(PageData::from(down.clone())) }));
         } else {
             for i in 0..N {
                 outs.extend(run(&mut d, 0, ToCoordinator::DowngradeAck { page: 1 + i, data: Some(page(&down, i)) }));
@@ -57,8 +90,8 @@ fn ack_and_writeback_runs_act_like_their_pages() {
         }
         outs.extend(run(&mut d, 0, ToCoordinator::OwnRun { req: 4, first: 1, count: N as u32, conditional: false }));
         if as_runs {
-            outs.extend(run(&mut d, 2, ToCoordinator::RecallAckRun { first: 1, count: N as u32, data: Some(PageData(recall.clone())) }));
-            outs.extend(run(&mut d, 0, ToCoordinator::WritebackRun { first: 1, count: N as u32, data: PageData(back.clone()) }));
+            outs.extend(run(&mut d, 2, ToCoordinator::RecallAckRun { first: 1, count: N as u32, data: Some(PageData::from(recall.clone())) }));
+            outs.extend(run(&mut d, 0, ToCoordinator::WritebackRun { first: 1, count: N as u32, data: PageData::from(back.clone()) }));
         } else {
             for i in 0..N {
                 outs.extend(run(&mut d, 2, ToCoordinator::RecallAck { page: 1 + i, data: Some(page(&recall, i)) }));
@@ -67,7 +100,7 @@ fn ack_and_writeback_runs_act_like_their_pages() {
                 outs.extend(run(&mut d, 0, ToCoordinator::Writeback { page: 1 + i, data: page(&back, i) }));
             }
         }
-        let homes: Vec<Option<Vec<u8>>> = (0..8).map(|p| d.homes.read(p)).collect();
+        let homes: Vec<Option<Vec<u8>>> = (0..8).map(|p| d.homes.read(p).map(|h| h.to_vec())).collect();
         let views: Vec<(Option<Rank>, Vec<Rank>, bool)> =
             (0..8).map(|p| d.inspect(p)).map(|v| (v.owner, v.readers, v.busy)).collect();
         (outs, homes, views, d.stats())
@@ -86,7 +119,7 @@ fn ack_and_writeback_runs_act_like_their_pages() {
         outs.iter().any(|(to, m)| {
             *to == r
                 && match m {
-                    ToProcess::Data { data: Some(d), .. } | ToProcess::Grant { data: Some(GrantData::Bytes(d)), .. } => d.0[0] == b,
+                    ToProcess::Data { data: Some(d), .. } | ToProcess::Grant { data: Some(GrantData::Bytes(d)), .. } => d[0] == b,
                     _ => false,
                 }
         })
@@ -273,14 +306,14 @@ fn random_input_never_panics() {
             let from = rng.gen_range(0..5);
             let page = rng.gen_range(0..4);
             let with_data = rng.gen_bool(0.5);
-            let data = || with_data.then(|| PageData(vec![1; 3]));
+            let data = || with_data.then(|| PageData::from(vec![1; 3]));
             let msg = match rng.gen_range(0..8) {
                 0 => ToCoordinator::Fetch { req: rng.gen(), page },
                 1 => ToCoordinator::Own { req: rng.gen(), page },
                 2 => ToCoordinator::InvalidateAck { page },
                 3 => ToCoordinator::DowngradeAck { page, data: data() },
                 4 => ToCoordinator::RecallAck { page, data: data() },
-                5 => ToCoordinator::Writeback { page, data: PageData(vec![rng.gen(); 2]) },
+                5 => ToCoordinator::Writeback { page, data: PageData::from(vec![rng.gen(); 2]) },
                 6 => ToCoordinator::Detach,
                 _ => {
                     d.handle_leave(from, &mut out);
@@ -433,7 +466,7 @@ fn ordinary_own_on_an_update_page_is_answered_read_only_and_the_page_stays_in_up
     // A process without a copy: the home copy, and it becomes a reader receiving updates.
     let out = run(&mut d, 2, ToCoordinator::Own { req: 1, page: 0 });
     let [(2, ToProcess::Data { req: 1, page: 0, data: Some(home), mode: Mode::Update })] = &out[..] else { panic!("{out:?}") };
-    assert_eq!(home.0[0..8], 3u64.to_le_bytes());
+    assert_eq!(home[0..8], 3u64.to_le_bytes());
     let v = d.inspect(0);
     assert_eq!((v.owner, v.readers, v.mode, v.busy), (None, vec![0, 1, 2], Mode::Update, false));
     let s = d.stats();
@@ -648,8 +681,8 @@ fn malformed_and_flooding_requests_are_errors_not_state() {
     let mut d = PageDirectory::new(2, 4);
     let mut out = Vec::new();
     // Page contents must be whole pages, in every message that carries them.
-    let short = PageData(vec![1; 10]);
-    let long = PageData(vec![1; crate::PAGE_SIZE + 1]);
+    let short = PageData::from(vec![1; 10]);
+    let long = PageData::from(vec![1; crate::PAGE_SIZE + 1]);
     for msg in [
         ToCoordinator::Writeback { page: 0, data: short.clone() },
         ToCoordinator::DowngradeAck { page: 0, data: Some(long.clone()) },

@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use super::{DirectoryStats, HomeStore, PINGPONG_GRANTS, WRITE_RUN};
+use super::homes::Homes;
+use super::{DirectoryStats, PINGPONG_GRANTS, WRITE_RUN};
 use crate::wire::{Coherence, GrantData, Mode, PageData, PageNo, Rank, ReqId, RmwOp, ToProcess};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +81,7 @@ impl Entry {
 /// busy (a transaction with nothing to wait for completes at the next step of `progress`).
 pub(super) fn start(
     e: &mut Entry,
-    homes: &mut dyn HomeStore,
+    homes: &mut Homes,
     stats: &mut DirectoryStats,
     page: PageNo,
     request: Request,
@@ -166,7 +167,7 @@ pub(super) fn start(
 /// readers and acknowledges it; or answers Retry (phase-2 rule 2 and rule 6).
 fn write(
     e: &mut Entry,
-    homes: &mut dyn HomeStore,
+    homes: &mut Homes,
     stats: &mut DirectoryStats,
     page: PageNo,
     request: Request,
@@ -179,17 +180,14 @@ fn write(
         out.push((from, ToProcess::Retry { req, page }));
         return;
     }
-    let mut bytes = homes.read(page).unwrap_or_else(|| vec![0; crate::PAGE_SIZE]);
-    if bytes.len() < crate::PAGE_SIZE {
-        bytes.resize(crate::PAGE_SIZE, 0);
-    }
     let (offset, width) = match op {
         WriteOp::Store { offset, width, .. } | WriteOp::Rmw { offset, width, .. } => {
             (usize::from(offset), usize::from(width))
         }
     };
+    // Only the written bytes are read and written (checked to lie inside the page, `handle`).
     let mut cur = [0u8; 16];
-    cur[..width].copy_from_slice(&bytes[offset..offset + width]);
+    homes.read_at(page, offset, &mut cur[..width]);
     let old128 = u128::from_le_bytes(cur);
     let old = old128 as u64;
     let (new, stored) = match op {
@@ -200,9 +198,8 @@ fn write(
         }
     };
     if stored {
-        bytes[offset..offset + width].copy_from_slice(&new.to_le_bytes()[..width]);
+        homes.patch(page, offset, &new.to_le_bytes()[..width]);
     }
-    homes.write(page, &bytes);
     stats.replayed_writes += 1;
     let value = if stored { new } else { old128 };
     let (offset, width) = (offset as u16, width as u8);
@@ -233,7 +230,7 @@ fn write(
 /// Finishes a transaction whose acks have all arrived: updates the entry and replies.
 pub(super) fn complete(
     e: &mut Entry,
-    homes: &mut dyn HomeStore,
+    homes: &mut Homes,
     stats: &mut DirectoryStats,
     nprocs: u32,
     page: PageNo,
@@ -304,14 +301,14 @@ pub(super) fn complete(
 }
 
 /// The home copy of `page` as a reply carries it (`None`: all zero), counted as sent.
-fn send_home(homes: &dyn HomeStore, stats: &mut DirectoryStats, page: PageNo) -> Option<PageData> {
-    let bytes = homes.read(page)?;
+fn send_home(homes: &Homes, stats: &mut DirectoryStats, page: PageNo) -> Option<PageData> {
+    let data = homes.read(page)?;
     stats.pages_sent += 1;
-    stats.bytes_sent += bytes.len() as u64;
-    Some(PageData(bytes))
+    stats.bytes_sent += data.len() as u64;
+    Some(data)
 }
 
 /// The home copy of `page` as a `Grant` carries it, counted as sent.
-pub(super) fn grant_home(homes: &dyn HomeStore, stats: &mut DirectoryStats, page: PageNo) -> GrantData {
+pub(super) fn grant_home(homes: &Homes, stats: &mut DirectoryStats, page: PageNo) -> GrantData {
     send_home(homes, stats, page).map_or(GrantData::Zero, GrantData::Bytes)
 }

@@ -62,7 +62,7 @@ impl FrameQueue {
         if size > MAX_FRAME_LEN {
             return Err(FrameError::TooLarge { len: size, max: MAX_FRAME_LEN });
         }
-        let split = msg.page_data_mut().map_or(0, |d| d.0.len());
+        let split = msg.page_data_mut().map_or(0, |d| d.len());
         let split = (split >= SPLIT_MIN).then_some(split);
         let start = self.buf.len();
         self.buf.reserve(HEADER_LEN + size - split.unwrap_or(0));
@@ -79,9 +79,9 @@ impl FrameQueue {
         if let (Some(at), Some(d)) = (at, msg.page_data_mut()) {
             // The page data is the only byte string of a page message, so the extension the
             // flavor skipped was this one.
-            let data = std::mem::take(&mut d.0);
+            let data = std::mem::take(d).into_bytes();
             self.chunks.push(self.buf.split_to(at).freeze());
-            self.chunks.push(Bytes::from(data));
+            self.chunks.push(data);
         }
         self.queued += HEADER_LEN + size;
         Ok(())
@@ -138,7 +138,7 @@ mod tests {
     }
 
     fn page(b: u8, pages: usize) -> PageData {
-        PageData((0..pages * PAGE_SIZE).map(|i| b.wrapping_add(i as u8)).collect())
+        PageData::from((0..pages * PAGE_SIZE).map(|i| b.wrapping_add(i as u8)).collect::<Vec<u8>>())
     }
 
     fn messages() -> Vec<ToProcess> {
@@ -149,7 +149,7 @@ mod tests {
             ToProcess::Data { req: 9, page: 5, data: Some(page(2, 1)), mode: Mode::Invalidate },
             ToProcess::GrantRun { req: 10, first: 20, count: 2, data: Some(GrantData::Bytes(page(3, 2))) },
             ToProcess::Grant { req: 11, page: 30, data: Some(GrantData::Zero) },
-            ToProcess::Grant { req: 12, page: 31, data: Some(GrantData::Bytes(PageData(vec![9; 100]))) },
+            ToProcess::Grant { req: 12, page: 31, data: Some(GrantData::Bytes(PageData::from(vec![9; 100]))) },
             ToProcess::Retry { req: 13, page: 1 },
         ]
     }
@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn the_page_data_is_handed_over_not_copied() {
         let data = page(4, 8);
-        let ptr = data.0.as_ptr();
+        let ptr = data.as_ptr();
         let mut q = FrameQueue::new();
         q.push(ToCoordinator::DowngradeAckRun { first: 0, count: 8, data: Some(data) }).unwrap();
         let chunks = q.take();

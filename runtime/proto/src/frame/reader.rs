@@ -1,33 +1,36 @@
 //! [`FrameReader`]: the bytes of a stream as they arrive, taken off as whole frames in order.
 
+use bytes::BytesMut;
 use serde::de::DeserializeOwned;
 
-use super::{decode_frame, FrameError};
+use super::{decode_payload, peek_len, FrameError, HEADER_LEN};
 
 /// Buffers what a stream delivered and decodes complete frames from it, in order.
 ///
-/// Decoded frames are only marked consumed: the consumed prefix is dropped when it is at least
-/// as long as what is still buffered (or is everything), so the bytes a read delivered move
-/// at most once however many frames they hold, and a frame split over many reads is copied
-/// into the buffer once.
+/// Each complete frame is split off the buffer (no copy) and decoded with the frame lent to
+/// its page data ([`crate::wire::PageData`]): a page in a decoded message is a slice of the
+/// buffer the stream's bytes were copied into once, not a copy of its own. When a frame's
+/// header says how long it is, room for all of it is made at once, so a frame split over many
+/// reads moves once.
 #[derive(Debug, Default)]
 pub struct FrameReader {
-    buf: Vec<u8>,
-    /// Bytes at the front of `buf` already decoded.
-    start: usize,
+    buf: BytesMut,
+    /// Set by a bad frame: the stream cannot be read further.
+    failed: Option<String>,
 }
 
 impl FrameReader {
     /// An empty reader with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> FrameReader {
-        FrameReader { buf: Vec::with_capacity(capacity), start: 0 }
+        FrameReader { buf: BytesMut::with_capacity(capacity), failed: None }
     }
 
     /// Appends bytes read from the stream.
     pub fn extend(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start >= self.buf.len() - self.start {
-            self.buf.drain(..self.start);
-            self.start = 0;
+        if let Ok(Some(len)) = peek_len(&self.buf) {
+            // Room for the rest of the frame in progress (bounded by `MAX_FRAME_LEN`), once.
+            let rest = (HEADER_LEN + len).saturating_sub(self.buf.len());
+            self.buf.reserve(rest.max(bytes.len()));
         }
         self.buf.extend_from_slice(bytes);
     }
@@ -41,20 +44,33 @@ impl FrameReader {
     }
 
     /// The next complete frame, `Ok(None)` when the buffered bytes end inside one. After an
-    /// error the stream cannot be read further (the caller closes it).
+    /// error the stream cannot be read further (the caller closes it): every later call is
+    /// that error again.
     pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        let Some((msg, used)) = decode_frame::<T>(&self.buf[self.start..])? else { return Ok(None) };
-        self.start += used;
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
+        if let Some(why) = &self.failed {
+            return Err(FrameError::Malformed(why.clone()));
         }
-        Ok(Some(msg))
+        let len = match peek_len(&self.buf) {
+            Ok(Some(len)) => len,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(self.fail(e)),
+        };
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let frame = self.buf.split_to(HEADER_LEN + len).freeze();
+        let decoded = crate::page_data::lend_frame(&frame, || decode_payload::<T>(&frame[HEADER_LEN..]));
+        decoded.map(Some).map_err(|e| self.fail(e))
+    }
+
+    fn fail(&mut self, e: FrameError) -> FrameError {
+        self.failed = Some(e.to_string());
+        e
     }
 
     /// Bytes buffered and not yet decoded.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
+        self.buf.len()
     }
 }
 
@@ -76,7 +92,7 @@ mod tests {
         (0..40)
             .map(|i| match i % 3 {
                 0 => ToCoordinator::Barrier { epoch: i },
-                1 => ToCoordinator::DowngradeAck { page: i, data: Some(PageData(vec![i as u8; 4096])) },
+                1 => ToCoordinator::DowngradeAck { page: i, data: Some(PageData::from(vec![i as u8; 4096])) },
                 _ => ToCoordinator::Ping { req: i, payload: vec![i as u8; (i as usize * 37) % 300] },
             })
             .collect()
@@ -118,8 +134,8 @@ mod tests {
         assert_eq!(out, msgs);
     }
 
-    /// The consumed prefix does not pile up: with frames decoded as they complete, the buffer
-    /// never holds more than a frame and a read beyond what is pending.
+    /// Decoded frames do not pile up: with frames decoded as they complete, the buffer never
+    /// holds more than twice a frame and a read beyond what is pending (its room included).
     #[test]
     fn the_buffer_stays_bounded_by_what_is_pending() {
         let msgs = messages();
@@ -127,10 +143,30 @@ mod tests {
         let mut r = FrameReader::default();
         for piece in bytes.chunks(1000) {
             r.extend(piece);
-            assert!(r.buf.len() <= 2 * (r.pending() + 1000), "{} buffered for {} pending", r.buf.len(), r.pending());
+            let bound = 2 * (4100 + 1000);
+            assert!(r.buf.capacity() <= bound, "room for {} bytes with {} pending", r.buf.capacity(), r.pending());
             while r.next::<ToCoordinator>().unwrap().is_some() {}
         }
         assert_eq!(r.pending(), 0);
+    }
+
+    /// A page in a decoded message is a slice of the reader's buffer, not a copy; the bytes
+    /// are the same as a copying decode's.
+    #[test]
+    fn page_data_is_a_slice_of_the_buffer() {
+        let msgs = messages();
+        let mut r = FrameReader::default();
+        r.extend(&frames(&msgs));
+        let mut shared = 0;
+        for want in &msgs {
+            let got = r.next::<ToCoordinator>().unwrap().unwrap();
+            if let ToCoordinator::DowngradeAck { data: Some(d), .. } = &got {
+                assert!(d.is_shared());
+                shared += 1;
+            }
+            assert_eq!(&got, want);
+        }
+        assert_eq!(shared, msgs.len() / 3);
     }
 
     /// A bad frame is an error, and so is every later read (the stream is unusable).

@@ -29,7 +29,7 @@ impl ProcessPages {
                 };
                 match slot.state {
                     PageState::Invalid => {
-                        mem.install(page, data.as_ref().map(|d| d.0.as_slice()), false);
+                        mem.install(page, data.as_ref().map(|d| d.as_slice()), false);
                     }
                     PageState::ReadOnly => mem.wake(page),
                     PageState::Writable => {
@@ -38,7 +38,7 @@ impl ProcessPages {
                         )))
                     }
                 }
-                self.stats.bytes_received += data.map_or(0, |d| d.0.len() as u64);
+                self.stats.bytes_received += data.map_or(0, |d| d.len() as u64);
                 self.finish(page, PageState::ReadOnly, mode);
                 self.set_hint(page, mode);
             }
@@ -63,8 +63,8 @@ impl ProcessPages {
                         match d {
                             GrantData::Zero => mem.install(page, None, true),
                             GrantData::Bytes(b) => {
-                                self.stats.bytes_received += b.0.len() as u64;
-                                mem.install(page, Some(&b.0), true);
+                                self.stats.bytes_received += b.len() as u64;
+                                mem.install(page, Some(b.as_slice()), true);
                             }
                         }
                     }
@@ -154,7 +154,7 @@ impl ProcessPages {
                     PageState::Invalid => None,
                 };
                 self.stats.bytes_sent += data.as_ref().map_or(0, |d| d.len() as u64);
-                out.push(ToCoordinator::DowngradeAck { page, data: data.map(PageData) });
+                out.push(ToCoordinator::DowngradeAck { page, data: data.map(PageData::from) });
             }
             ToProcess::Recall { page } => {
                 self.stats.recalls += 1;
@@ -173,7 +173,7 @@ impl ProcessPages {
                     PageState::Invalid => None,
                 };
                 self.stats.bytes_sent += data.as_ref().map_or(0, |d| d.len() as u64);
-                out.push(ToCoordinator::RecallAck { page, data: data.map(PageData) });
+                out.push(ToCoordinator::RecallAck { page, data: data.map(PageData::from) });
             }
             run @ (ToProcess::DataRun { .. }
             | ToProcess::GrantRun { .. }
@@ -208,8 +208,8 @@ impl ProcessPages {
             ToProcess::DataRun { req, first, count, data, mode } => {
                 let is = pending(*req, Access::Read);
                 if all(self, *first, *count, &|s| is(s) && s.state == PageState::Invalid) {
-                    mem.install_run(*first, *count, data.as_ref().map(|d| d.0.as_slice()), false);
-                    self.stats.bytes_received += data.as_ref().map_or(0, |d| d.0.len() as u64);
+                    mem.install_run(*first, *count, data.as_ref().map(|d| d.as_slice()), false);
+                    self.stats.bytes_received += data.as_ref().map_or(0, |d| d.len() as u64);
                     for page in *first..*first + u64::from(*count) {
                         self.finish(page, PageState::ReadOnly, *mode);
                         self.set_hint(page, *mode);
@@ -228,8 +228,8 @@ impl ProcessPages {
                         None => mem.make_writable_run(*first, *count),
                         Some(GrantData::Zero) => mem.install_run(*first, *count, None, true),
                         Some(GrantData::Bytes(b)) => {
-                            self.stats.bytes_received += b.0.len() as u64;
-                            mem.install_run(*first, *count, Some(&b.0), true);
+                            self.stats.bytes_received += b.len() as u64;
+                            mem.install_run(*first, *count, Some(b.as_slice()), true);
                         }
                     }
                     for page in *first..*first + u64::from(*count) {
@@ -277,7 +277,7 @@ impl ProcessPages {
                     for page in *first..*first + u64::from(*count) {
                         self.set_state(page, PageState::ReadOnly);
                     }
-                    out.push(ToCoordinator::DowngradeAckRun { first: *first, count: *count, data: Some(PageData(bytes)) });
+                    out.push(ToCoordinator::DowngradeAckRun { first: *first, count: *count, data: Some(PageData::from(bytes)) });
                     return Ok(());
                 }
             ToProcess::RecallRun { first, count }
@@ -288,7 +288,7 @@ impl ProcessPages {
                     for page in *first..*first + u64::from(*count) {
                         self.set_state(page, PageState::Invalid);
                     }
-                    out.push(ToCoordinator::RecallAckRun { first: *first, count: *count, data: Some(PageData(bytes)) });
+                    out.push(ToCoordinator::RecallAckRun { first: *first, count: *count, data: Some(PageData::from(bytes)) });
                     return Ok(());
                 }
             _ => {}
@@ -311,10 +311,10 @@ impl ProcessPages {
     /// Checks what a message carries against the region before anything acts on it.
     fn validate(&self, msg: &ToProcess) -> Result<(), PagesError> {
         let run = match msg {
-            ToProcess::DataRun { first, count, data, .. } => Some((*first, *count, data.as_ref().map(|d| d.0.len()))),
+            ToProcess::DataRun { first, count, data, .. } => Some((*first, *count, data.as_ref().map(|d| d.len()))),
             ToProcess::GrantRun { first, count, data, .. } => {
                 let len = match data {
-                    Some(GrantData::Bytes(b)) => Some(b.0.len()),
+                    Some(GrantData::Bytes(b)) => Some(b.len()),
                     _ => None,
                 };
                 Some((*first, *count, len))
@@ -334,10 +334,10 @@ impl ProcessPages {
             return Ok(());
         }
         let (page, access, data) = match msg {
-            ToProcess::Data { page, data, .. } => (*page, None, data.as_ref().map(|d| d.0.len())),
+            ToProcess::Data { page, data, .. } => (*page, None, data.as_ref().map(|d| d.len())),
             ToProcess::Grant { page, data, .. } => {
                 let len = match data {
-                    Some(GrantData::Bytes(b)) => Some(b.0.len()),
+                    Some(GrantData::Bytes(b)) => Some(b.len()),
                     _ => None,
                 };
                 (*page, None, len)

@@ -69,7 +69,7 @@ fn read_fault_fetches_once_then_installs() {
     assert!(fault(&mut p, &mut m, 3, Access::Read).is_empty());
     assert!(fault(&mut p, &mut m, 3, Access::Write).is_empty());
     assert!(!p.is_idle());
-    let data = Some(PageData(vec![1, 2, 3, 4]));
+    let data = Some(PageData::from(vec![1, 2, 3, 4]));
     assert!(msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 3, data, mode: Mode::Invalidate }).is_empty());
     assert_eq!(p.state(3), PageState::ReadOnly);
     assert!(p.is_idle());
@@ -142,7 +142,7 @@ fn ownership_answered_read_only_in_update_mode_turns_the_store_into_a_replay() {
     // The process believes invalidate mode: its store asks for ownership.
     assert!(matches!(fault(&mut p, &mut m, 2, Access::Write)[..], [ToCoordinator::Own { req: 1, page: 2 }]));
     // Rule 3': the page is in update mode and stays there; the answer is a read-only copy.
-    let data = Some(PageData(vec![4; 4]));
+    let data = Some(PageData::from(vec![4; 4]));
     assert!(msg(&mut p, &mut m, ToProcess::Data { req: 1, page: 2, data, mode: Mode::Update }).is_empty());
     assert_eq!(p.state(2), PageState::ReadOnly);
     assert_eq!(m.pages[&2], (false, vec![4; 4]));
@@ -278,7 +278,7 @@ fn grant_with_data_replaces_an_invalidated_copy() {
         vec![ToCoordinator::InvalidateAck { page: 0 }]
     );
     assert_eq!(p.state(0), PageState::Invalid);
-    let data = Some(GrantData::Bytes(PageData(vec![9; 4])));
+    let data = Some(GrantData::Bytes(PageData::from(vec![9; 4])));
     msg(&mut p, &mut m, ToProcess::Grant { req: 2, page: 0, data });
     assert_eq!(m.pages[&0], (true, vec![9; 4]));
     // Invalidate of an Invalid page is still acknowledged.
@@ -302,11 +302,11 @@ fn grant_with_data_over_a_read_only_copy_drops_it_first() {
 fn downgrade_and_recall() {
     let (mut p, mut m) = (ProcessPages::new(), Mem::default());
     fault(&mut p, &mut m, 0, Access::Write);
-    let data = Some(GrantData::Bytes(PageData(vec![5; 4])));
+    let data = Some(GrantData::Bytes(PageData::from(vec![5; 4])));
     msg(&mut p, &mut m, ToProcess::Grant { req: 1, page: 0, data });
     assert_eq!(
         msg(&mut p, &mut m, ToProcess::Downgrade { page: 0 }),
-        vec![ToCoordinator::DowngradeAck { page: 0, data: Some(PageData(vec![5; 4])) }]
+        vec![ToCoordinator::DowngradeAck { page: 0, data: Some(PageData::from(vec![5; 4])) }]
     );
     assert_eq!(p.state(0), PageState::ReadOnly);
     // Recall of a ReadOnly copy: dropped, no data.
@@ -319,7 +319,7 @@ fn downgrade_and_recall() {
     msg(&mut p, &mut m, ToProcess::Grant { req: 2, page: 0, data: Some(GrantData::Zero) });
     assert_eq!(
         msg(&mut p, &mut m, ToProcess::Recall { page: 0 }),
-        vec![ToCoordinator::RecallAck { page: 0, data: Some(PageData(vec![0; 4])) }]
+        vec![ToCoordinator::RecallAck { page: 0, data: Some(PageData::from(vec![0; 4])) }]
     );
     assert_eq!(
         msg(&mut p, &mut m, ToProcess::Downgrade { page: 0 }),
@@ -337,7 +337,7 @@ fn release_all_writes_back_owned_pages() {
     msg(&mut p, &mut m, ToProcess::Data { req: 2, page: 2, data: None, mode: Mode::Invalidate });
     let mut out = Vec::new();
     assert_eq!(p.release_all(&mut m, &mut out), 1);
-    assert_eq!(out, vec![ToCoordinator::Writeback { page: 1, data: PageData(vec![0; 4]) }]);
+    assert_eq!(out, vec![ToCoordinator::Writeback { page: 1, data: PageData::from(vec![0; 4]) }]);
     assert_eq!((p.state(1), p.state(2)), (PageState::Invalid, PageState::Invalid));
     assert!(m.pages.is_empty());
     assert_eq!(m.log[m.log.len() - 3..], ["write_protect 1", "drop 1", "drop 2"]);
@@ -394,7 +394,7 @@ fn random_input_never_panics() {
         for _ in 0..200 {
             let page = rng.gen_range(0..3);
             let req = rng.gen_range(0..8);
-            let data = rng.gen_bool(0.5).then(|| PageData(vec![3; 2]));
+            let data = rng.gen_bool(0.5).then(|| PageData::from(vec![3; 2]));
             let m2 = match rng.gen_range(0..8) {
                 0 => {
                     let a = if rng.gen() { Access::Read } else { Access::Write };
