@@ -103,6 +103,20 @@ impl HomeStore for MappedHomes {
     fn stored_pages(&self) -> usize {
         self.present.len()
     }
+
+    /// Faults the run's pages in with one system call (`MADV_POPULATE_WRITE`, Linux 5.14)
+    /// instead of one page fault each as they are written: in `touch.sequential` the faults
+    /// of fresh home pages were a fifth of the coordinator's time. Pages already present are
+    /// left as they are; on an older kernel (`EINVAL`) the writes fault them in as before.
+    fn prepare(&mut self, first: PageNo, count: u32) {
+        let start = Self::range(first).start;
+        let len = usize::try_from(count).unwrap_or(0).saturating_mul(PAGE_SIZE);
+        if start.checked_add(len).is_some_and(|end| end <= self.map.len()) && len > 0 {
+            if let Err(e) = self.map.advise_range(memmap2::Advice::PopulateWrite, start, len) {
+                tracing::trace!(first, count, "home pages not populated at once: {e}");
+            }
+        }
+    }
 }
 
 /// Makes every thread of the process allocate from the one main heap (glibc `M_ARENA_MAX` 1).

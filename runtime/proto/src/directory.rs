@@ -403,6 +403,9 @@ impl PageDirectory {
         };
         // Checked here: the run's data is `count` whole pages, so `page(i)` is each page's.
         self.check_span("acknowledgement run", first, count, len)?;
+        if len.is_some() {
+            self.homes.prepare(first, count);
+        }
         let pages = (first..first + u64::from(count)).zip(0..);
         match run {
             ToCoordinator::DowngradeAckRun { data, .. } => {

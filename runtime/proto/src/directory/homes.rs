@@ -26,6 +26,9 @@ pub trait HomeStore: Send + std::fmt::Debug {
     fn patch(&mut self, page: PageNo, offset: usize, bytes: &[u8]);
     /// Pages with a (non-zero) home copy stored.
     fn stored_pages(&self) -> usize;
+    /// Pages `first..first + count` are about to be written whole (a run of acknowledgements
+    /// or writebacks with data): a store may make room for them at once. Optional.
+    fn prepare(&mut self, _first: PageNo, _count: u32) {}
 }
 
 /// Home copies on the heap, one allocation per non-zero page.
@@ -136,5 +139,10 @@ impl Homes {
 
     pub(super) fn stored_pages(&self) -> usize {
         self.store.stored_pages()
+    }
+
+    /// See [`HomeStore::prepare`].
+    pub(super) fn prepare(&mut self, first: PageNo, count: u32) {
+        self.store.prepare(first, count);
     }
 }
