@@ -49,6 +49,7 @@ use std::collections::HashMap;
 use crate::wire::{Coherence, Mode, PageData, PageNo, Rank, ReqId, ToCoordinator, ToProcess};
 
 mod homes;
+mod ranks;
 mod txn;
 
 pub use homes::{HeapHomes, HomeStore};
@@ -185,7 +186,7 @@ pub struct PageView {
 pub struct PageDirectory {
     nprocs: u32,
     pages: u64,
-    entries: HashMap<PageNo, Entry>,
+    entries: HashMap<PageNo, Entry, foldhash::fast::RandomState>,
     stats: DirectoryStats,
     /// `Advise` ranges, latest last: the policy of a page created later.
     advice: Vec<(PageNo, PageNo, Coherence)>,
@@ -203,7 +204,7 @@ impl PageDirectory {
         PageDirectory {
             nprocs,
             pages,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             stats: DirectoryStats::default(),
             advice: Vec::new(),
             default_policy: Coherence::Adaptive,
@@ -225,16 +226,12 @@ impl PageDirectory {
     }
 
     fn policy_for(&self, page: PageNo) -> Coherence {
-        self.advice
-            .iter()
-            .rev()
-            .find(|(first, end, _)| (*first..*end).contains(&page))
-            .map_or(self.default_policy, |a| a.2)
+        policy_of(&self.advice, self.default_policy, page)
     }
 
     fn entry(&mut self, page: PageNo) -> &mut Entry {
-        let policy = self.policy_for(page);
-        self.entries.entry(page).or_insert_with(|| Entry::new(policy))
+        let (advice, default) = (&self.advice, self.default_policy);
+        self.entries.entry(page).or_insert_with(|| Entry::new(policy_of(advice, default, page)))
     }
 
     /// Queues a mode switch of `page` behind its current transaction (as the adaptive policy
@@ -294,7 +291,7 @@ impl PageDirectory {
             ToCoordinator::InvalidateAck { page } => {
                 self.check(page)?;
                 if let Some(txn) = self.entries.get_mut(&page).and_then(|e| e.busy.as_mut()) {
-                    if txn.request.kind == Kind::Own && txn.invalidate_acks.remove(&from) {
+                    if txn.request.kind == Kind::Own && txn.invalidate_acks.remove(from) {
                         self.progress(page, out);
                     }
                 }
@@ -487,7 +484,7 @@ impl PageDirectory {
         pages.sort_unstable();
         for page in pages {
             let Some(e) = self.entries.get_mut(&page) else { continue };
-            e.readers.remove(&rank);
+            e.readers.remove(rank);
             if e.owner == Some(rank) {
                 e.owner = None;
             }
@@ -496,7 +493,7 @@ impl PageDirectory {
                 if txn.request.from == rank {
                     txn.requester_gone = true;
                 }
-                txn.invalidate_acks.remove(&rank);
+                txn.invalidate_acks.remove(rank);
                 if txn.owner_ack == Some(rank) {
                     txn.owner_ack = None;
                 }
@@ -522,7 +519,7 @@ impl PageDirectory {
             None => PageView::default(),
             Some(e) => PageView {
                 owner: e.owner,
-                readers: e.readers.iter().copied().collect(),
+                readers: e.readers.iter().collect(),
                 home: self.homes.read(page).map(|d| d.to_vec()),
                 busy: e.busy.is_some(),
                 queued: e.queue.len(),
@@ -563,9 +560,12 @@ impl PageDirectory {
         }
     }
 
+    /// Queues `request` behind whatever `page` has under way and drives the page (a request
+    /// for an idle page starts at once, without a trip through the queue).
     fn submit(&mut self, page: PageNo, request: Request, out: &mut Vec<(Rank, ToProcess)>) {
-        self.entry(page).queue.push_back(request);
-        self.progress(page, out);
+        let (advice, default) = (&self.advice, self.default_policy);
+        let e = self.entries.entry(page).or_insert_with(|| Entry::new(policy_of(advice, default, page)));
+        drive(e, &mut self.homes, &mut self.stats, &mut self.pending, self.nprocs, page, Some(request), out);
     }
 
     /// A Writeback of `page` (one page of `bytes`) from `from`: kept only from its owner.
@@ -616,28 +616,62 @@ impl PageDirectory {
     /// requests until one has to wait (or the queue is empty).
     fn progress(&mut self, page: PageNo, out: &mut Vec<(Rank, ToProcess)>) {
         let Some(e) = self.entries.get_mut(&page) else { return };
-        let stats = &mut self.stats;
-        let pending = &mut self.pending;
-        let homes = &mut self.homes;
-        let nprocs = self.nprocs;
-        loop {
-            match &e.busy {
-                Some(txn) if !txn.done() => return,
-                Some(_) => {
-                    if let Some(txn) = e.busy.take() {
-                        complete(e, homes, stats, nprocs, page, &txn, out);
-                    }
-                }
-                None => {}
+        drive(e, &mut self.homes, &mut self.stats, &mut self.pending, self.nprocs, page, None, out);
+    }
+}
+
+/// The policy of `page`: the latest advice covering it, else `default`.
+fn policy_of(advice: &[(PageNo, PageNo, Coherence)], default: Coherence, page: PageNo) -> Coherence {
+    advice.iter().rev().find(|(first, end, _)| (*first..*end).contains(&page)).map_or(default, |a| a.2)
+}
+
+/// Drives one page (rule 1): completes its busy transaction if every ack is in, then starts
+/// queued requests, oldest first, until one has to wait or none is left. `new` joins the
+/// queue's end first; when nothing is busy or queued it starts directly.
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    e: &mut Entry,
+    homes: &mut Homes,
+    stats: &mut DirectoryStats,
+    pending: &mut [u32],
+    nprocs: u32,
+    page: PageNo,
+    mut new: Option<Request>,
+    out: &mut Vec<(Rank, ToProcess)>,
+) {
+    loop {
+        match &e.busy {
+            Some(txn) if !txn.done() => {
+                e.queue.extend(new.take());
+                return;
             }
-            let Some(request) = e.queue.pop_front() else { return };
-            if !matches!(request.kind, Kind::Switch(_)) {
-                if let Some(n) = pending.get_mut(request.from as usize) {
-                    *n = n.saturating_sub(1);
+            Some(_) => {
+                if let Some(txn) = e.busy.take() {
+                    complete(e, homes, stats, nprocs, page, &txn, out);
                 }
             }
-            start(e, homes, stats, page, request, out);
+            None => {}
         }
+        let request = match new.take() {
+            Some(r) if e.queue.is_empty() => r,
+            Some(r) => {
+                e.queue.push_back(r);
+                match e.queue.pop_front() {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+            None => match e.queue.pop_front() {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        if !matches!(request.kind, Kind::Switch(_)) {
+            if let Some(n) = pending.get_mut(request.from as usize) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        start(e, homes, stats, page, request, out);
     }
 }
 

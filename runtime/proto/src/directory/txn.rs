@@ -4,9 +4,10 @@
 //! replayed store or RMW in update mode (the policy's write-run side). The entry and request
 //! types are what these steps read and change; the module docs of [`super`] give the rules.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 use super::homes::Homes;
+use super::ranks::RankSet;
 use super::{DirectoryStats, PINGPONG_GRANTS, WRITE_RUN};
 use crate::wire::{Coherence, GrantData, Mode, PageData, PageNo, Rank, ReqId, RmwOp, ToProcess};
 
@@ -44,7 +45,7 @@ pub(super) struct Txn {
     /// The rank whose `DowngradeAck` (Fetch) or `RecallAck` (Own) is awaited.
     pub(super) owner_ack: Option<Rank>,
     /// The ranks whose `InvalidateAck` is awaited (Own only).
-    pub(super) invalidate_acks: BTreeSet<Rank>,
+    pub(super) invalidate_acks: RankSet,
 }
 
 impl Txn {
@@ -56,7 +57,7 @@ impl Txn {
 #[derive(Debug, Default)]
 pub(super) struct Entry {
     pub(super) owner: Option<Rank>,
-    pub(super) readers: BTreeSet<Rank>,
+    pub(super) readers: RankSet,
     pub(super) busy: Option<Txn>,
     pub(super) queue: VecDeque<Request>,
     pub(super) mode: Mode,
@@ -93,14 +94,14 @@ pub(super) fn start(
     // back, so an Own queued before its sender heard of the switch no longer undoes it.
     if request.kind == Kind::Own && e.mode == Mode::Update && e.owner.is_none() {
         stats.owns_kept_in_update += 1;
-        let data = if e.readers.contains(&request.from) { None } else { send_home(homes, stats, page) };
+        let data = if e.readers.contains(request.from) { None } else { send_home(homes, stats, page) };
         out.push((request.from, ToProcess::Data { req: request.req, page, data, mode: Mode::Update }));
         e.readers.insert(request.from);
         return;
     }
     let request = if request.kind == Kind::ForceOwn { Request { kind: Kind::Own, ..request } } else { request };
     let mut txn =
-        Txn { request, requester_gone: false, owner_ack: None, invalidate_acks: BTreeSet::new() };
+        Txn { request, requester_gone: false, owner_ack: None, invalidate_acks: RankSet::default() };
     match request.kind {
         Kind::Fetch => {
             if let Some(o) = e.owner {
@@ -120,7 +121,7 @@ pub(super) fn start(
                 e.mode = Mode::Invalidate;
                 stats.to_invalidate += 1;
             }
-            for &r in &e.readers {
+            for r in e.readers.iter() {
                 if r != request.from {
                     out.push((r, ToProcess::Invalidate { page }));
                     stats.invalidations += 1;
@@ -175,7 +176,7 @@ fn write(
     out: &mut Vec<(Rank, ToProcess)>,
 ) {
     let Request { from, req, .. } = request;
-    if e.mode != Mode::Update || !e.readers.contains(&from) {
+    if e.mode != Mode::Update || !e.readers.contains(from) {
         stats.retries += 1;
         out.push((from, ToProcess::Retry { req, page }));
         return;
@@ -204,7 +205,7 @@ fn write(
     let value = if stored { new } else { old128 };
     let (offset, width) = (offset as u16, width as u8);
     if stored {
-        for &r in &e.readers {
+        for r in e.readers.iter() {
             if r != from {
                 out.push((r, ToProcess::Update { page, offset, width, value }));
                 stats.updates += 1;
@@ -267,7 +268,7 @@ pub(super) fn complete(
         Kind::Own | Kind::ForceOwn => {
             // Every other copy is gone. The requester's own copy is current if it is still
             // listed: nobody could have written the page since it got that copy.
-            let had_copy = e.owner == Some(from) || e.readers.contains(&from);
+            let had_copy = e.owner == Some(from) || e.readers.contains(from);
             e.readers.clear();
             if txn.requester_gone {
                 e.owner = None;
