@@ -53,9 +53,9 @@ pub struct Released<C> {
 #[derive(Debug)]
 pub struct FaultTracker<C> {
     /// When the oldest unresolved fault on each page was read.
-    faulted: HashMap<PageNo, Instant>,
+    faulted: HashMap<PageNo, Instant, foldhash::fast::RandomState>,
     /// When each page installed for a fault may be revoked again.
-    held: HashMap<PageNo, Instant>,
+    held: HashMap<PageNo, Instant, foldhash::fast::RandomState>,
     /// Replays signalled to threads: claim -> (page, when).
     claims: HashMap<C, (PageNo, Instant)>,
     /// Replayed writes in flight: request -> claim.
@@ -75,8 +75,8 @@ impl<C: Copy + Eq + Hash + Ord> FaultTracker<C> {
     /// Nothing waiting.
     pub fn new() -> Self {
         FaultTracker {
-            faulted: HashMap::new(),
-            held: HashMap::new(),
+            faulted: HashMap::default(),
+            held: HashMap::default(),
             claims: HashMap::new(),
             writes: HashMap::new(),
             waited: Duration::ZERO,

@@ -233,8 +233,9 @@ struct Slot {
 /// The process side of the INVALIDATE protocol for one region (see the module docs).
 #[derive(Debug)]
 pub struct ProcessPages {
-    /// Pages that are valid or have a request in flight; absent = Invalid, idle.
-    slots: HashMap<PageNo, Slot>,
+    /// Pages that are valid or have a request in flight; absent = Invalid, idle. (foldhash:
+    /// looked up several times per page of every run; the keys are this process's own pages.)
+    slots: HashMap<PageNo, Slot, foldhash::fast::RandomState>,
     next_req: ReqId,
     in_flight: usize,
     stats: PageStats,
@@ -245,7 +246,7 @@ pub struct ProcessPages {
     /// Last known mode of pages, kept after their copies are dropped: a store to an Invalid
     /// page believed in update mode fetches a read-only copy (and is then replayed) instead of
     /// asking for ownership, which would switch the page back to invalidate mode.
-    hints: HashMap<PageNo, Mode>,
+    hints: HashMap<PageNo, Mode, foldhash::fast::RandomState>,
     /// Advised policies, latest last.
     advice: Vec<(PageNo, PageNo, Mode)>,
     completions: Vec<(ReqId, WriteOutcome)>,
@@ -269,7 +270,7 @@ impl ProcessPages {
     /// Every page Invalid, nothing in flight.
     pub fn new() -> Self {
         ProcessPages {
-            slots: HashMap::new(),
+            slots: HashMap::default(),
             next_req: 1,
             in_flight: 0,
             stats: PageStats::default(),
@@ -278,7 +279,7 @@ impl ProcessPages {
             writes: HashMap::new(),
             completions: Vec::new(),
             escalate: Default::default(),
-            hints: HashMap::new(),
+            hints: HashMap::default(),
             advice: Vec::new(),
             limit: 0,
         }
