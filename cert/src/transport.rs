@@ -55,6 +55,7 @@
 //! doubling when the probe is lost too): quinn offers no knob below its 1 ms
 //! timer granularity or its RTT-variance term.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -193,6 +194,19 @@ impl Transport {
     /// limits and datagram settings keep quinn's defaults.
     #[must_use]
     pub fn to_quinn(&self) -> quinn::TransportConfig {
+        self.to_quinn_for(None)
+    }
+
+    /// [`to_quinn`](Self::to_quinn) for connections with `peer`: when it is a loopback
+    /// address (every packet stays on this machine, whose loopback carries 64 KiB datagrams)
+    /// the connection starts at [`MAX_UDP_PAYLOAD`] instead of searching up to it. The search
+    /// costs more than it finds there: about a dozen probes padded to up to 64 KiB each way,
+    /// and quinn parses padding one byte at a time, so a new loopback connection spent
+    /// milliseconds of CPU on each side (`quinn_proto::frame::Iter::next` and
+    /// `process_payload` were the runtime threads' largest symbols in `app.contrast`).
+    /// Should the path carry less after all, quinn's black-hole detection falls back to 1200.
+    #[must_use]
+    pub fn to_quinn_for(&self, peer: Option<IpAddr>) -> quinn::TransportConfig {
         let mut config = quinn::TransportConfig::default();
         config
             .keep_alive_interval((!self.keep_alive.is_zero()).then_some(self.keep_alive))
@@ -207,6 +221,9 @@ impl Transport {
             .send_window(SEND_WINDOW)
             .ack_frequency_config(Some(ack_frequency()))
             .mtu_discovery_config(Some(mtu_discovery()));
+        if peer.is_some_and(is_loopback) {
+            config.initial_mtu(MAX_UDP_PAYLOAD);
+        }
         match self.congestion {
             Congestion::Cubic => {
                 config.congestion_controller_factory(Arc::new(CubicConfig::default()))
@@ -241,25 +258,34 @@ fn ack_frequency() -> quinn::AckFrequencyConfig {
     config
 }
 
+/// Whether `ip` is a loopback address (also as an IPv4-mapped IPv6 address).
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
 /// quinn server configuration from the dev set in `dir` (see
-/// [`crate::server_tls_config`]) with the given transport tuning.
-pub fn quic_server_config(dir: &Path, transport: &Transport) -> Result<quinn::ServerConfig, Error> {
+/// [`crate::server_tls_config`]) with the given transport tuning, for a server listening on
+/// `listen` (a loopback address: its peers are on this machine, see
+/// [`Transport::to_quinn_for`]).
+pub fn quic_server_config(dir: &Path, transport: &Transport, listen: IpAddr) -> Result<quinn::ServerConfig, Error> {
     let tls = crate::server_tls_config(dir)?;
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport.to_quinn()));
+    config.transport_config(Arc::new(transport.to_quinn_for(Some(listen))));
     Ok(config)
 }
 
 /// quinn client configuration from a rustls client configuration (see
-/// [`crate::client_tls_config`]) with the given transport tuning.
+/// [`crate::client_tls_config`]) with the given transport tuning, for connections to `peer`
+/// (see [`Transport::to_quinn_for`]).
 pub fn quic_client_config(
     tls: rustls::ClientConfig,
     transport: &Transport,
+    peer: IpAddr,
 ) -> Result<quinn::ClientConfig, Error> {
     let crypto = QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport.to_quinn()));
+    config.transport_config(Arc::new(transport.to_quinn_for(Some(peer))));
     Ok(config)
 }
 

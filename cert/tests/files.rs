@@ -109,8 +109,8 @@ fn configs_build_from_generated_material() {
     assert!(client.client_auth_cert_resolver.has_certs());
     let anon = client_tls_config_from(&tmp.path().join(CA_CERT), None).unwrap();
     assert!(!anon.client_auth_cert_resolver.has_certs());
-    quic_server_config(tmp.path(), &Transport::default()).unwrap();
-    quic_client_config(client, &Transport::default()).unwrap();
+    quic_server_config(tmp.path(), &Transport::default(), std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
+    quic_client_config(client, &Transport::default(), std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
 }
 
 #[test]

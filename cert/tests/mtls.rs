@@ -22,7 +22,7 @@ struct Server {
 }
 
 fn start_server(dir: &Path) -> Server {
-    let config = quic_server_config(dir, &Transport::default()).unwrap();
+    let config = quic_server_config(dir, &Transport::default(), std::net::Ipv4Addr::LOCALHOST.into()).unwrap();
     let endpoint = Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let (tx, failures) = mpsc::unbounded_channel();
@@ -62,7 +62,7 @@ async fn echo(
     tls: rustls::ClientConfig,
     payload: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let config = quic_client_config(tls, &Transport::default()).map_err(|e| e.to_string())?;
+    let config = quic_client_config(tls, &Transport::default(), addr.ip()).map_err(|e| e.to_string())?;
     let mut endpoint = Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(config);
     let result = async {

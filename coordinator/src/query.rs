@@ -101,7 +101,7 @@ impl StatusClient {
         let target = resolve(addr).await?;
         let tls = dsm_cert::client_tls_config(cert_dir)?;
         let transport = dsm_cert::Transport::default();
-        let client_config = dsm_cert::quic_client_config(tls, &transport)?;
+        let client_config = dsm_cert::quic_client_config(tls, &transport, target.ip())?;
         let bind: SocketAddr = if target.is_ipv6() {
             SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
         } else {

@@ -175,6 +175,8 @@ impl Shared {
 /// A bound coordinator, ready to [`run`](Coordinator::run).
 pub struct Coordinator {
     endpoint: quinn::Endpoint,
+    /// The server configuration for peers on a loopback address.
+    loopback_config: Arc<quinn::ServerConfig>,
     shared: Arc<Mutex<Shared>>,
     hello_timeout: Duration,
     /// How long the workers keep polling after a message ([`dsm_cert::Transport::busy_poll`]).
@@ -190,7 +192,11 @@ impl Coordinator {
     /// Loads the certificates and binds the UDP socket. Must be called inside a tokio runtime.
     pub fn bind(config: &Config) -> Result<Self, ServeError> {
         config.transport.validate()?;
-        let server_config = dsm_cert::quic_server_config(&config.cert_dir, &config.transport)?;
+        let server_config = dsm_cert::quic_server_config(&config.cert_dir, &config.transport, config.listen.ip())?;
+        // Peers on this machine get the loopback transport whatever the listening address
+        // (`dsm_cert::Transport::to_quinn_for`: no MTU search).
+        let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+        let loopback_config = Arc::new(dsm_cert::quic_server_config(&config.cert_dir, &config.transport, loopback)?);
         let endpoint = dsm_cert::endpoint(config.listen, Some(server_config))
             .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
         let metrics_endpoint = match config.metrics {
@@ -201,6 +207,7 @@ impl Coordinator {
         let metrics = Arc::new(Metrics::new());
         Ok(Coordinator {
             endpoint,
+            loopback_config,
             shared: Arc::new(Mutex::new(Shared {
                 registry: Registry::new(),
                 peers: HashMap::new(),
@@ -288,7 +295,9 @@ impl Coordinator {
     }
 
     async fn handle_incoming(self: Arc<Self>, id: ConnId, incoming: quinn::Incoming, busy: dsm_cert::BusyPoll) {
-        let conn = match incoming.await {
+        let local = incoming.remote_address().ip().to_canonical().is_loopback();
+        let connecting = if local { incoming.accept_with(Arc::clone(&self.loopback_config)) } else { incoming.accept() };
+        let conn = match async { connecting?.await }.await {
             Ok(c) => c,
             Err(e) => {
                 // TLS refusals (no client certificate, unknown CA, self-signed) show up here.

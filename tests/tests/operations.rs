@@ -114,7 +114,7 @@ fn attach_and_abandon(addr: SocketAddr, certs: &Path, session: &str) {
     rt.block_on(async {
         let tls = dsm_cert::client_tls_config(certs).unwrap();
         let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        ep.set_default_client_config(dsm_cert::quic_client_config(tls, &dsm_cert::Transport::default()).unwrap());
+        ep.set_default_client_config(dsm_cert::quic_client_config(tls, &dsm_cert::Transport::default(), std::net::Ipv4Addr::LOCALHOST.into()).unwrap());
         let conn = ep.connect(addr, "127.0.0.1").unwrap().await.unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send.write_all(&Hello::ours().encode()).await.unwrap();

@@ -74,7 +74,7 @@ where
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        ep.set_default_client_config(dsm_cert::quic_client_config(tls, &dsm_cert::Transport::default()).unwrap());
+        ep.set_default_client_config(dsm_cert::quic_client_config(tls, &dsm_cert::Transport::default(), std::net::Ipv4Addr::LOCALHOST.into()).unwrap());
         let r = tokio::time::timeout(Duration::from_secs(10), async {
             let conn = ep.connect(env.addr(), "127.0.0.1").unwrap().await.map_err(|e| e.to_string())?;
             let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;

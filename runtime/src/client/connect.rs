@@ -36,7 +36,7 @@ pub(super) async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
         ),
     }
     .map_err(|e| Error::Certificates(e.to_string()))?;
-    let client_config = dsm_cert::quic_client_config(tls, &config.transport)
+    let client_config = dsm_cert::quic_client_config(tls, &config.transport, addr.ip())
         .map_err(|e| Error::Certificates(e.to_string()))?;
     let bind: SocketAddr =
         if addr.is_ipv6() { "[::]:0".parse().expect("literal") } else { "0.0.0.0:0".parse().expect("literal") };

@@ -68,9 +68,11 @@ pub(super) fn quinn_bench_via(
     rounds: usize,
 ) -> Result<QuinnResult> {
     let transport = dsm_cert::Transport::default();
-    let server_config = dsm_cert::quic_server_config(cert_dir, &transport).context("quinn server config")?;
+    // Both ends on loopback, as the DSM's own connections in these benchmarks.
+    let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+    let server_config = dsm_cert::quic_server_config(cert_dir, &transport, loopback).context("quinn server config")?;
     let tls = dsm_cert::client_tls_config(cert_dir).context("client TLS config")?;
-    let client_config = dsm_cert::quic_client_config(tls, &transport).context("quinn client config")?;
+    let client_config = dsm_cert::quic_client_config(tls, &transport, loopback).context("quinn client config")?;
 
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let server = std::thread::Builder::new()
