@@ -78,7 +78,8 @@ pub const SEND_WINDOW: u64 = 16 << 20;
 /// datagram carries): the upper bound of quinn's MTU discovery ([`Transport::to_quinn`]) and
 /// the `max_udp_payload_size` every endpoint announces ([`crate::endpoint`]). Connections
 /// start at QUIC's 1200 and discover what the path carries: 1452-1472 on Ethernet, 8972 with jumbo
-/// frames, this bound on loopback (processes on the coordinator's machine). quinn hands the
+/// frames; with a loopback peer (processes on the coordinator's machine) they start at this
+/// bound ([`Transport::to_quinn_for`]). quinn hands the
 /// kernel up to 10 datagrams in one `sendmsg` (GSO) with no cap on their total, and a batch
 /// over 65,507 bytes fails there (`EMSGSIZE`), which quinn reads as a black hole and falls back
 /// to 1200 for the whole connection; every endpoint's socket therefore splits such batches
