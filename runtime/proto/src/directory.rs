@@ -44,12 +44,12 @@
 //! is removed everywhere, and every ack awaited from it counts as received without data: its
 //! pages fall back to the home copy.
 
-use std::collections::HashMap;
 
 use crate::wire::{Coherence, Mode, PageData, PageNo, Rank, ReqId, ToCoordinator, ToProcess};
 
 mod homes;
 mod ranks;
+mod table;
 mod txn;
 
 pub use homes::{HeapHomes, HomeStore};
@@ -186,7 +186,7 @@ pub struct PageView {
 pub struct PageDirectory {
     nprocs: u32,
     pages: u64,
-    entries: HashMap<PageNo, Entry, foldhash::fast::RandomState>,
+    entries: table::PageTable<Entry>,
     stats: DirectoryStats,
     /// `Advise` ranges, latest last: the policy of a page created later.
     advice: Vec<(PageNo, PageNo, Coherence)>,
@@ -204,7 +204,7 @@ impl PageDirectory {
         PageDirectory {
             nprocs,
             pages,
-            entries: HashMap::default(),
+            entries: table::PageTable::default(),
             stats: DirectoryStats::default(),
             advice: Vec::new(),
             default_policy: Coherence::Adaptive,
@@ -231,7 +231,7 @@ impl PageDirectory {
 
     fn entry(&mut self, page: PageNo) -> &mut Entry {
         let (advice, default) = (&self.advice, self.default_policy);
-        self.entries.entry(page).or_insert_with(|| Entry::new(policy_of(advice, default, page)))
+        self.entries.get_or_insert_with(page, || Entry::new(policy_of(advice, default, page)))
     }
 
     /// Queues a mode switch of `page` behind its current transaction (as the adaptive policy
@@ -337,7 +337,7 @@ impl PageDirectory {
                     out.push((r, ToProcess::Advice { first, count, coherence }));
                 }
                 let mut touched: Vec<PageNo> =
-                    self.entries.keys().copied().filter(|p| (first..end).contains(p)).collect();
+                    self.entries.keys().filter(|p| (first..end).contains(p)).collect();
                 touched.sort_unstable();
                 for page in touched {
                     let e = self.entry(page);
@@ -460,7 +460,7 @@ impl PageDirectory {
             return;
         }
         let stats = &mut self.stats;
-        let e = self.entries.entry(page).or_insert_with(|| Entry::new(policy));
+        let e = self.entries.get_or_insert_with(page, || Entry::new(policy));
         e.owner = Some(from);
         let data = grant_home(&self.homes, stats, page);
         stats.ownership_grants += 1;
@@ -480,7 +480,7 @@ impl PageDirectory {
         if let Some(n) = self.pending.get_mut(rank as usize) {
             *n = 0;
         }
-        let mut pages: Vec<PageNo> = self.entries.keys().copied().collect();
+        let mut pages: Vec<PageNo> = self.entries.keys().collect();
         pages.sort_unstable();
         for page in pages {
             let Some(e) = self.entries.get_mut(&page) else { continue };
@@ -564,7 +564,7 @@ impl PageDirectory {
     /// for an idle page starts at once, without a trip through the queue).
     fn submit(&mut self, page: PageNo, request: Request, out: &mut Vec<(Rank, ToProcess)>) {
         let (advice, default) = (&self.advice, self.default_policy);
-        let e = self.entries.entry(page).or_insert_with(|| Entry::new(policy_of(advice, default, page)));
+        let e = self.entries.get_or_insert_with(page, || Entry::new(policy_of(advice, default, page)));
         drive(e, &mut self.homes, &mut self.stats, &mut self.pending, self.nprocs, page, Some(request), out);
     }
 
