@@ -44,7 +44,6 @@
 //! is removed everywhere, and every ack awaited from it counts as received without data: its
 //! pages fall back to the home copy.
 
-
 use crate::wire::{Coherence, Mode, PageData, PageNo, Rank, ReqId, ToCoordinator, ToProcess};
 
 mod homes;
