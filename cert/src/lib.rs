@@ -35,7 +35,7 @@ pub use load::{client_tls_config, client_tls_config_from, server_tls_config, ALP
 pub use socket::{endpoint, udp_socket, SOCKET_BUFFER};
 pub use setup::{make_certs, CertsReport, CertsRequest, Written, CLIENTS_DIR};
 pub use transport::{
-    quic_client_config, quic_server_config, Congestion, Transport, TransportError, MAX_ACK_DELAY,
+    is_loopback, quic_client_config, quic_server_config, Congestion, Transport, TransportError, MAX_ACK_DELAY,
     MAX_UDP_PAYLOAD, MIN_IDLE_PER_KEEP_ALIVE, RECEIVE_WINDOW, REORDERING_THRESHOLD, SEND_WINDOW,
     STREAM_RECEIVE_WINDOW,
 };

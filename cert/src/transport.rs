@@ -259,8 +259,9 @@ fn ack_frequency() -> quinn::AckFrequencyConfig {
     config
 }
 
-/// Whether `ip` is a loopback address (also as an IPv4-mapped IPv6 address).
-fn is_loopback(ip: IpAddr) -> bool {
+/// Whether `ip` is a loopback address (also as an IPv4-mapped IPv6 address): a peer there gets
+/// the loopback transport ([`Transport::to_quinn_for`]).
+pub fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 

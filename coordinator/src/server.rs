@@ -194,9 +194,11 @@ impl Coordinator {
         config.transport.validate()?;
         let server_config = dsm_cert::quic_server_config(&config.cert_dir, &config.transport, config.listen.ip())?;
         // Peers on this machine get the loopback transport whatever the listening address
-        // (`dsm_cert::Transport::to_quinn_for`: no MTU search).
+        // (`dsm_cert::Transport::to_quinn_for`: no MTU search); same certificates.
+        let mut loopback_config = server_config.clone();
         let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
-        let loopback_config = Arc::new(dsm_cert::quic_server_config(&config.cert_dir, &config.transport, loopback)?);
+        loopback_config.transport_config(Arc::new(config.transport.to_quinn_for(Some(loopback))));
+        let loopback_config = Arc::new(loopback_config);
         let endpoint = dsm_cert::endpoint(config.listen, Some(server_config))
             .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
         let metrics_endpoint = match config.metrics {
@@ -295,7 +297,7 @@ impl Coordinator {
     }
 
     async fn handle_incoming(self: Arc<Self>, id: ConnId, incoming: quinn::Incoming, busy: dsm_cert::BusyPoll) {
-        let local = incoming.remote_address().ip().to_canonical().is_loopback();
+        let local = dsm_cert::is_loopback(incoming.remote_address().ip());
         let connecting = if local { incoming.accept_with(Arc::clone(&self.loopback_config)) } else { incoming.accept() };
         let conn = match async { connecting?.await }.await {
             Ok(c) => c,

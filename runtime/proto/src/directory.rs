@@ -53,6 +53,7 @@ mod txn;
 
 pub use homes::{HeapHomes, HomeStore};
 use homes::Homes;
+use table::PageTable;
 use txn::{complete, grant_home, start, Entry, Kind, Request, WriteOp};
 
 /// Adaptive policy: a page whose ownership went to a different process this many grants in a
@@ -185,7 +186,7 @@ pub struct PageView {
 pub struct PageDirectory {
     nprocs: u32,
     pages: u64,
-    entries: table::PageTable<Entry>,
+    entries: PageTable<Entry>,
     stats: DirectoryStats,
     /// `Advise` ranges, latest last: the policy of a page created later.
     advice: Vec<(PageNo, PageNo, Coherence)>,
@@ -203,7 +204,7 @@ impl PageDirectory {
         PageDirectory {
             nprocs,
             pages,
-            entries: table::PageTable::default(),
+            entries: PageTable::default(),
             stats: DirectoryStats::default(),
             advice: Vec::new(),
             default_policy: Coherence::Adaptive,
@@ -229,8 +230,7 @@ impl PageDirectory {
     }
 
     fn entry(&mut self, page: PageNo) -> &mut Entry {
-        let (advice, default) = (&self.advice, self.default_policy);
-        self.entries.get_or_insert_with(page, || Entry::new(policy_of(advice, default, page)))
+        entry_in(&mut self.entries, &self.advice, self.default_policy, page)
     }
 
     /// Queues a mode switch of `page` behind its current transaction (as the adaptive policy
@@ -562,8 +562,7 @@ impl PageDirectory {
     /// Queues `request` behind whatever `page` has under way and drives the page (a request
     /// for an idle page starts at once, without a trip through the queue).
     fn submit(&mut self, page: PageNo, request: Request, out: &mut Vec<(Rank, ToProcess)>) {
-        let (advice, default) = (&self.advice, self.default_policy);
-        let e = self.entries.get_or_insert_with(page, || Entry::new(policy_of(advice, default, page)));
+        let e = entry_in(&mut self.entries, &self.advice, self.default_policy, page);
         drive(e, &mut self.homes, &mut self.stats, &mut self.pending, self.nprocs, page, Some(request), out);
     }
 
@@ -624,6 +623,17 @@ fn policy_of(advice: &[(PageNo, PageNo, Coherence)], default: Coherence, page: P
     advice.iter().rev().find(|(first, end, _)| (*first..*end).contains(&page)).map_or(default, |a| a.2)
 }
 
+/// The entry of `page`, made with its policy if it has none (a function of the fields it
+/// needs, so that the caller can borrow the others beside it).
+fn entry_in<'a>(
+    entries: &'a mut PageTable<Entry>,
+    advice: &[(PageNo, PageNo, Coherence)],
+    default: Coherence,
+    page: PageNo,
+) -> &'a mut Entry {
+    entries.get_or_insert_with(page, || Entry::new(policy_of(advice, default, page)))
+}
+
 /// Drives one page (rule 1): completes its busy transaction if every ack is in, then starts
 /// queued requests, oldest first, until one has to wait or none is left. `new` joins the
 /// queue's end first; when nothing is busy or queued it starts directly.
@@ -653,17 +663,11 @@ fn drive(
         }
         let request = match new.take() {
             Some(r) if e.queue.is_empty() => r,
-            Some(r) => {
-                e.queue.push_back(r);
-                match e.queue.pop_front() {
-                    Some(r) => r,
-                    None => return,
-                }
+            new => {
+                e.queue.extend(new);
+                let Some(r) = e.queue.pop_front() else { return };
+                r
             }
-            None => match e.queue.pop_front() {
-                Some(r) => r,
-                None => return,
-            },
         };
         if !matches!(request.kind, Kind::Switch(_)) {
             if let Some(n) = pending.get_mut(request.from as usize) {
