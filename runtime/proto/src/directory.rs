@@ -54,7 +54,7 @@ mod txn;
 pub use homes::{HeapHomes, HomeStore};
 use homes::Homes;
 use table::PageTable;
-use txn::{complete, grant_home, start, Entry, Kind, Request, WriteOp};
+use txn::{drive, grant_home, Entry, Kind, Request, WriteOp};
 
 /// Adaptive policy: a page whose ownership went to a different process this many grants in a
 /// row switches to update mode. Four alternations mean the page is ping-ponging (a flag, a
@@ -632,50 +632,6 @@ fn entry_in<'a>(
     page: PageNo,
 ) -> &'a mut Entry {
     entries.get_or_insert_with(page, || Entry::new(policy_of(advice, default, page)))
-}
-
-/// Drives one page (rule 1): completes its busy transaction if every ack is in, then starts
-/// queued requests, oldest first, until one has to wait or none is left. `new` joins the
-/// queue's end first; when nothing is busy or queued it starts directly.
-#[allow(clippy::too_many_arguments)]
-fn drive(
-    e: &mut Entry,
-    homes: &mut Homes,
-    stats: &mut DirectoryStats,
-    pending: &mut [u32],
-    nprocs: u32,
-    page: PageNo,
-    mut new: Option<Request>,
-    out: &mut Vec<(Rank, ToProcess)>,
-) {
-    loop {
-        match &e.busy {
-            Some(txn) if !txn.done() => {
-                e.queue.extend(new.take());
-                return;
-            }
-            Some(_) => {
-                if let Some(txn) = e.busy.take() {
-                    complete(e, homes, stats, nprocs, page, &txn, out);
-                }
-            }
-            None => {}
-        }
-        let request = match new.take() {
-            Some(r) if e.queue.is_empty() => r,
-            new => {
-                e.queue.extend(new);
-                let Some(r) = e.queue.pop_front() else { return };
-                r
-            }
-        };
-        if !matches!(request.kind, Kind::Switch(_)) {
-            if let Some(n) = pending.get_mut(request.from as usize) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        start(e, homes, stats, page, request, out);
-    }
 }
 
 fn check_len(page: PageNo, data: Option<&PageData>) -> Result<(), DirectoryError> {

@@ -1,7 +1,8 @@
-//! One page's transactions, the steps [`super::PageDirectory::progress`] drives: [`start`] a
-//! request (send the revocations it needs, or answer at once), [`complete`] it once every ack is
-//! in (update the entry, reply, and run the adaptive policy's ownership side), and [`write`], a
-//! replayed store or RMW in update mode (the policy's write-run side). The entry and request
+//! One page's transactions: [`drive`] (rule 1: the busy transaction, then the queue, in
+//! order) and the steps it takes: [`start`] a request (send the revocations it needs, or
+//! answer at once), [`complete`] it once every ack is in (update the entry, reply, and run the
+//! adaptive policy's ownership side), and [`write`], a replayed store or RMW in update mode (the
+//! policy's write-run side). The entry and request
 //! types are what these steps read and change; the module docs of [`super`] give the rules.
 
 use std::collections::VecDeque;
@@ -162,6 +163,50 @@ pub(super) fn start(
         }
     }
     e.busy = Some(txn);
+}
+
+/// Drives one page (rule 1): completes its busy transaction if every ack is in, then starts
+/// queued requests, oldest first, until one has to wait or none is left. `new` joins the
+/// queue's end first; when nothing is busy or queued it starts directly.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn drive(
+    e: &mut Entry,
+    homes: &mut Homes,
+    stats: &mut DirectoryStats,
+    pending: &mut [u32],
+    nprocs: u32,
+    page: PageNo,
+    mut new: Option<Request>,
+    out: &mut Vec<(Rank, ToProcess)>,
+) {
+    loop {
+        match &e.busy {
+            Some(txn) if !txn.done() => {
+                e.queue.extend(new.take());
+                return;
+            }
+            Some(_) => {
+                if let Some(txn) = e.busy.take() {
+                    complete(e, homes, stats, nprocs, page, &txn, out);
+                }
+            }
+            None => {}
+        }
+        let request = match new.take() {
+            Some(r) if e.queue.is_empty() => r,
+            new => {
+                e.queue.extend(new);
+                let Some(r) = e.queue.pop_front() else { return };
+                r
+            }
+        };
+        if !matches!(request.kind, Kind::Switch(_)) {
+            if let Some(n) = pending.get_mut(request.from as usize) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        start(e, homes, stats, page, request, out);
+    }
 }
 
 /// Applies a replayed store or RMW (update mode) to the home copy, broadcasts it to the other
