@@ -13,6 +13,10 @@
 //!   together with the shared [`Transport`] tuning; [`endpoint`] binds the UDP socket under
 //!   them with kernel buffers sized for bulk traffic.
 //!
+//! * [`PeerIdentity`], [`peer_server_config`] / [`peer_client_config`]: connections between
+//!   the processes of a session, authenticated by ephemeral certificates whose fingerprints the
+//!   coordinator hands out (not used by the runtime yet: the groundwork of direct transfers).
+//!
 //! All errors are [`Error`] values whose messages name the file at fault.
 
 mod busy_poll;
@@ -20,6 +24,7 @@ mod error;
 mod gen;
 mod gso;
 mod load;
+mod peer;
 mod setup;
 mod socket;
 mod transport;
@@ -32,6 +37,10 @@ pub use busy_poll::{BusyPoll, DEFAULT_BUDGET as BUSY_POLL_BUDGET};
 pub use error::{tls_alert_name, Error};
 pub use gen::{ensure, generate, issue_client, self_signed_client, DEFAULT_SANS};
 pub use load::{client_tls_config, client_tls_config_from, server_tls_config, ALPN};
+pub use peer::{
+    peer_client_config, peer_fingerprint, peer_server_config, Fingerprint, PeerIdentity, PeerSet, PEER_ALPN,
+    PEER_SERVER_NAME,
+};
 pub use socket::{endpoint, udp_socket, SOCKET_BUFFER};
 pub use setup::{make_certs, CertsReport, CertsRequest, Written, CLIENTS_DIR};
 pub use transport::{
