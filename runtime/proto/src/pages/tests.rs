@@ -416,3 +416,104 @@ fn random_input_never_panics() {
         }
     }
 }
+
+/// Full-size pages whose bytes name them; logs the run operations.
+#[derive(Default)]
+struct RunMem {
+    pages: HashMap<PageNo, Vec<u8>>,
+    log: Vec<String>,
+}
+
+impl PageMemory for RunMem {
+    fn install(&mut self, page: PageNo, _: Option<&[u8]>, _: bool) {
+        self.pages.insert(page, vec![page as u8; crate::PAGE_SIZE]);
+    }
+    fn make_writable(&mut self, _: PageNo) {}
+    fn store(&mut self, _: PageNo, _: u16, _: u8, _: u128) {}
+    fn write_protect(&mut self, page: PageNo) -> Vec<u8> {
+        self.log.push(format!("write_protect {page}"));
+        self.pages[&page].clone()
+    }
+    fn drop_page(&mut self, page: PageNo, want: bool) -> Option<Vec<u8>> {
+        self.log.push(format!("drop {page}"));
+        let p = self.pages.remove(&page).unwrap();
+        want.then_some(p)
+    }
+    fn wake(&mut self, _: PageNo) {}
+    fn write_protect_run(&mut self, first: PageNo, count: u32) -> Vec<u8> {
+        self.log.push(format!("write_protect_run {first} {count}"));
+        (first..first + u64::from(count)).flat_map(|p| self.pages[&p].clone()).collect()
+    }
+    fn drop_run(&mut self, first: PageNo, count: u32, want: bool) -> Option<Vec<u8>> {
+        assert!(!want, "release_all copies its runs when it write-protects them");
+        self.log.push(format!("drop_run {first} {count}"));
+        for p in first..first + u64::from(count) {
+            self.pages.remove(&p).unwrap();
+        }
+        None
+    }
+}
+
+/// Makes `page` Writable (`write`) or ReadOnly through a fault and its reply. Pages are taken
+/// from the highest down, so no read-ahead or write-ahead starts.
+fn hold(p: &mut ProcessPages, m: &mut RunMem, page: PageNo, write: bool) {
+    let mut out = Vec::new();
+    p.handle_fault(page, if write { Access::Write } else { Access::Read }, m, &mut out);
+    let reply = match out[..] {
+        [ToCoordinator::Own { req, .. }] => ToProcess::Grant { req, page, data: Some(GrantData::Zero) },
+        [ToCoordinator::Fetch { req, .. }] => ToProcess::Data { req, page, data: None, mode: Mode::Invalidate },
+        _ => panic!("fault on page {page} sent {out:?}"),
+    };
+    p.handle_message(reply, m, &mut out).unwrap();
+}
+
+#[test]
+fn release_all_releases_runs_of_pages_in_one_operation_each() {
+    let (mut p, mut m) = (ProcessPages::new(), RunMem::default());
+    // Owned 1-3 and 6 (alone), read-only 4 and 7-8; 5 never touched.
+    for (page, write) in [(8, false), (7, false), (6, true), (4, false), (3, true), (2, true), (1, true)] {
+        hold(&mut p, &mut m, page, write);
+    }
+    let mut out = Vec::new();
+    assert_eq!(p.release_all(&mut m, &mut out), 4);
+    assert_eq!(
+        m.log,
+        ["write_protect_run 1 3", "drop_run 1 3", "drop 4", "write_protect 6", "drop 6", "drop_run 7 2"]
+    );
+    let written: Vec<(PageNo, u8, bool)> = out
+        .iter()
+        .map(|m| match m {
+            ToCoordinator::Writeback { page, data } => {
+                assert!(data.iter().all(|&b| b == *page as u8) && data.len() == crate::PAGE_SIZE, "page {page}'s bytes");
+                (*page, data[0], data.is_shared())
+            }
+            other => panic!("not a writeback: {other:?}"),
+        })
+        .collect();
+    // The run's pages are slices of its one buffer; the lone page has its own.
+    assert_eq!(written, [(1, 1, true), (2, 2, true), (3, 3, true), (6, 6, false)]);
+    assert!(m.pages.is_empty());
+    assert!((1..=8).all(|page| p.state(page) == PageState::Invalid));
+}
+
+#[test]
+fn release_all_splits_runs_longer_than_a_run_message() {
+    let (mut p, mut m) = (ProcessPages::new(), RunMem::default());
+    let pages = u64::from(MAX_RUN) + 45;
+    for page in (0..pages).rev() {
+        hold(&mut p, &mut m, page, true);
+    }
+    let mut out = Vec::new();
+    assert_eq!(p.release_all(&mut m, &mut out), pages as usize);
+    let rest = pages - u64::from(MAX_RUN);
+    assert_eq!(
+        m.log,
+        [
+            format!("write_protect_run 0 {MAX_RUN}"),
+            format!("drop_run 0 {MAX_RUN}"),
+            format!("write_protect_run {MAX_RUN} {rest}"),
+            format!("drop_run {MAX_RUN} {rest}"),
+        ]
+    );
+    assert_eq!(out.len(), pages as usize);
+}

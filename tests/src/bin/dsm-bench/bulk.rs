@@ -4,6 +4,8 @@
 //! * `touch.first_write` (MB/s): a one-process session writes every byte of 256 MiB nobody
 //!   touched (`write_bytes`), over `native.first_touch`: the same writes to a fresh private
 //!   anonymous allocation of the same size in this process.
+//! * `touch.detach_writeback` (MB/s): the same session's `detach`, which writes the 256 MiB back
+//!   to the coordinator, over `quinn.stream` (no target: a program's exit waits for it).
 //! * `touch.write_shared` (MB/s): a helper fills 256 MiB, this process reads one byte of every
 //!   page (both now hold every page read-only), then writes every byte, over `quinn.stream`.
 //! * `fault.read_home` (µs): a helper fills pages, a second helper reads them all (so their
@@ -35,11 +37,12 @@ const CONTRAST_BYTES: u64 = 16 + 4096 * 4096;
 const RSS_BYTES: usize = 256 << 20;
 
 pub(super) fn measure(env: &TestEnv, selected: &dyn Fn(&str) -> bool, figures: &mut Vec<Figure>) -> Result<()> {
-    if selected("touch.first_write") {
+    if selected("touch.first_write") || selected("touch.detach_writeback") {
         let native = native_first_touch().context("measuring native.first_touch")?;
         figures.push(Figure::floor("native.first_touch", native, "MB/s"));
-        let v = first_write(env).context("measuring touch.first_write")?;
+        let (v, detach) = first_write(env).context("measuring touch.first_write")?;
         figures.push(Figure::over(figures, "touch.first_write", v, "MB/s", "native.first_touch", Some(Target::AtLeast(0.3))));
+        figures.push(Figure::over(figures, "touch.detach_writeback", detach, "MB/s", "quinn.stream", None));
     }
     if selected("touch.write_shared") {
         let v = write_shared(env).context("measuring touch.write_shared")?;
@@ -79,7 +82,8 @@ fn native_first_touch() -> Result<f64> {
     Ok(TOUCH_BYTES as f64 / took.as_secs_f64() / 1e6)
 }
 
-fn first_write(env: &TestEnv) -> Result<f64> {
+/// `touch.first_write` and `touch.detach_writeback`, both in MB/s.
+fn first_write(env: &TestEnv) -> Result<(f64, f64)> {
     let r: dsm::Region = attach(env, &session_name("bench-first-write"), 1, TOUCH_BYTES as u64)?;
     let dst = r.ptr_at(0, TOUCH_BYTES)?;
     let t = Instant::now();
@@ -88,8 +92,11 @@ fn first_write(env: &TestEnv) -> Result<f64> {
     let took = t.elapsed();
     let stats = r.stats().context("stats")?;
     ensure!(stats.bytes_received == 0, "untouched pages came with {} bytes of data", stats.bytes_received);
+    // Detaching writes every page back to the coordinator.
+    let t = Instant::now();
     r.detach().context("detaching")?;
-    Ok(TOUCH_BYTES as f64 / took.as_secs_f64() / 1e6)
+    let detach = t.elapsed();
+    Ok((TOUCH_BYTES as f64 / took.as_secs_f64() / 1e6, TOUCH_BYTES as f64 / detach.as_secs_f64() / 1e6))
 }
 
 fn write_shared(env: &TestEnv) -> Result<f64> {
