@@ -21,7 +21,7 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 #[test]
-fn the_coordinators_memory_returns_near_idle_after_a_large_session() {
+fn a_large_write_back_arrives_whole_and_the_coordinators_memory_returns_near_idle() {
     let dir = tempfile::tempdir().unwrap();
     dsm_cert::generate(dir.path(), &[]).unwrap();
     let certs = dir.path().display().to_string();
@@ -56,6 +56,16 @@ fn the_coordinators_memory_returns_near_idle_after_a_large_session() {
         during = rss_mib(c.pid());
     }
     assert!(during >= idle + MIB as f64 * 0.8, "the home copies should be resident during the session: idle {idle:.1} MiB, now {during:.1} MiB");
+    // And they are the worker's bytes, each page in its place: its detach released them in
+    // several slices (more than `RELEASE_PAGES`), each a set of runs.
+    let pages = (MIB << 20) as usize / 4096;
+    let words = region.as_slice::<std::sync::atomic::AtomicU64>(0, pages * 512).unwrap();
+    for (page, p) in words.chunks_exact(512).enumerate() {
+        let number = p[0].load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(number, page as u64, "page {page} holds page {number}'s bytes");
+        let fill = u64::from_ne_bytes([0x5c; 8]);
+        assert!(p[1..].iter().all(|w| w.load(std::sync::atomic::Ordering::Relaxed) == fill), "page {page} is not the worker's");
+    }
     region.detach().unwrap();
     c.wait_log(Duration::from_secs(30), |t| t.contains("session ended"));
     let after = rss_mib(c.pid());

@@ -476,19 +476,17 @@ impl ProcessPages {
 
 
     /// Before detaching: writes back every Writable page (write-protect, then drop) and drops
-    /// every ReadOnly copy. Returns how many pages were written back. Requests still in flight
-    /// are kept (see [`ProcessPages::is_idle`]).
+    /// every ReadOnly copy, lowest pages first, at most `limit` pages per call. Returns how many
+    /// pages were written back, and whether every page is now released (call again until it
+    /// is, sending `out` in between, so that a large region's write-back never sits in memory
+    /// all at once). Requests still in flight are kept (see [`ProcessPages::is_idle`]).
     ///
     /// Consecutive pages in one state are released as a run of at most [`MAX_RUN`] pages: one
     /// write-protect (one TLB flush) and one copy for a run of owned pages, one hole punched per
     /// run. Each page is still its own `Writeback`, a slice of the run's one buffer, which the
     /// sender merges back into runs without copying (`runs::coalesce_to_coordinator`).
     /// Page by page, detaching after writing 256 MiB took 1.15 s.
-    pub fn release_all(
-        &mut self,
-        mem: &mut impl PageMemory,
-        out: &mut Vec<ToCoordinator>,
-    ) -> usize {
+    pub fn release(&mut self, mem: &mut impl PageMemory, out: &mut Vec<ToCoordinator>, limit: usize) -> (usize, bool) {
         let mut pages: Vec<(PageNo, PageState)> = self
             .slots
             .iter()
@@ -496,6 +494,8 @@ impl ProcessPages {
             .map(|(&p, s)| (p, s.state))
             .collect();
         pages.sort_unstable_by_key(|&(p, _)| p);
+        let done = pages.len() <= limit;
+        pages.truncate(limit);
         let mut written = 0;
         let mut rest = &pages[..];
         while let Some(&(first, state)) = rest.first() {
@@ -527,7 +527,12 @@ impl ProcessPages {
             }
             rest = &rest[count..];
         }
-        written
+        (written, done)
+    }
+
+    /// [`release`](Self::release) of every page at once; returns how many were written back.
+    pub fn release_all(&mut self, mem: &mut impl PageMemory, out: &mut Vec<ToCoordinator>) -> usize {
+        self.release(mem, out, usize::MAX).0
     }
 
     /// The counters so far.

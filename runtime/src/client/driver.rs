@@ -27,6 +27,10 @@ use crate::sys::UffdFd;
 const READ_CHUNKS: usize = 32;
 
 /// The runtime thread's state: the stream, and the requests waiting for replies.
+/// Pages one step of a detach releases (16 MiB): the most write-back data held in memory
+/// beyond what quinn buffers.
+const RELEASE_PAGES: usize = 4096;
+
 pub(crate) struct Driver {
     addr: String,
     endpoint: quinn::Endpoint,
@@ -41,6 +45,8 @@ pub(crate) struct Driver {
     barrier: Option<Reply<()>>,
     barrier_epoch: u64,
     detach: Option<Reply<()>>,
+    /// Detaching: the pages written back so far, while some are left to release.
+    releasing: Option<usize>,
     /// Set once the connection failed; every later request gets this error.
     dead: Option<Error>,
     /// The failure of a fire-and-forget post, returned by the next barrier or semaphore wait.
@@ -81,6 +87,7 @@ impl Driver {
             barrier: None,
             barrier_epoch: 0,
             detach: None,
+            releasing: None,
             dead: None,
             failed_post: None,
             region: None,
@@ -226,6 +233,10 @@ impl Driver {
                         self.handle_command(cmd);
                     }
                     self.flush_or_fail().await;
+                    while self.releasing.is_some() && self.dead.is_none() {
+                        self.release_step();
+                        self.flush_or_fail().await;
+                    }
                 }
                 read = self.recv.read_chunks(&mut chunks), if self.dead.is_none() => {
                     match read {
@@ -255,6 +266,28 @@ impl Driver {
         debug!("connection statistics at the end: {:?}", self.conn.stats());
         self.conn.close(close_code::OK.into(), b"detached");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// Detaching: releases the next [`RELEASE_PAGES`] pages and queues their write-backs;
+    /// once every page is released, queues `Detach`. Each slice is flushed before the next is
+    /// made, so a large owned region never needs a second copy of itself in memory.
+    fn release_step(&mut self) {
+        let Some(so_far) = self.releasing else { return };
+        let mut out = Vec::new();
+        let (written, done) = match &mut self.region {
+            Some(r) => r.release(&mut out, RELEASE_PAGES),
+            None => (0, true),
+        };
+        if done {
+            if let Some(r) = &self.region {
+                debug!("detaching: wrote back {} owned pages; stats {:?}", so_far + written, r.stats());
+            }
+            out.push(ToCoordinator::Detach);
+            self.releasing = None;
+        } else {
+            self.releasing = Some(so_far + written);
+        }
+        self.queue_all(out);
     }
 
     fn next_req(&mut self) -> ReqId {
@@ -351,15 +384,10 @@ impl Driver {
                 }
             }
             Command::Detach(reply) => {
-                // Owned pages go home first, on the same ordered stream, so no write is lost.
-                let mut out = Vec::new();
-                if let Some(r) = &mut self.region {
-                    let n = r.release_all(&mut out);
-                    debug!("detaching: wrote back {n} owned pages; stats {:?}", r.stats());
-                }
-                out.push(ToCoordinator::Detach);
-                self.queue_all(out);
+                // Owned pages go home first, on the same ordered stream, so no write is lost;
+                // `release_step` sends them a slice at a time, then `Detach`.
                 self.detach = Some(reply);
+                self.releasing = Some(0);
             }
             Command::Stats(reply) => {
                 let stats = self.region.as_ref().map(FaultService::stats).unwrap_or_default();

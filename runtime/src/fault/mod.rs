@@ -157,11 +157,12 @@ impl FaultService {
         Ok(())
     }
 
-    /// Before detaching: writes back owned pages and drops read-only copies. Returns how many
-    /// pages were written back.
-    pub fn release_all(&mut self, out: &mut Vec<ToCoordinator>) -> usize {
+    /// Before detaching: writes back owned pages and drops read-only copies, at most `limit`
+    /// pages per call (`ProcessPages::release`). Returns how many pages were written back and
+    /// whether all are released.
+    pub fn release(&mut self, out: &mut Vec<ToCoordinator>, limit: usize) -> (usize, bool) {
         let mut mem = Mem { maps: &self.maps };
-        self.pages.release_all(&mut mem, out)
+        self.pages.release(&mut mem, out, limit)
     }
 
     /// The region can no longer be served (see the module docs): stops the process now if any

@@ -115,7 +115,8 @@ enum Scenario {
     /// rank 2 reads pages 0..=15 in order (a read-ahead run across owners); then rank 0
     /// writes page 10 after all and everyone reads it.
     RunsSplit,
-    /// Fill the first `mib` MiB of the region, barrier, detach (every page written back).
+    /// Fill the first `mib` MiB of the region (bytes 0x5c, each page's first 8 bytes its number),
+    /// barrier, detach (every page written back).
     FillLeave {
         #[arg(long, default_value_t = 64)]
         mib: usize,
@@ -160,6 +161,11 @@ fn run(scenario: Scenario) -> Result<(), dsm::Error> {
             let dst = region.ptr_at(0, len).map_err(|e| dsm::Error::Config(e.to_string()))?;
             // SAFETY: inside the region (ptr_at checked the range).
             unsafe { std::ptr::write_bytes(dst, 0x5c, len) };
+            // Each page starts with its number, so a page written back in the wrong place shows.
+            for page in 0..len / 4096 {
+                // SAFETY: as above; 8 bytes at the start of a page inside the range.
+                unsafe { std::ptr::write_unaligned(dst.add(page * 4096).cast::<u64>(), page as u64) };
+            }
             region.barrier()?;
             region.detach()?;
             println!("filled {mib} MiB and detached");

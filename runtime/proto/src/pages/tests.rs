@@ -517,3 +517,27 @@ fn release_all_splits_runs_longer_than_a_run_message() {
     );
     assert_eq!(out.len(), pages as usize);
 }
+
+#[test]
+fn release_in_slices_continues_where_it_stopped() {
+    let (mut p, mut m) = (ProcessPages::new(), RunMem::default());
+    for page in (0..300).rev() {
+        hold(&mut p, &mut m, page, page % 3 != 0);
+    }
+    let mut out = Vec::new();
+    assert_eq!(p.release(&mut m, &mut out, 120), (80, false), "pages 0-119: 80 owned");
+    assert!((0..120).all(|page| p.state(page) == PageState::Invalid));
+    assert!((120..300).all(|page| p.state(page) != PageState::Invalid));
+    assert_eq!(p.release(&mut m, &mut out, 120), (80, false));
+    assert_eq!(p.release(&mut m, &mut out, 120), (40, true), "the last 60 pages");
+    assert_eq!(p.release(&mut m, &mut out, 120), (0, true), "nothing is left");
+    let pages: Vec<PageNo> = out
+        .iter()
+        .map(|m| match m {
+            ToCoordinator::Writeback { page, .. } => *page,
+            other => panic!("not a writeback: {other:?}"),
+        })
+        .collect();
+    assert_eq!(pages, (0..300).filter(|p| p % 3 != 0).collect::<Vec<_>>(), "each owned page once, in order");
+    assert!(m.pages.is_empty());
+}
