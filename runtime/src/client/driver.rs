@@ -26,11 +26,11 @@ use crate::sys::UffdFd;
 /// Chunks taken from quinn per read: about one packet's stream data each.
 const READ_CHUNKS: usize = 32;
 
-/// The runtime thread's state: the stream, and the requests waiting for replies.
 /// Pages one step of a detach releases (16 MiB): the most write-back data held in memory
 /// beyond what quinn buffers.
 const RELEASE_PAGES: usize = 4096;
 
+/// The runtime thread's state: the stream, and the requests waiting for replies.
 pub(crate) struct Driver {
     addr: String,
     endpoint: quinn::Endpoint,
