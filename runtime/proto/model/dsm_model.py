@@ -14,7 +14,9 @@ Run:  python3 dsm_model.py --help
                                            # page runs + read-/write-ahead (Task A)
       python3 dsm_model.py one CoRR --modes U --switch --own-in-u data --trace
                                            # adaptive update mode (Task B), no fix
-      python3 sweeps.py list               # the named Task A / Task B sweeps
+      python3 dsm_model.py one WRC --forward both --trace
+                                           # direct owner->requester forwards (Task C)
+      python3 sweeps.py list               # the named Task A / B / C sweeps
 
 Semantics (rules: README.md here and ../DESIGN.md, "Ordering rules that give SC"):
  * one global state = all process states + all channel contents + coordinator
@@ -78,6 +80,16 @@ _T('MP+pre', [[('W', 'x', 1), ('W', 'y', 1)],
    'r1=1&r2=0', lambda r, m: r['r1'] == 1 and r['r2'] == 0, extra=True)
 _T('RMW+W', [[('A', 'x', 'r1')], [('A', 'x', 'r2')], [('W', 'x', 5)]],
    'RMW lost/duplicated', lambda r, m: False, extra=True)
+# Task C tests (used by the F-* sweeps only; not in MAIN_TESTS/EXTRA_TESTS): a location
+# read through a forward and then written, so the stale-home rules are exercised.
+# FW-up: P2's FAA upgrades the RO copy it got by a forward (home stale: Grant without
+# data), then P1 re-reads.  FW-inv: P3's FAA is an Own from a non-holder while the home
+# is stale (InvData).  Every non-SC (registers, final memory) outcome is reported.
+_T('FW-up', [[('W', 'x', 2), ('R', 'x', 'r0')],
+             [('R', 'x', 'r1'), ('A', 'x', 'r2')]],
+   'non-SC', lambda r, m: False, extra=True)
+_T('FW-inv', [[('W', 'x', 2)], [('R', 'x', 'r1')], [('A', 'x', 'r2')]],
+   'non-SC (e.g. r1=2,r2=0,x=1: FAA on a stale home)', lambda r, m: False, extra=True)
 
 
 def test_locs(test):
@@ -161,6 +173,15 @@ class Cfg:
         self.forced = ()            # process indices (0-based) whose stores cannot be replayed
         self.escalate = 'none'      # own_in_u='data': next Own is forced after 'none'|'retry'(Retry(I))|'owndata'
         self.count_attempts = False # track requests sent per instruction (bounded re-execution)
+        # ---- direct owner->requester transfers (Task C; README "Task C: direct forwards")
+        self.forward = 'none'       # 'none' | 'fetch' (FwdShare) | 'own' (FwdGive) | 'both'
+        self.fwd_holder = 'any'     # stale-home holder C picks: 'any' (branch over every sharer) | 'min'
+        self.fwd_mutant = 'none'    # checker self-tests: 'early' | 'keepw' | 'stalehome'
+        self.fwd_mix = False        # C may choose, per transaction, to forward or to go through
+                                    # home as today (branch); a stale home is always forwarded
+        self.fwd_note = True        # the fix: C also sends FwdNote(p) to the requester on C->R,
+                                    # and the requester applies forwarded data for p only after
+                                    # that note (False = the rule as first proposed: not SC)
         self.max_states = 30_000_000
         for k, v in kw.items():
             if not hasattr(self, k):
@@ -195,26 +216,54 @@ def bits(mask):
 #   procs[i] = (pc, blk, copies);  blk in None,'F','O','Wr','Rmw'
 #   copies[p] = (cs, bytes|None, belief)  cs in 'N'(Invalid),'R','W'
 #   c2p[i], p2c[i] = tuples of messages (FIFO, head = index 0)
-#   pages[p] = (mode, owner(-1), sharers bitmask, home bytes, busy, queue)
+#   pages[p] = (mode, owner(-1), sharers bitmask, home bytes, busy, queue, home_valid)
 #   busy = None | (kind 'F'|'O'|'S', requester, awaited bitmask, old owner)
+#          forwards (Task C): kind 'FF' (FwdShare: requester, 1<<requester, holder),
+#          'FO' (FwdGive: requester, 1<<requester, old owner), 'SF' (switch I->U
+#          waiting for the FlushAck of a holder: -1, 1<<holder, holder)
+#   home_valid: always True unless forward != 'none'.  False: the home bytes are
+#          stale.  It matters only while the page has no owner: then the sharer set is
+#          non-empty and every sharer holds the current data.  With an owner the home is
+#          irrelevant (an upgrade or a FwdGive leaves the flag False; the next
+#          RecallAck/DowngradeAck sets it)
 #   sbudget = None | per-page switch budget
 #   aux = None | per process (ahead budget left, pend per page 0|'F'|'O',
 #                             esc (next Own forced) 0|1, attempts for this instruction)
 #   A channel element is a message or ('Run', (msg, msg, ...)): a page run, sent
 #   by one atomic step and consumed by one atomic step.
+#   peer = None (forward == 'none') | (chans, notes): chans = tuple of N*N FIFO channels,
+#   chans[i*N+j] = P_i -> P_j (the diagonal stays empty); notes[i] = bitmask of pages whose
+#   FwdNote P_i has consumed and whose forwarded data it has not yet consumed
+#   state = (procs, c2p, p2c, pages, regs, sbudget, aux, peer)
 # --------------------------------------------------------------------------
 ATT_CAP = 9     # attempts counter saturates here
 
 
 class Mut:
-    __slots__ = ('procs', 'c2p', 'p2c', 'pages', 'regs', 'sb', 'aux', 'out')
+    __slots__ = ('procs', 'c2p', 'p2c', 'pages', 'regs', 'sb', 'aux', 'out', 'pp', 'nt',
+                 'vec', 'picks')
 
-    def __init__(self, s):
+    def __init__(self, s, vec=()):
         self.procs = list(s[0]); self.c2p = list(s[1]); self.p2c = list(s[2])
         self.pages = list(s[3]); self.regs = list(s[4])
         self.sb = s[5]
         self.aux = None if s[6] is None else list(s[6])
-        self.out = []          # messages sent in this step: (to_c?, dest, msg)
+        if s[7] is None:
+            self.pp = self.nt = None
+        else:
+            self.pp = list(s[7][0]); self.nt = list(s[7][1])
+        self.out = []          # messages sent in this step: (to_c?, dest, msg);
+                               # to_c None = peer channel number dest
+        self.vec = vec         # choices of this successor (see pick)
+        self.picks = []
+
+    def pick(self, opts):
+        """a nondeterministic choice inside one step (Task C: which holder C
+        uses); successors() enumerates every choice vector"""
+        j = len(self.picks)
+        c = self.vec[j] if j < len(self.vec) else 0
+        self.picks.append((c, len(opts)))
+        return opts[c]
 
     def flush(self, runs):
         """Append this step's messages to the channels, in send order.  With runs,
@@ -223,6 +272,8 @@ class Mut:
             for toc, d, msg in self.out:
                 if toc:
                     self.p2c[d] = self.p2c[d] + (msg,)
+                elif toc is None:
+                    self.pp[d] = self.pp[d] + (msg,)
                 else:
                     self.c2p[d] = self.c2p[d] + (msg,)
             return
@@ -233,6 +284,8 @@ class Mut:
             el = msgs[0] if len(msgs) == 1 else ('Run', tuple(msgs))
             if toc:
                 self.p2c[d] = self.p2c[d] + (el,)
+            elif toc is None:
+                self.pp[d] = self.pp[d] + (el,)
             else:
                 self.c2p[d] = self.c2p[d] + (el,)
 
@@ -255,7 +308,8 @@ class Mut:
     def freeze(self):
         return (tuple(self.procs), tuple(self.c2p), tuple(self.p2c),
                 tuple(tuple(x) for x in self.pages), tuple(self.regs), self.sb,
-                None if self.aux is None else tuple(self.aux))
+                None if self.aux is None else tuple(self.aux),
+                None if self.pp is None else (tuple(self.pp), tuple(self.nt)))
 
 
 def fmt_bytes(b, pg):
@@ -294,6 +348,13 @@ class Model:
                                                          or i in cfg.ahead_procs) else 0
                          for i in range(self.N))
         self._ahead_cache = {}
+        self.fwd_fetch = cfg.forward in ('fetch', 'both')
+        self.fwd_own = cfg.forward in ('own', 'both')
+        self.fwd = cfg.forward != 'none'
+        self.mut = cfg.fwd_mutant
+        assert cfg.forward in ('none', 'fetch', 'own', 'both'), cfg.forward
+        assert cfg.fwd_mutant in ('none', 'early', 'keepw', 'stalehome'), cfg.fwd_mutant
+        assert cfg.fwd_holder in ('any', 'min'), cfg.fwd_holder
 
     # ---------------------------------------------------------------- init
     def initial(self):
@@ -302,14 +363,16 @@ class Model:
                       for _ in range(self.N))
         e = tuple(() for _ in range(self.N))
         pages = tuple((self.cfg.modes[p], -1, 0, (0,) * len(self.pages[p]),
-                       None, ()) for p in range(self.NP))
+                       None, (), True) for p in range(self.NP))
         regs = tuple(None for _ in self.reglist)
         sb = self.cfg.switch_budget
         sbt = None if sb is None else tuple(sb for _ in range(self.NP))
         aux = None
         if self.aux:
             aux = tuple((self.ab0[i], (0,) * self.NP, 0, 0) for i in range(self.N))
-        return (procs, e, e, pages, regs, sbt, aux)
+        pp = ((tuple(() for _ in range(self.N * self.N)), (0,) * self.N)
+              if self.fwd else None)
+        return (procs, e, e, pages, regs, sbt, aux, pp)
 
     # ------------------------------------------------------- helpers
     def msgstr(self, m):
@@ -319,9 +382,19 @@ class Model:
         p = m[1]; pn = self.pn[p]
         if k == 'Own' and len(m) > 2:
             return f'Own!({pn})'
-        if k in ('Data', 'Grant', 'OwnData'):
+        if k == 'Grant' and m[2] is None:
+            return f'Grant({pn},no data: upgrade of the RO copy,mode={m[3]})'
+        if k in ('Data', 'Grant', 'OwnData', 'FwdData'):
             return f'{k}({pn},{fmt_bytes(m[2], self.pages[p])},mode={m[3]})'
-        if k in ('DowngradeAck', 'RecallAck'):
+        if k == 'FwdGrant':
+            return f'FwdGrant({pn},{fmt_bytes(m[2], self.pages[p])})'
+        if k == 'FwdShare':
+            return f'FwdShare({pn},to=P{m[2]+1},mode={m[3]})'
+        if k == 'FwdGive':
+            return f'FwdGive({pn},to=P{m[2]+1})'
+        if k == 'FwdNote':
+            return f'FwdNote({pn},from=P{m[2]+1})'
+        if k in ('DowngradeAck', 'RecallAck', 'InvDataAck', 'FlushAck'):
             return f'{k}({pn},{fmt_bytes(m[2], self.pages[p])})'
         if k in ('Write', 'Update'):
             return f'{k}({pn},{self.pages[p][m[2]]}={m[3]})'
@@ -342,8 +415,15 @@ class Model:
     def to_c(self, m, i, msg):
         m.out.append((True, i, msg))
 
-    def to_p(self, m, i, msg):
+    def to_p(self, m, i, msg, stale_ok=False):
+        if (self.fwd and msg[0] in ('Data', 'Grant', 'OwnData') and msg[2] is not None
+                and not m.pg(msg[1])[6] and not stale_ok):
+            raise ProtoErr(f'C: {self.msgstr(msg)} to P{i+1} sends the STALE home of '
+                           f'{self.pn[msg[1]]}')
         m.out.append((False, i, msg))
+
+    def to_peer(self, m, i, j, msg):
+        m.out.append((None, i * self.N + j, msg))
 
     # ------------------------------------------------------- process step
     def fault(self, m, i, msg, piggy):
@@ -476,12 +556,12 @@ class Model:
         ins = self.progs[i][pc] if pc < len(self.progs[i]) else None
         pend = m.aux[i][1][p] if m.aux is not None else 0
         if pend:
-            if kind == 'Data' and pend == 'F':
+            if kind in ('Data', 'FwdData') and pend == 'F':
                 if cs != 'N':
                     raise ProtoErr(lab + f' (read-ahead reply) while copy is {cs}')
                 m.procs[i] = (pc, blk, copies[:p] + (('R', msg[2], msg[3]),) + copies[p + 1:])
                 m.setaux(i, pend=(p, 0))
-                return lab + ' -> read-ahead reply: install RO'
+                return lab + ' -> read-ahead reply: install RO' + self.got(m, i, msg)
             if kind == 'Grant' and pend == 'O':
                 if cs != 'N':
                     raise ProtoErr(lab + f' (write-ahead grant) while copy is {cs}')
@@ -491,12 +571,13 @@ class Model:
             if kind == 'Denied' and pend == 'O':
                 m.setaux(i, pend=(p, 0))
                 return lab + ' -> write-ahead denied: nothing pending'
-            if pend == 'X' and kind == 'Grant':
+            if pend == 'X' and kind in ('Grant', 'FwdGrant'):
                 if cs == 'W':
                     raise ProtoErr(lab + ' (own-ahead grant) while copy is W')
-                m.procs[i] = (pc, blk, copies[:p] + (('W', msg[2], msg[3]),) + copies[p + 1:])
+                data = self.grant_bytes(lab, msg, cs, by)
+                m.procs[i] = (pc, blk, copies[:p] + (('W', data, 'I'),) + copies[p + 1:])
                 m.setaux(i, pend=(p, 0))
-                return lab + ' -> own-ahead granted: install W'
+                return lab + ' -> own-ahead granted: install W' + self.got(m, i, msg)
             if pend == 'X' and kind == 'OwnData':
                 if cs == 'W' or (cs == 'R' and by != msg[2]):
                     raise ProtoErr(lab + f' (own-ahead) while copy is {cs} {by}')
@@ -507,7 +588,8 @@ class Model:
                 m.procs[i] = (pc, blk, copies[:p] + ((cs, by, msg[2]),) + copies[p + 1:])
                 m.setaux(i, pend=(p, 0))
                 return lab + f' -> own-ahead bounced: believe mode {msg[2]}'
-            if kind in ('Data', 'Grant', 'Denied', 'OwnData', 'Retry', 'WriteAck', 'RMWAck'):
+            if kind in ('Data', 'Grant', 'Denied', 'OwnData', 'Retry', 'WriteAck', 'RMWAck',
+                        'FwdData', 'FwdGrant'):
                 raise ProtoErr(lab + f' while an ahead request ({pend}) is pending')
         if kind == 'Denied':
             raise ProtoErr(lab + ' without a write-ahead pending')
@@ -522,7 +604,7 @@ class Model:
             if self.cfg.escalate == 'owndata':
                 m.setaux(i, esc=1)
             return lab + ' -> install RO, believe mode U, redo the store (as a replayed write)'
-        if kind == 'Data':
+        if kind in ('Data', 'FwdData'):
             if blk != 'F' or self.PAGE[ins[1]] != p:
                 raise ProtoErr(lab + ' while not fetching that page')
             if cs != 'N':
@@ -532,21 +614,21 @@ class Model:
                 v = data[self.IDX[ins[1]]]
                 m.regs[self.REG[ins[2]]] = v
                 m.procs[i] = (pc + 1, None, copies[:p] + (('R', data, mode),) + copies[p + 1:])
-                return lab + f' -> install RO, {ins[2]}={ins[1]} -> {v}'
+                return lab + f' -> install RO, {ins[2]}={ins[1]} -> {v}' + self.got(m, i, msg)
             m.procs[i] = (pc, None, copies[:p] + (('R', data, mode),) + copies[p + 1:])
-            return lab + ' -> install RO, unblock (step re-executes)'
-        if kind == 'Grant':
+            return lab + ' -> install RO, unblock (step re-executes)' + self.got(m, i, msg)
+        if kind in ('Grant', 'FwdGrant'):
             if blk != 'O' or self.PAGE[ins[1]] != p:
                 raise ProtoErr(lab + ' while not waiting for ownership')
             k = self.IDX[ins[1]]
-            nb = list(msg[2])
+            nb = list(self.grant_bytes(lab, msg, cs, by))
             if ins[0] == 'W':
                 nb[k] = ins[2]; d = f'write {ins[1]}={ins[2]}'
             else:
                 m.regs[self.REG[ins[2]]] = nb[k]; d = f'FAA {ins[1]}: old={nb[k]}'
                 nb[k] += 1
-            m.procs[i] = (pc + 1, None, copies[:p] + (('W', tuple(nb), msg[3]),) + copies[p + 1:])
-            return lab + f' -> install W, {d}'
+            m.procs[i] = (pc + 1, None, copies[:p] + (('W', tuple(nb), 'I'),) + copies[p + 1:])
+            return lab + f' -> install W, {d}' + self.got(m, i, msg)
         if kind == 'WriteAck':
             if blk != 'Wr':
                 if not self.cfg.write_block:
@@ -596,6 +678,42 @@ class Model:
             m.procs[i] = (pc, blk, copies[:p] + (('N', None, bel),) + copies[p + 1:])
             self.to_c(m, i, ('RecallAck', p, by))
             return lab + f' -> Invalid, send RecallAck({pn},{fmt_bytes(by, self.pages[p])})'
+        if kind == 'FwdNote':       # Task C fix: forwarded data for p may now be applied
+            if (m.nt[i] >> p) & 1:
+                raise ProtoErr(lab + ' while a note for the page is already held')
+            m.nt[i] |= 1 << p
+            return lab + f' -> expect the forwarded data of {pn} from P{msg[2]+1}'
+        if kind == 'FwdShare':      # Task C: C asks this holder to send the data to R
+            to, mode, exp = msg[2], msg[3], msg[4]
+            if cs != exp:
+                raise ProtoErr(lab + f' but copy is {cs} (expected {exp})')
+            if to == i:
+                raise ProtoErr(lab + ' forwarding to itself')
+            if exp == 'W' and self.mut != 'keepw':
+                m.procs[i] = (pc, blk, copies[:p] + (('R', by, bel),) + copies[p + 1:])
+                d = 'RO'
+            else:
+                d = 'keeps W (mutant keepw)' if exp == 'W' else 'keeps RO'
+            self.to_peer(m, i, to, ('FwdData', p, by, mode))
+            return lab + f' -> {d}, send FwdData({pn},{fmt_bytes(by, self.pages[p])},mode={mode}) to P{to+1}'
+        if kind == 'FwdGive':       # Task C: C asks the owner to hand W straight to R
+            to = msg[2]
+            if cs != 'W':
+                raise ProtoErr(lab + f' but copy is {cs} (expected W)')
+            m.procs[i] = (pc, blk, copies[:p] + (('N', None, bel),) + copies[p + 1:])
+            self.to_peer(m, i, to, ('FwdGrant', p, by))
+            return lab + f' -> Invalid, send FwdGrant({pn},{fmt_bytes(by, self.pages[p])}) to P{to+1}'
+        if kind == 'InvData':       # Task C: stale home; the last holder returns the data
+            if cs != 'R':
+                raise ProtoErr(lab + f' but copy is {cs} (expected RO)')
+            m.procs[i] = (pc, blk, copies[:p] + (('N', None, bel),) + copies[p + 1:])
+            self.to_c(m, i, ('InvDataAck', p, by))
+            return lab + f' -> Invalid, send InvDataAck({pn},{fmt_bytes(by, self.pages[p])})'
+        if kind == 'Flush':         # Task C: stale home before a switch I->U
+            if cs != 'R':
+                raise ProtoErr(lab + f' but copy is {cs} (expected RO)')
+            self.to_c(m, i, ('FlushAck', p, by))
+            return lab + f' -> keep RO, send FlushAck({pn},{fmt_bytes(by, self.pages[p])})'
         if kind == 'Update':
             if cs == 'R':
                 nb = list(by); nb[msg[2]] = msg[3]
@@ -605,6 +723,49 @@ class Model:
                 raise ProtoErr(lab + ' arrives at a W copy')
             return lab + ' -> copy Invalid, ignored'
         raise ProtoErr('unknown message ' + repr(msg))
+
+    def got(self, m, i, msg):
+        """after a forwarded reply: tell C the transaction is complete"""
+        if msg[0] not in ('FwdData', 'FwdGrant'):
+            return ''
+        if self.cfg.fwd_note:
+            if not (m.nt[i] >> msg[1]) & 1:
+                raise ProtoErr(f'P{i+1}: {self.msgstr(msg)} applied before its FwdNote')
+            m.nt[i] &= ~(1 << msg[1])
+        self.to_c(m, i, ('Got', msg[1]))
+        return f', send Got({self.pn[msg[1]]})'
+
+    def grant_bytes(self, lab, msg, cs, by):
+        """the bytes a Grant/FwdGrant installs; a Grant without data (upgrade while
+        the home is stale) keeps the requester's RO copy"""
+        if msg[0] == 'FwdGrant':
+            if cs != 'N':
+                raise ProtoErr(lab + f' while copy is {cs}')
+            return msg[2]
+        if msg[2] is None:
+            if cs != 'R':
+                raise ProtoErr(lab + f' (no data) but copy is {cs}')
+            return by
+        return msg[2]
+
+    @staticmethod
+    def noted(el, note):
+        """may this peer-channel element be consumed (its notes are all in)?"""
+        msgs = el[1] if el[0] == 'Run' else (el,)
+        return all((note >> x[1]) & 1 for x in msgs)
+
+    def t_peer(self, m, c, j):
+        """P_dst consumes element j (the head) of peer channel c = src*N + dst"""
+        src, dst = divmod(c, self.N)
+        ch = m.pp[c]
+        msg = ch[j]
+        m.pp[c] = ch[:j] + ch[j + 1:]
+        P = f'P{dst+1}: '
+        pre = f'P{dst+1}: [peer P{src+1}->P{dst+1}] '
+        if msg[0] == 'Run':
+            return pre + f'run of {len(msg[1])}: ' + '; '.join(
+                self.p_handle(m, dst, x)[len(P):] for x in msg[1])
+        return pre + self.p_handle(m, dst, msg)[len(P):]
 
     # ------------------------------------------------------- coordinator
     def serve(self, m, p, kind, A, args):
@@ -616,6 +777,17 @@ class Model:
         if kind == 'Fetch':
             if owner == A:
                 raise ProtoErr(f'C: Fetch({pn}) from its owner {PA}')
+            if owner >= 0 and self.fwd_fetch and self.fwd_now(m):    # Task C rule 1
+                return self.fwd_share(m, p, A, owner, 'W')
+            if owner < 0 and not g[6]:                 # Task C rule 3: stale home
+                if (sh >> A) & 1:
+                    raise ProtoErr(f'C: Fetch({pn}) from {PA}, already a sharer')
+                if self.mut == 'stalehome':            # mutant: serve the stale home
+                    self.to_p(m, A, ('Data', p, home, mode), stale_ok=True)
+                    g[2] = sh | (1 << A)
+                    return (f'Data({pn},{fmt_bytes(home, self.pages[p])},mode={mode}) from the '
+                            f'STALE home to {PA} (mutant stalehome), sharers+={PA}')
+                return self.fwd_share(m, p, A, self.holder(m, sh), 'R')
             if owner >= 0:
                 self.to_p(m, owner, ('Downgrade', p))
                 g[4] = ('F', A, 1 << owner, owner)
@@ -643,19 +815,39 @@ class Model:
                     pre = '(mode U ignored!) '
             if owner == A:
                 raise ProtoErr(f'C: Own({pn}) from its owner {PA}')
+            if owner >= 0 and self.fwd_own and g[0] == 'I' and self.fwd_now(m):   # Task C rule 2
+                if sh:
+                    raise ProtoErr(f'C: {pn} has owner P{owner+1} and sharers')
+                self.to_p(m, owner, ('FwdGive', p, A))
+                what = pre + f'FwdGive({pn},to={PA}) to P{owner+1}' + self.fwd_note(m, p, A, owner)
+                if self.mut == 'early':
+                    g[1] = A; g[2] = 0
+                    return what + f', owner={PA} now (mutant early)'
+                g[4] = ('FO', A, 1 << A, owner)
+                return what + ', busy until Got'
             targets = sh & ~(1 << A)
             aw = targets if cfg.inv_wait else 0
+            H = -1
+            if owner < 0 and not g[6] and not (sh >> A) & 1:
+                # Task C rule 3: stale home, requester holds no copy: one holder
+                # returns the data (InvData), the others are invalidated
+                H = self.holder(m, sh)
+                targets &= ~(1 << H)
             acts = [f'Inv({pn}) to P{s+1}' for s in bits(targets)]
             for s in bits(targets):
                 self.to_p(m, s, ('Inv', p))
+            if H >= 0:
+                self.to_p(m, H, ('InvData', p))
+                acts.append(f'InvData({pn}) to P{H+1}')
             if owner >= 0:
                 self.to_p(m, owner, ('Recall', p))
                 aw |= 1 << owner
                 acts.append(f'Recall({pn}) to P{owner+1}')
             if aw == 0:
                 g[1] = A; g[2] = 0
-                self.to_p(m, A, ('Grant', p, home, 'I'))
-                acts.append(f'Grant({pn},{fmt_bytes(home, self.pages[p])}) to {PA}')
+                gm = self.grant_msg(g, p, A, sh)
+                self.to_p(m, A, gm)
+                acts.append(f'{self.msgstr(gm)} to {PA}')
                 return pre + ', '.join(acts)
             if not cfg.inv_wait:
                 g[2] = 0
@@ -666,6 +858,8 @@ class Model:
             if mode == 'I' and cfg.write_in_i == 'retry':
                 self.to_p(m, A, ('Retry', p, 'I'))
                 return f'mode is I -> Retry({pn},mode=I) to {PA}'
+            if not g[6]:
+                raise ProtoErr(f'C: {kind}({pn}) from {PA} would be applied to a STALE home')
             nb = list(home)
             if kind == 'Write':
                 nv = args[1]
@@ -684,20 +878,79 @@ class Model:
             return warn + f'home.{self.pages[p][k]}={nv}, ' + ups + f'{self.msgstr(ack)} to {PA}'
         raise ProtoErr('bad request ' + kind)
 
+    def fwd_now(self, m):
+        """forward this transaction?  Always, or (fwd_mix) C's choice"""
+        return not self.cfg.fwd_mix or m.pick((True, False))
+
+    def holder(self, m, sh):
+        """the sharer C uses while the home is stale (Task C): any (branch) or the
+        smallest index"""
+        hs = list(bits(sh))
+        if not hs:
+            raise ProtoErr('C: home is stale but there is no sharer')
+        if self.cfg.fwd_holder == 'min' or len(hs) == 1:
+            return hs[0]
+        return m.pick(hs)
+
+    def grant_msg(self, g, p, A, sh):
+        """Grant with the home bytes, or (Task C) without data when the home is stale:
+        the requester then upgrades its own RO copy"""
+        if g[6]:
+            return ('Grant', p, g[3], 'I')
+        if not (sh >> A) & 1:
+            raise ProtoErr(f'C: Grant({self.pn[p]}) to P{A+1} needs data but the home is stale')
+        return ('Grant', p, None, 'I')
+
+    def fwd_share(self, m, p, A, H, exp):
+        """Task C rules 1 and 3: FwdShare to holder H (exp: its copy, 'W' owner or
+        'R' sharer of a stale home); complete on Got from A"""
+        g = m.pg(p)
+        pn = self.pn[p]
+        self.to_p(m, H, ('FwdShare', p, A, g[0], exp))
+        what = f'FwdShare({pn},to=P{A+1}) to {"owner" if exp == "W" else "holder"} P{H+1}'
+        what += self.fwd_note(m, p, A, H)
+        if self.mut == 'early':
+            g[1] = -1; g[2] = g[2] | (1 << H) | (1 << A); g[6] = False
+            return (what + f', sharers+={{P{H+1},P{A+1}}}, '
+                    f'owner=none, home stale now (mutant early)')
+        g[4] = ('FF', A, 1 << A, H)
+        return what + ', busy until Got'
+
+    def fwd_note(self, m, p, A, H):
+        """the fix: tell the requester on the C->R channel that forwarded data is
+        coming; it applies the data only after this note, hence after every message C
+        sent it before the forward started (e.g. Updates of other pages)"""
+        if not self.cfg.fwd_note:
+            return ''
+        self.to_p(m, A, ('FwdNote', p, H))
+        return f', FwdNote({self.pn[p]},from=P{H+1}) to P{A+1}'
+
     def complete(self, m, p):
         g = m.pg(p)
         kind, A, _, O = g[4]
         pn = self.pn[p]
         g[4] = None
+        if kind == 'FF':
+            g[1] = -1; g[2] = g[2] | (1 << O) | (1 << A); g[6] = False
+            return (f' -> sharers={{{",".join("P%d" % (x+1) for x in bits(g[2]))}}}, owner=none, '
+                    f'home stale, unbusy')
+        if kind == 'FO':
+            g[1] = A; g[2] = 0
+            return f' -> owner=P{A+1}, unbusy'
+        if kind == 'SF':
+            g[0] = 'U'
+            return f' -> home valid, switch done: mode=U, sharers unchanged, unbusy'
         if kind == 'F':
             g[2] = (1 << O) | (1 << A); g[1] = -1
             self.to_p(m, A, ('Data', p, g[3], g[0]))
             return (f' -> sharers={{P{O+1},P{A+1}}}, owner=none, '
                     f'Data({pn},{fmt_bytes(g[3], self.pages[p])},mode={g[0]}) to P{A+1}, unbusy')
         if kind == 'O':
+            sh = g[2]
             g[1] = A; g[2] = 0
-            self.to_p(m, A, ('Grant', p, g[3], 'I'))
-            return f' -> owner=P{A+1}, Grant({pn},{fmt_bytes(g[3], self.pages[p])}) to P{A+1}, unbusy'
+            gm = self.grant_msg(g, p, A, sh) if self.fwd else ('Grant', p, g[3], 'I')
+            self.to_p(m, A, gm)
+            return f' -> owner=P{A+1}, {self.msgstr(gm)} to P{A+1}, unbusy'
         if kind == 'S':
             g[1] = -1
             g[2] = (1 << O) if self.cfg.i2u == 'downgrade' else 0
@@ -721,7 +974,7 @@ class Model:
         if kind == 'COwn':
             # conditional Own (write-ahead): grant iff the page is free, else Denied;
             # never queued, never recalls or invalidates
-            mode, owner, sh, home, busy, q = g
+            mode, owner, sh, home, busy, q = g[:6]
             if self.cfg.cown_ok == 'strict':
                 ok = owner < 0 and sh == 0 and busy is None and not q and mode == 'I'
             elif self.cfg.cown_ok == 'nosharers':     # deliberately wrong (checker self-test)
@@ -749,6 +1002,13 @@ class Model:
             return lab + ' -> ' + self.serve(m, p, kind, i, msg[2:])
         busy = g[4]
         bit = 1 << i
+        if kind == 'Got':           # Task C: the requester has the forwarded data
+            if self.mut == 'early':
+                return lab + ' -> ignored (mutant early: completed when forwarding)'
+            if busy is None or busy[0] not in ('FF', 'FO') or busy[1] != i:
+                raise ProtoErr(lab + ', which C did not forward to')
+            g[4] = (busy[0], busy[1], 0, busy[3])
+            return lab + self.complete(m, p)
         if kind == 'InvAck' and not self.cfg.inv_wait:
             return lab + ' (InvAcks are not awaited: dropped)'
         if busy is None or not (busy[2] & bit):
@@ -760,11 +1020,16 @@ class Model:
         elif kind == 'DowngradeAck':
             if busy[0] not in ('F', 'S'):
                 raise ProtoErr(lab + ' unexpected')
-            g[3] = msg[2]; d = f' -> home={fmt_bytes(msg[2], self.pages[p])}'
+            g[3] = msg[2]; g[6] = True; d = f' -> home={fmt_bytes(msg[2], self.pages[p])}'
         elif kind == 'RecallAck':
             if busy[0] not in ('O', 'S'):
                 raise ProtoErr(lab + ' unexpected')
-            g[3] = msg[2]; d = f' -> home={fmt_bytes(msg[2], self.pages[p])}'
+            g[3] = msg[2]; g[6] = True; d = f' -> home={fmt_bytes(msg[2], self.pages[p])}'
+        elif kind in ('InvDataAck', 'FlushAck'):
+            if busy[0] != ('O' if kind == 'InvDataAck' else 'SF'):
+                raise ProtoErr(lab + ' unexpected')
+            g[3] = msg[2]; g[6] = True
+            d = f' -> home={fmt_bytes(msg[2], self.pages[p])} (valid)'
         else:
             raise ProtoErr('unknown ' + kind)
         aw = busy[2] & ~bit
@@ -789,6 +1054,11 @@ class Model:
             g[0] = 'I'
             return f'C: switch({pn}) U->I (mode:=I, nothing else)'
         if g[1] < 0:
+            if not g[6]:            # Task C: stale home, flush it from a holder first
+                H = self.holder(m, g[2])
+                self.to_p(m, H, ('Flush', p))
+                g[4] = ('SF', -1, 1 << H, H)
+                return f'C: switch({pn}) I->U: home stale -> Flush({pn}) to P{H+1}, busy'
             g[0] = 'U'
             return f'C: switch({pn}) I->U (no owner; mode:=U)'
         O = g[1]
@@ -809,21 +1079,33 @@ class Model:
         runs = self.cfg.runs
 
         def run(fn, *a, sw=False, budget_p=None):
-            m = Mut(s)
-            try:
-                lab = fn(m, *a)
-            except ProtoErr as e:
-                return res.append((str(e), None, str(e), sw))
-            if lab is None:          # not a transition (e.g. piggyback on a local access)
-                return
-            m.flush(runs)
-            if budget_p is not None and m.sb is not None:
-                b = list(m.sb); b[budget_p] -= 1; m.sb = tuple(b)
-            if m.aux is not None:    # an instruction completed: clear esc and attempts
-                for q in range(self.N):
-                    if m.procs[q][0] != procs[q][0] and (m.aux[q][2] or m.aux[q][3]):
-                        m.setaux(q, esc=0, att=0)
-            res.append((lab, m.freeze(), None, sw))
+            vec = (); stack = None
+            while True:              # one successor per vector of choices (Mut.pick)
+                m = Mut(s, vec)
+                try:
+                    lab = fn(m, *a)
+                except ProtoErr as e:
+                    lab = None
+                    res.append((str(e), None, str(e), sw))
+                if m.picks:          # enumerate the other choices (also after an error)
+                    if stack is None:
+                        stack = []
+                    for j in range(len(vec), len(m.picks)):
+                        pre = tuple(c for c, _ in m.picks[:j])
+                        for c in range(m.picks[j][1] - 1, 0, -1):
+                            stack.append(pre + (c,))
+                if lab is not None:  # None: not a transition (e.g. piggyback on a local access)
+                    m.flush(runs)
+                    if budget_p is not None and m.sb is not None:
+                        b = list(m.sb); b[budget_p] -= 1; m.sb = tuple(b)
+                    if m.aux is not None:    # an instruction completed: clear esc and attempts
+                        for q in range(self.N):
+                            if m.procs[q][0] != procs[q][0] and (m.aux[q][2] or m.aux[q][3]):
+                                m.setaux(q, esc=0, att=0)
+                    res.append((lab, m.freeze(), None, sw))
+                if not stack:
+                    return
+                vec = stack.pop()
 
         def idxs(ch):
             if fifo:
@@ -866,6 +1148,15 @@ class Model:
             if c2p[i]:
                 for j in idxs(c2p[i]):
                     run(self.t_precv, i, j)
+        if s[7] is not None:         # Task C: peer channels P_src -> P_dst
+            notes = s[7][1]
+            for c, ch in enumerate(s[7][0]):
+                if ch:
+                    for j in idxs(ch):
+                        # with the fix, forwarded data waits for its FwdNote
+                        if self.cfg.fwd_note and not self.noted(ch[j], notes[c % self.N]):
+                            continue
+                        run(self.t_peer, c, j)
         for i in range(self.N):
             if p2c[i]:
                 for j in idxs(p2c[i]):
@@ -886,18 +1177,30 @@ class Model:
 
     def quiescent(self, s):
         return (not any(s[1]) and not any(s[2])
-                and all(g[4] is None and not g[5] for g in s[3]))
+                and all(g[4] is None and not g[5] for g in s[3])
+                and (s[7] is None or not any(s[7][0])))
 
     def final_mem(self, s):
+        """the owner's copy, else the home if valid, else (Task C, stale home) the
+        copy of the lowest-numbered RO holder"""
         out = []
         for l in self.locs:
             p, k = self.PAGE[l], self.IDX[l]
             g = s[3][p]
-            out.append(s[0][g[1]][2][p][1][k] if g[1] >= 0 else g[3][k])
+            if g[1] >= 0:
+                out.append(s[0][g[1]][2][p][1][k])
+            elif g[6]:
+                out.append(g[3][k])
+            else:
+                hs = [pr[2][p][1] for pr in s[0] if pr[2][p][0] == 'R']
+                out.append(hs[0][k] if hs else g[3][k])
         return tuple(out)
 
     def coherence_problem(self, s):
-        """checked at quiescent states: directory == caches, RO copies == home"""
+        """checked at quiescent states: directory == caches, RO copies == home (Task C:
+        with a stale home and no owner, the sharers all hold RO copies, all equal)"""
+        ref = [next((pr[2][p][1] for pr in s[0] if pr[2][p][0] == 'R'), None)
+               for p in range(self.NP)]
         for p in range(self.NP):
             g = s[3][p]
             for i in range(self.N):
@@ -907,16 +1210,28 @@ class Model:
                 if cs == 'R':
                     if g[1] >= 0:
                         return f'P{i+1} RO copy while P{g[1]+1} owns {self.pn[p]}'
-                    if by != g[3]:
+                    if g[6] and by != g[3]:
                         return f'P{i+1} RO copy {by} != home {g[3]} of {self.pn[p]}'
+                    if not g[6] and by != ref[p]:
+                        return f'P{i+1} RO copy {by} != another RO copy {ref[p]} of {self.pn[p]} (home stale)'
                     if not (g[2] >> i) & 1:
                         return f'P{i+1} RO copy of {self.pn[p]} not in sharers'
             if g[1] >= 0 and s[0][g[1]][2][p][0] != 'W':
                 return f'owner P{g[1]+1} of {self.pn[p]} has no W copy'
+            if g[1] < 0 and not g[6]:
+                if not g[2]:
+                    return f'home of {self.pn[p]} stale, no owner and no sharers'
+                for i in bits(g[2]):
+                    if s[0][i][2][p][0] != 'R':
+                        return f'home of {self.pn[p]} stale but sharer P{i+1} holds no RO copy'
         if s[6] is not None:
             for i, a in enumerate(s[6]):
                 if any(a[1]):
                     return f'P{i+1} still has an ahead request pending at quiescence'
+        if s[7] is not None:
+            for i, nt in enumerate(s[7][1]):
+                if nt:
+                    return f'P{i+1} still holds a FwdNote at quiescence'
         return None
 
     def swmr_problem(self, s):
@@ -935,6 +1250,22 @@ class Model:
 # --------------------------------------------------------------------------
 class Result:
     pass
+
+
+# Task C coverage: transitions whose label shows a forward event (counted over all
+# transitions of the search, only with forward != 'none')
+FWD_EVENTS = (('share-owner', 'to owner P'), ('share-holder', 'to holder P'),
+              ('give', 'FwdGive('), ('got', 'recv Got('),
+              ('upgrade-nodata', 'no data: upgrade'), ('invdata', 'InvData('),
+              ('flush', 'Flush('), ('peer-run', '] run of'))
+
+
+def fwd_cover(lab, cover):
+    for k, kw in FWD_EVENTS:
+        if kw in lab:
+            if k == 'give' and not lab.startswith('C:'):
+                continue
+            cover[k] = cover.get(k, 0) + 1
 
 
 def explore(test, cfg, want_stuck=True):
@@ -959,6 +1290,8 @@ def explore(test, cfg, want_stuck=True):
     R.maxmsgs = 0
     R.maxatt = 0           # most requests sent for one instruction (count_attempts)
     R.maxatt_id = None
+    R.cover = {}           # Task C: forward events seen (FWD_EVENTS)
+    fwd = cfg.forward != 'none'
     good_ids = []
     esrc = array('i'); edst = array('i'); eretry = bytearray()
     t0 = time.time()
@@ -970,6 +1303,8 @@ def explore(test, cfg, want_stuck=True):
         for c, (lab, ns, err, sw) in enumerate(succ):
             if not sw:
                 nonswitch += 1
+            if fwd:
+                fwd_cover(lab, R.cover)
             if err is not None:
                 if err not in R.errors:
                     R.errors[err] = (sid, c)
@@ -989,6 +1324,8 @@ def explore(test, cfg, want_stuck=True):
                                     or 'recv Denied' in lab) else 0)
         # inspect s
         nm = sum(len(x) for x in s[1]) + sum(len(x) for x in s[2])
+        if s[7] is not None:
+            nm += sum(len(x) for x in s[7][0])
         if nm > R.maxmsgs:
             R.maxmsgs = nm
         if s[6] is not None:
@@ -1170,7 +1507,9 @@ def summarize(R, show_traces=True, max_traces=2, show_livelock=False):
                  f'incoh={len(R.incoherent)} swmr={"Y" if R.swmr else "n"} '
                  f'retrycycle={"-" if R.stuck is None else ("Y" if R.livelock else "n")} maxmsgs={R.maxmsgs} '
                  + (f'maxatt={R.maxatt}{"+" if R.maxatt >= ATT_CAP else ""} ' if R.cfg.count_attempts else '')
-                 + f'{"VIOLATION" if bad else "ok"} ({R.time:.1f}s)')
+                 + f'{"VIOLATION" if bad else "ok"} ({R.time:.1f}s)'
+                 + (' fwd[' + ' '.join(f'{k}={v}' for k, v in sorted(R.cover.items())) + ']'
+                    if R.cfg.forward != 'none' else ''))
     missing = R.sc - set(R.outcomes)
     if missing and not bad:
         lines.append('    (SC outcomes not produced: ' +
@@ -1349,6 +1688,14 @@ def main():
     ap.add_argument('--forced', default=None, help='1-based process numbers whose stores are forced, e.g. 1')
     ap.add_argument('--escalate', default=None, choices=['none', 'retry', 'owndata'])
     ap.add_argument('--count-attempts', action='store_true')
+    # Task C (README: "Task C: direct forwards")
+    ap.add_argument('--forward', default=None, choices=['none', 'fetch', 'own', 'both'])
+    ap.add_argument('--fwd-holder', default=None, choices=['any', 'min'])
+    ap.add_argument('--fwd-mutant', default=None, choices=['none', 'early', 'keepw', 'stalehome'])
+    ap.add_argument('--fwd-mix', action='store_true',
+                    help='C chooses per transaction whether to forward (branch)')
+    ap.add_argument('--fwd-no-note', action='store_true',
+                    help='forwards without FwdNote (the rule as first proposed; not SC)')
     a = ap.parse_args()
     over = {}
     for k in ('i2u', 'own_in_u', 'write_in_i', 'write_busy', 'flip'):
@@ -1361,20 +1708,26 @@ def main():
         over['ahead_procs'] = tuple(int(x) - 1 for x in a.ahead_procs.split(','))
     if a.ahead_done:
         over['ahead_done'] = True
-    for k in ('ahead', 'ahead_budget', 'ahead_total', 'cown_ok', 'escalate'):
+    for k in ('ahead', 'ahead_budget', 'ahead_total', 'cown_ok', 'escalate',
+              'forward', 'fwd_holder', 'fwd_mutant'):
         if getattr(a, k) is not None:
             over[k] = getattr(a, k)
     if a.runs:
         over['runs'] = True
     if a.count_attempts:
         over['count_attempts'] = True
+    if a.fwd_no_note:
+        over['fwd_note'] = False
+    if a.fwd_mix:
+        over['fwd_mix'] = True
     if a.forced:
         over['forced'] = tuple(int(x) - 1 for x in a.forced.split(','))
     layouts = tuple(a.layouts.split(',')) if a.layouts else ('sep', 'shared')
     pad = a.pad or 'no'
     newopts = bool(set(over) & {'ahead', 'ahead_budget', 'ahead_total', 'ahead_procs',
                                 'ahead_done', 'runs', 'cown_ok', 'escalate',
-                                'count_attempts', 'forced'}) or a.pad or a.layouts
+                                'count_attempts', 'forced', 'forward', 'fwd_holder',
+                                'fwd_mutant', 'fwd_note', 'fwd_mix'}) or a.pad or a.layouts
     summary = [] if newopts else None
     tests = MAIN_TESTS + (EXTRA_TESTS if a.extra else [])
     if a.tests:

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Named sweeps for page runs / read-ahead / write-ahead (Task A, names A-*) and the
-adaptive update-mode rule own_in_u='data' (Task B, names B-*).  See README.md.
+"""Named sweeps for page runs / read-ahead / write-ahead (Task A, names A-*), the
+adaptive update-mode rule own_in_u='data' (Task B, names B-*) and direct owner->requester
+forwards (Task C, names F-*).  See README.md.
 
 usage: python3 sweeps.py list
        python3 sweeps.py NAME [NAME ...] [--traces] [--quiet] [--tests T1,T2]
-       python3 sweeps.py A-all | B-all      (every sweep of that task, one after another)
+       python3 sweeps.py A-all | B-all | F-all   (every sweep of that task, one after another)
 
 Each sweep prints one line per configuration, then
   SWEEP <name>: states=<sum> configs=<n> violating=<n> cycles=<n> maxatt=<n>
@@ -13,6 +14,8 @@ Each sweep prints one line per configuration, then
 A sweep "passes" when no configuration shows a non-SC outcome, a protocol assertion,
 a deadlock, a stuck state, an incoherent quiescent state, an SWMR violation or a
 retry/answer cycle (and, with count_attempts, the attempts counter never saturates).
+Task C sweeps add to the SWEEP line caught=<check:configs,...> (which checks failed) and
+fwd[...] (how many transitions of each forward kind the search took, summed).
 """
 import sys, time
 import dsm_model as D
@@ -22,6 +25,12 @@ NO_IRIW = [t for t in ALL if t != 'IRIW']
 TWO = ['SB', 'MP', 'LB', '2+2W', 'CoRR', 'RMW', 'SB+pre', 'MP+pre']   # two-process tests
 CORE = ['SB', 'MP', 'IRIW', '2+2W', 'CoRR', 'RMW']   # the litmus tests the brief names
 AB = dict(ahead='both', runs=True)                   # read-ahead + write-ahead, page runs
+# Task C
+FW = dict(forward='both')                            # fetch and own forwards, with FwdNote
+BR = dict(own_in_u='data', escalate='retry')         # rule 3' + escalate retry (the B-* rule)
+TWO_F = TWO + ['FW-up']                              # two-process tests (+ stale-home upgrade)
+THREE_F = ['WRC', 'RMW+W', 'FW-inv', 'IRIW']         # three/four-process tests
+AHEAD2 = dict(ahead='all', ahead_budget=2, ahead_total=2)   # read/write/own-ahead, 2 in total
 
 # name: (phase, tests, cfg overrides, layouts, pad, expected, description)
 SWEEPS = {
@@ -113,12 +122,60 @@ SWEEPS = {
     'B-with-ahead': (2, ['SB', 'MP', 'CoRR', 'RMW'],
                      dict(AB, own_in_u='data', escalate='retry'), ('sep',), 'auto', 'pass',
                      'phase 2, own_in_u=data + escalate, with runs and read+write-ahead'),
+    # ---------------------------------------------------------------- Task C
+    'F-p1': (1, TWO_F, dict(FW), ('sep',), 'no', 'pass',
+             'phase 1, forward both (FwdShare + FwdGive, with FwdNote), per-page messages'),
+    'F-p1-shared': (1, TWO_F, dict(FW), ('shared',), 'no', 'pass',
+                    'phase 1, forward both, all locations on one page (false sharing)'),
+    'F-p1-fetch': (1, TWO_F + THREE_F, dict(forward='fetch'), ('sep', 'shared'), 'no', 'pass',
+                   'phase 1, fetch forwards only'),
+    'F-p1-own': (1, TWO_F + THREE_F, dict(forward='own'), ('sep', 'shared'), 'no', 'pass',
+                 'phase 1, own forwards only'),
+    'F-3p': (1, THREE_F, dict(FW), ('sep', 'shared'), 'no', 'pass',
+             'phase 1, forward both, 3-4 processes (stale home served by a holder, InvData)'),
+    'F-3p-min': (1, THREE_F, dict(FW, fwd_holder='min'), ('sep', 'shared'), 'no', 'pass',
+                 'as F-3p, C always picks the lowest-numbered holder (no branching)'),
+    'F-p2': (2, TWO_F, dict(FW, **BR), ('sep', 'shared'), 'no', 'pass',
+             'phase 2 (switches, Flush), rule 3\' + escalate retry, forward both'),
+    'F-p2-3p': (2, THREE_F, dict(FW, **BR), ('sep', 'shared'), 'no', 'pass',
+                'phase 2, rule 3\' + escalate retry, forward both, 3-4 processes'),
+    'F-p2-today': (2, TWO_F + ['WRC', 'RMW+W', 'FW-inv'], dict(FW), ('sep', 'shared'), 'no',
+                   'pass', 'phase 2 with today\'s rule 3 (Own in U switches U->I), forward both'),
+    'F-attempts': (2, NO_IRIW + ['FW-up', 'FW-inv'], dict(FW, **BR, count_attempts=True),
+                   ('sep', 'shared'), 'no', 'pass',
+                   'phase 2, rule 3\' + escalate retry, forward both, requests per instruction '
+                   'counted (compare B-attempts: 8)'),
+    'F-runs': (1, TWO_F, dict(FW, runs=True, **AHEAD2), ('sep',), 'auto', 'pass',
+               'phase 1, runs, read+write+own-ahead (budget 2, 2 in total), forward both'),
+    'F-perpage-ahead': (1, TWO_F, dict(FW, **AHEAD2), ('sep',), 'auto', 'pass',
+                        'as F-runs without runs (per-page messages)'),
+    'F-runs-3p': (1, ['WRC', 'FW-inv'], dict(FW, runs=True, **AHEAD2), ('sep',), 'no', 'pass',
+                  'phase 1, runs, read+write+own-ahead (2 in total), forward both, 3 processes'),
+    'F-runs-p2': (2, ['SB', 'MP', 'CoRR', 'RMW', 'FW-up'], dict(FW, **AB, **BR), ('sep',), 'auto',
+                  'pass', 'phase 2, runs, read+write-ahead (budget 1 per process), rule 3\' + '
+                  'escalate retry, forward both'),
+    'F-mix-p2': (2, TWO_F + ['FW-inv', 'WRC'], dict(FW, **BR, fwd_mix=True), ('sep', 'shared'), 'no',
+                 'pass', 'phase 2, rule 3\' + escalate retry, C chooses per transaction whether to '
+                 'forward or to go through home'),
+    'F-nofix': (1, TWO_F, dict(FW, fwd_note=False), ('sep',), 'no', 'fail',
+                'forwards exactly as first proposed (no FwdNote): expect non-SC (MP+pre)'),
+    'F-nofix-own': (1, ['SB', 'SB+pre'], dict(forward='own', fwd_note=False, ahead='both'),
+                    ('sep',), 'no', 'fail',
+                    'own forwards only, no FwdNote, with read+write-ahead: expect non-SC (SB)'),
+    'F-mut-early': (1, ['FW-up', 'WRC', 'FW-inv', 'RMW+W'], dict(FW, fwd_mutant='early'), ('sep',),
+                    'no', 'fail', 'checker self-test: C completes the forward when sending it'),
+    'F-mut-keepw': (1, TWO_F, dict(FW, fwd_mutant='keepw'), ('sep',), 'no', 'fail',
+                    'checker self-test: the owner keeps W after FwdShare'),
+    'F-mut-stalehome': (1, ['WRC', 'FW-inv', 'IRIW'], dict(FW, fwd_mutant='stalehome'), ('sep',),
+                        'no', 'fail',
+                        'checker self-test: a Fetch while the home is stale is served from home'),
 }
 # sweeps restricted to some initial modes (state space)
 MODES = {'A-p2-iriw-r': [('I', 'I')], 'A-p2-iriw-w': [('I', 'I')]}
 GROUPS = {
     'A-all': [k for k in SWEEPS if k.startswith('A-')],
     'B-all': [k for k in SWEEPS if k.startswith('B-')],
+    'F-all': [k for k in SWEEPS if k.startswith('F-')],
 }
 
 
@@ -131,6 +188,9 @@ def run(name, traces=False, quiet=False, only=None):
     tot = nbad = ncyc = nconf = nmiss = 0
     maxatt = 0
     first = None
+    fwd = over.get('forward', 'none') != 'none'
+    caught = {}            # Task C: check -> number of configurations it failed
+    cover = {}
     for tn in tests:
         t = D.TESTS[tn]
         for kw in D.configs_pad(t, layouts, pad if phase == 1 else
@@ -149,6 +209,15 @@ def run(name, traces=False, quiet=False, only=None):
             nbad += bad
             ncyc += bool(R.livelock)
             nmiss += bool(R.sc - set(R.outcomes))
+            if fwd:
+                for k, v in R.cover.items():
+                    cover[k] = cover.get(k, 0) + v
+                for k, hit in (('nonSC', R.nonsc or R.reg_viol), ('assert', R.errors),
+                               ('swmr', R.swmr), ('incoh', R.incoherent),
+                               ('deadlock', R.deadlocks), ('stuck', R.stuck),
+                               ('cycle', R.livelock)):
+                    if hit:
+                        caught[k] = caught.get(k, 0) + 1
             if (bad or R.livelock) and (first is None or R.states < first[0]):
                 first = (R.states, tn, kw)
             if not quiet or bad or R.livelock:
@@ -157,7 +226,10 @@ def run(name, traces=False, quiet=False, only=None):
     verdict = 'OK' if ok_run == (expected == 'pass') else 'UNEXPECTED'
     print(f'SWEEP {name}: states={tot} configs={nconf} violating={nbad} cycles={ncyc} '
           f'maxatt={maxatt} sc_missing={nmiss} {time.time() - t0:.0f}s expected={expected} -> {verdict}'
-          + (f'  (smallest failing: {first[1]} {first[2]})' if first else ''), flush=True)
+          + (f' caught={",".join(f"{k}:{v}" for k, v in caught.items()) or "-"}' if fwd else '')
+          + (f'  (smallest failing: {first[1]} {first[2]})' if first else '')
+          + (' fwd[' + ' '.join(f'{k}={v}' for k, v in sorted(cover.items())) + ']' if fwd else ''),
+          flush=True)
     return verdict == 'OK'
 
 
