@@ -158,6 +158,11 @@ impl Shared {
     fn dispatch(&mut self, out: Vec<Output>) {
         self.writers.dispatch(out, &self.metrics);
         let (events, ended) = (self.registry.take_events(), self.registry.take_ended());
+        if !ended.is_empty() {
+            // A session ended: the run buffers kept for bulk traffic go back to the OS, so an
+            // idle coordinator holds none (`coordinator.rss_after`).
+            dsm_proto::buffers::trim();
+        }
         crate::journal::record(events, ended, &self.metrics, &mut self.losses);
     }
 

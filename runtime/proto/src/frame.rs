@@ -10,7 +10,7 @@ use serde::{de::DeserializeOwned, Serialize};
 mod queue;
 mod reader;
 pub use queue::{FrameQueue, PageBytes, SPLIT_MIN};
-pub use reader::FrameReader;
+pub use reader::{FrameReader, LARGE_FRAME};
 
 /// Largest payload a frame may carry (1 MiB: 256 pages with headroom). Anything larger is an
 /// error before a single payload byte is buffered.

@@ -14,6 +14,7 @@
 //! Both the runtime (`dsm`) and the coordinator depend on it, so the two sides can never
 //! disagree about the format.
 
+pub mod buffers;
 pub mod directory;
 pub mod fault_track;
 pub mod frame;

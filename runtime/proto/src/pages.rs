@@ -512,7 +512,7 @@ impl ProcessPages {
                 if n == 1 {
                     out.push(ToCoordinator::Writeback { page: first, data: PageData::from(bytes) });
                 } else {
-                    let run = PageData::from(bytes::Bytes::from(bytes));
+                    let run = PageData::from(crate::buffers::bytes(bytes));
                     out.extend((0..count).map(|i| ToCoordinator::Writeback { page: first + i as u64, data: run.page_data(i) }));
                 }
                 written += count;

@@ -262,6 +262,8 @@ impl Driver {
         if let Some(r) = &mut self.region {
             r.release_handlers();
         }
+        // The run buffers kept for bulk traffic go back to the OS (`dsm_proto::buffers`).
+        dsm_proto::buffers::trim();
         // Datagrams, losses, congestion events, path RTT: what to look at when a transfer is slow.
         debug!("connection statistics at the end: {:?}", self.conn.stats());
         self.conn.close(close_code::OK.into(), b"detached");

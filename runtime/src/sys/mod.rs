@@ -118,7 +118,10 @@ impl Mapping {
         assert!(off + len <= self.len, "pages {first}..+{count} outside the mapping");
         // Not zeroed first: the copy writes every byte (zeroing a 1 MiB run was ~4% of an
         // owner's CPU in a bulk transfer).
-        let mut out = Vec::with_capacity(len);
+        // A long run goes into a buffer used before if one is kept (`dsm_proto::buffers`):
+        // fresh memory would be faulted in and zeroed by the kernel page by page.
+        let pooled = (dsm_proto::frame::LARGE_FRAME..=dsm_proto::buffers::BUFFER).contains(&len);
+        let mut out = if pooled { dsm_proto::buffers::take() } else { Vec::with_capacity(len) };
         // SAFETY: the range is inside the live mapping (checked above); the alias is never
         // registered with userfaultfd, so reading it cannot fault into our own handler. Other
         // processes' writes cannot land here (only our runtime installs pages). `out` has room

@@ -11,28 +11,62 @@ use super::{decode_payload, peek_len, FrameError, HEADER_LEN};
 /// its page data ([`crate::wire::PageData`]): a page in a decoded message is a slice of the
 /// buffer the stream's bytes were copied into once, not a copy of its own. When a frame's
 /// header says how long it is, room for all of it is made at once, so a frame split over many
-/// reads moves once.
+/// reads moves once; a frame of [`LARGE_FRAME`] bytes or more (a run of pages) is read into a
+/// buffer used again (`crate::buffers`) instead of fresh memory.
 #[derive(Debug, Default)]
 pub struct FrameReader {
     buf: BytesMut,
+    /// A large frame (at least [`LARGE_FRAME`] bytes, its length prefix included) being read
+    /// into a pooled buffer (`crate::buffers`), and its whole length: its bytes go there, not
+    /// into `buf`, until it is complete. It is always the first frame not yet decoded.
+    large: Option<(Vec<u8>, usize)>,
     /// Set by a bad frame: the stream cannot be read further.
     failed: Option<String>,
 }
 
+/// Frames this long or longer (runs of pages) are read into buffers used again
+/// (`crate::buffers`) rather than into fresh memory.
+pub const LARGE_FRAME: usize = 64 << 10;
+
 impl FrameReader {
     /// An empty reader with room for `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> FrameReader {
-        FrameReader { buf: BytesMut::with_capacity(capacity), failed: None }
+        FrameReader { buf: BytesMut::with_capacity(capacity), large: None, failed: None }
     }
 
     /// Appends bytes read from the stream.
-    pub fn extend(&mut self, bytes: &[u8]) {
+    pub fn extend(&mut self, mut bytes: &[u8]) {
+        if let Some((frame, len)) = &mut self.large {
+            let n = (*len - frame.len()).min(bytes.len());
+            frame.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if bytes.is_empty() {
+                return;
+            }
+        }
         if let Ok(Some(len)) = peek_len(&self.buf) {
+            if self.start_large(HEADER_LEN + len) {
+                self.extend(bytes);
+                return;
+            }
             // Room for the rest of the frame in progress (bounded by `MAX_FRAME_LEN`), once.
             let rest = (HEADER_LEN + len).saturating_sub(self.buf.len());
             self.buf.reserve(rest.max(bytes.len()));
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// If `buf` holds only the start of a large frame of `whole` bytes, moves it into a pooled
+    /// buffer, where the rest will go.
+    fn start_large(&mut self, whole: usize) -> bool {
+        if self.large.is_some() || whole < LARGE_FRAME || self.buf.len() >= whole {
+            return false;
+        }
+        let mut frame = crate::buffers::take();
+        frame.extend_from_slice(&self.buf);
+        self.buf.clear();
+        self.large = Some((frame, whole));
+        true
     }
 
     /// Appends every chunk of one read, in order, and empties them: the stream's own buffers
@@ -50,15 +84,25 @@ impl FrameReader {
         if let Some(why) = &self.failed {
             return Err(FrameError::Malformed(why.clone()));
         }
-        let len = match peek_len(&self.buf) {
-            Ok(Some(len)) => len,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(self.fail(e)),
+        let frame = match self.large.take() {
+            Some((frame, len)) if frame.len() == len => crate::buffers::share(frame),
+            Some(partial) => {
+                self.large = Some(partial);
+                return Ok(None);
+            }
+            None => {
+                let len = match peek_len(&self.buf) {
+                    Ok(Some(len)) => len,
+                    Ok(None) => return Ok(None),
+                    Err(e) => return Err(self.fail(e)),
+                };
+                if self.buf.len() < HEADER_LEN + len {
+                    self.start_large(HEADER_LEN + len);
+                    return Ok(None);
+                }
+                self.buf.split_to(HEADER_LEN + len).freeze()
+            }
         };
-        if self.buf.len() < HEADER_LEN + len {
-            return Ok(None);
-        }
-        let frame = self.buf.split_to(HEADER_LEN + len).freeze();
         let decoded = crate::page_data::lend_frame(&frame, || decode_payload::<T>(&frame[HEADER_LEN..]));
         decoded.map(Some).map_err(|e| self.fail(e))
     }
@@ -70,7 +114,7 @@ impl FrameReader {
 
     /// Bytes buffered and not yet decoded.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.large.as_ref().map_or(0, |(frame, _)| frame.len())
     }
 }
 
@@ -179,5 +223,74 @@ mod tests {
         assert!(r.next::<ToCoordinator>().unwrap().is_some());
         assert!(r.next::<ToCoordinator>().is_err());
         assert!(r.next::<ToCoordinator>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod large_tests {
+    use super::*;
+    use crate::encode_frame;
+    use crate::wire::{PageData, ToCoordinator};
+
+    /// Small frames around runs of 20 and 255 pages (80 KiB and 1 MiB frames).
+    fn messages() -> Vec<ToCoordinator> {
+        let run = |first: u64, count: u32| ToCoordinator::DowngradeAckRun {
+            first,
+            count,
+            data: Some(PageData::from((0..count as usize * 4096).map(|i| (i / 4096 + first as usize) as u8).collect::<Vec<u8>>())),
+        };
+        vec![
+            ToCoordinator::Barrier { epoch: 1 },
+            run(10, 20),
+            run(30, 255),
+            ToCoordinator::Ping { req: 2, payload: vec![9; 100] },
+            run(300, 255),
+            run(600, 20),
+            ToCoordinator::Barrier { epoch: 3 },
+        ]
+    }
+
+    /// Whatever the sizes of the reads, large frames (read into pooled buffers) and small ones
+    /// come out whole and in order, their page data shared, nothing left over.
+    #[test]
+    fn large_frames_come_out_whole_and_in_order() {
+        let msgs = messages();
+        let mut bytes = Vec::new();
+        for m in &msgs {
+            encode_frame(m, &mut bytes).unwrap();
+        }
+        for step in [1000, 4096, 65536, 100_000, 1 << 20, bytes.len()] {
+            let mut r = FrameReader::default();
+            let mut out = Vec::new();
+            for piece in bytes.chunks(step) {
+                r.extend(piece);
+                while let Some(m) = r.next::<ToCoordinator>().unwrap() {
+                    out.push(m);
+                }
+            }
+            assert_eq!(out, msgs, "reads of {step} bytes");
+            assert_eq!(r.pending(), 0, "reads of {step} bytes");
+            for m in &out {
+                if let ToCoordinator::DowngradeAckRun { data: Some(d), .. } = m {
+                    assert!(d.is_shared(), "reads of {step} bytes: a run's data is a slice of its frame");
+                }
+            }
+        }
+    }
+
+    /// A large frame goes into a pooled buffer: the reader's own buffer never grows to hold it.
+    #[test]
+    fn a_large_frame_is_not_read_into_the_readers_own_buffer() {
+        let mut bytes = Vec::new();
+        for m in &messages() {
+            encode_frame(m, &mut bytes).unwrap();
+        }
+        let mut r = FrameReader::default();
+        for piece in bytes.chunks(16384) {
+            r.extend(piece);
+            assert!(r.buf.capacity() < LARGE_FRAME + 16384, "the reader's buffer holds {} bytes", r.buf.capacity());
+            while r.next::<ToCoordinator>().unwrap().is_some() {}
+        }
+        assert_eq!(r.pending(), 0);
     }
 }

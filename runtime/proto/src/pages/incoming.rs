@@ -277,7 +277,7 @@ impl ProcessPages {
                     for page in *first..*first + u64::from(*count) {
                         self.set_state(page, PageState::ReadOnly);
                     }
-                    out.push(ToCoordinator::DowngradeAckRun { first: *first, count: *count, data: Some(PageData::from(bytes)) });
+                    out.push(ToCoordinator::DowngradeAckRun { first: *first, count: *count, data: Some(crate::buffers::page_data(bytes)) });
                     return Ok(());
                 }
             ToProcess::RecallRun { first, count }
@@ -288,7 +288,7 @@ impl ProcessPages {
                     for page in *first..*first + u64::from(*count) {
                         self.set_state(page, PageState::Invalid);
                     }
-                    out.push(ToCoordinator::RecallAckRun { first: *first, count: *count, data: Some(PageData::from(bytes)) });
+                    out.push(ToCoordinator::RecallAckRun { first: *first, count: *count, data: Some(crate::buffers::page_data(bytes)) });
                     return Ok(());
                 }
             _ => {}
