@@ -142,6 +142,19 @@ mod tests {
             .collect()
     }
 
+    /// Feeds `bytes` to `r` in reads of `step` bytes, decoding after each; the messages and
+    /// what is left buffered.
+    pub(super) fn read_in_steps(mut r: FrameReader, bytes: &[u8], step: usize) -> (Vec<ToCoordinator>, usize) {
+        let mut out = Vec::new();
+        for piece in bytes.chunks(step) {
+            r.extend(piece);
+            while let Some(m) = r.next::<ToCoordinator>().unwrap() {
+                out.push(m);
+            }
+        }
+        (out, r.pending())
+    }
+
     /// Whatever the sizes of the reads, the same messages come out in the same order, and
     /// nothing stays buffered at the end.
     #[test]
@@ -149,16 +162,9 @@ mod tests {
         let msgs = messages();
         let bytes = frames(&msgs);
         for step in [1, 3, 7, 100, 1200, 4099, 65536, bytes.len()] {
-            let mut r = FrameReader::with_capacity(16);
-            let mut out = Vec::new();
-            for piece in bytes.chunks(step) {
-                r.extend(piece);
-                while let Some(m) = r.next::<ToCoordinator>().unwrap() {
-                    out.push(m);
-                }
-            }
+            let (out, pending) = read_in_steps(FrameReader::with_capacity(16), &bytes, step);
             assert_eq!(out, msgs, "reads of {step} bytes");
-            assert_eq!(r.pending(), 0, "reads of {step} bytes");
+            assert_eq!(pending, 0, "reads of {step} bytes");
         }
     }
 
@@ -260,16 +266,9 @@ mod large_tests {
             encode_frame(m, &mut bytes).unwrap();
         }
         for step in [1000, 4096, 65536, 100_000, 1 << 20, bytes.len()] {
-            let mut r = FrameReader::default();
-            let mut out = Vec::new();
-            for piece in bytes.chunks(step) {
-                r.extend(piece);
-                while let Some(m) = r.next::<ToCoordinator>().unwrap() {
-                    out.push(m);
-                }
-            }
+            let (out, pending) = super::tests::read_in_steps(FrameReader::default(), &bytes, step);
             assert_eq!(out, msgs, "reads of {step} bytes");
-            assert_eq!(r.pending(), 0, "reads of {step} bytes");
+            assert_eq!(pending, 0, "reads of {step} bytes");
             for m in &out {
                 if let ToCoordinator::DowngradeAckRun { data: Some(d), .. } = m {
                     assert!(d.is_shared(), "reads of {step} bytes: a run's data is a slice of its frame");
