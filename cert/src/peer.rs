@@ -249,10 +249,7 @@ pub fn peer_server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport.to_quinn_for(Some(peers))));
-    Ok(config)
+    crate::transport::quic_server_config_from(tls, transport, peers)
 }
 
 /// quinn client configuration for one peer connection: presents `identity`, accepts only the
@@ -273,10 +270,7 @@ pub fn peer_client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)?;
     tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport.to_quinn_for(Some(peer))));
-    Ok(config)
+    crate::quic_client_config(tls, transport, peer)
 }
 
 /// The fingerprint of the certificate the other end of `conn` presented (on a peer

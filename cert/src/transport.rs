@@ -270,7 +270,16 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 /// `listen` (a loopback address: its peers are on this machine, see
 /// [`Transport::to_quinn_for`]).
 pub fn quic_server_config(dir: &Path, transport: &Transport, listen: IpAddr) -> Result<quinn::ServerConfig, Error> {
-    let tls = crate::server_tls_config(dir)?;
+    quic_server_config_from(crate::server_tls_config(dir)?, transport, listen)
+}
+
+/// quinn server configuration from a rustls server configuration with the given transport
+/// tuning, for a server listening on `listen` (see [`quic_server_config`]).
+pub(crate) fn quic_server_config_from(
+    tls: rustls::ServerConfig,
+    transport: &Transport,
+    listen: IpAddr,
+) -> Result<quinn::ServerConfig, Error> {
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport.to_quinn_for(Some(listen))));
