@@ -493,9 +493,14 @@ impl ProcessPages {
             .filter(|(_, s)| s.state != PageState::Invalid)
             .map(|(&p, s)| (p, s.state))
             .collect();
-        pages.sort_unstable_by_key(|&(p, _)| p);
+        // The lowest `limit` pages, in order: a selection first, so that each slice of a large
+        // region sorts only itself, not every page still left.
         let done = pages.len() <= limit;
-        pages.truncate(limit);
+        if !done {
+            pages.select_nth_unstable_by_key(limit, |&(p, _)| p);
+            pages.truncate(limit);
+        }
+        pages.sort_unstable_by_key(|&(p, _)| p);
         let mut written = 0;
         let mut rest = &pages[..];
         while let Some(&(first, state)) = rest.first() {
@@ -507,7 +512,7 @@ impl ProcessPages {
                 .count();
             let n = count as u32;
             if state == PageState::Writable {
-                let bytes = if n == 1 { mem.write_protect(first) } else { mem.write_protect_run(first, n) };
+                let bytes = mem.write_protect_run(first, n);
                 self.stats.bytes_sent += bytes.len() as u64;
                 if n == 1 {
                     out.push(ToCoordinator::Writeback { page: first, data: PageData::from(bytes) });
@@ -517,11 +522,7 @@ impl ProcessPages {
                 }
                 written += count;
             }
-            if n == 1 {
-                mem.drop_page(first, false);
-            } else {
-                mem.drop_run(first, n, false);
-            }
+            mem.drop_run(first, n, false);
             for page in first..first + u64::from(n) {
                 self.set_state(page, PageState::Invalid);
             }

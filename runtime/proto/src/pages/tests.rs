@@ -478,7 +478,7 @@ fn release_all_releases_runs_of_pages_in_one_operation_each() {
     assert_eq!(p.release_all(&mut m, &mut out), 4);
     assert_eq!(
         m.log,
-        ["write_protect_run 1 3", "drop_run 1 3", "drop 4", "write_protect 6", "drop 6", "drop_run 7 2"]
+        ["write_protect_run 1 3", "drop_run 1 3", "drop_run 4 1", "write_protect_run 6 1", "drop_run 6 1", "drop_run 7 2"]
     );
     let written: Vec<(PageNo, u8, bool)> = out
         .iter()
