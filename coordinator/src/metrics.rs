@@ -353,6 +353,9 @@ fn received_kind(msg: &ToCoordinator) -> &'static str {
         ToCoordinator::DowngradeAckRun { .. } => "downgrade_ack",
         ToCoordinator::RecallAckRun { .. } => "recall_ack",
         ToCoordinator::WritebackRun { .. } => "writeback",
+        ToCoordinator::Got { .. } => "got",
+        ToCoordinator::ForwardAborted { .. } => "forward_aborted",
+        ToCoordinator::ForwardReturn { .. } => "forward_return",
     }
 }
 
@@ -376,6 +379,9 @@ fn sent_kind(msg: &ToProcess) -> &'static str {
         ToProcess::ModeHint { .. } => "mode_hint",
         ToProcess::Advice { .. } => "advice",
         ToProcess::Detached => "detached",
+        ToProcess::Forward { .. } => "forward",
+        ToProcess::ForwardNote { .. } => "forward_note",
+        ToProcess::ForwardAbort { .. } => "forward_abort",
         ToProcess::Pong { .. } => "pong",
         ToProcess::Status { .. } => "status",
         // A run is the same kind of message for several pages.

@@ -459,7 +459,7 @@ impl Registry {
             self.conns.insert(m.conn, ConnState::Member { session: req.session.clone(), rank });
             out.push(Output::Send(
                 m.conn,
-                ToProcess::Attached { rank, nprocs: s.nprocs, size: s.size },
+                ToProcess::Attached { rank, nprocs: s.nprocs, size: s.size, peers: Vec::new() },
             ));
         }
         s.phase = Phase::Running(Arc::new(Mutex::new(Running {
@@ -547,6 +547,8 @@ fn kind(msg: &ToCoordinator) -> &'static str {
         | ToCoordinator::DowngradeAckRun { .. }
         | ToCoordinator::RecallAckRun { .. } => "page acknowledgement",
         ToCoordinator::Writeback { .. } | ToCoordinator::WritebackRun { .. } => "page writeback",
+        ToCoordinator::Got { .. } | ToCoordinator::ForwardAborted { .. } => "forward acknowledgement",
+        ToCoordinator::ForwardReturn { .. } => "forward return",
         ToCoordinator::Write { .. } | ToCoordinator::Rmw { .. } => "replayed write",
         ToCoordinator::Advise { .. } => "coherence advice",
         ToCoordinator::Detach => "detach",

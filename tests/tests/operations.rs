@@ -121,7 +121,7 @@ fn attach_and_abandon(addr: SocketAddr, certs: &Path, session: &str) {
         let mut h = [0u8; HELLO_LEN];
         recv.read_exact(&mut h).await.unwrap();
         let mut buf = Vec::new();
-        let req = AttachRequest { session: session.into(), size: PAGE as u64, nprocs: 1, label: "pid 1 (abandoner)".into() };
+        let req = AttachRequest { session: session.into(), size: PAGE as u64, nprocs: 1, label: "pid 1 (abandoner)".into(), peer: None };
         encode_frame(&ToCoordinator::Attach(req), &mut buf).unwrap();
         send.write_all(&buf).await.unwrap();
         let mut inbuf = Vec::new();

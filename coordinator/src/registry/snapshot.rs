@@ -135,7 +135,7 @@ mod tests {
     use crate::registry::Output;
 
     fn attach(r: &mut Registry, conn: ConnId, session: &str, nprocs: u32) {
-        let req = AttachRequest { session: session.into(), size: 8192, nprocs, label: format!("pid {conn}") };
+        let req = AttachRequest { session: session.into(), size: 8192, nprocs, label: format!("pid {conn}"), peer: None };
         r.handle_message(conn, ToCoordinator::Attach(req), &mut Vec::new());
     }
 

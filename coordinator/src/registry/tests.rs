@@ -5,7 +5,7 @@ use super::*;
 
 fn attach(r: &mut Registry, conn: ConnId, session: &str, size: u64, nprocs: u32) -> Outbox {
     let mut out = Vec::new();
-    let req = AttachRequest { session: session.into(), size, nprocs, label: format!("c{conn}") };
+    let req = AttachRequest { session: session.into(), size, nprocs, label: format!("c{conn}"), peer: None };
     r.handle_message(conn, ToCoordinator::Attach(req), &mut out);
     out
 }
@@ -226,8 +226,8 @@ fn an_attach_while_the_session_of_that_name_ends_joins_the_next_one() {
     // The last detach ends the session; the queued attaches form the next one and start it.
     let out = send(&mut r, 2, ToCoordinator::Detach);
     assert!(out.contains(&Output::Send(2, ToProcess::Detached)));
-    assert!(out.contains(&Output::Send(3, ToProcess::Attached { rank: 0, nprocs: 2, size: 4096 })), "{out:?}");
-    assert!(out.contains(&Output::Send(4, ToProcess::Attached { rank: 1, nprocs: 2, size: 4096 })), "{out:?}");
+    assert!(out.contains(&Output::Send(3, ToProcess::Attached { rank: 0, nprocs: 2, size: 4096, peers: vec![] })), "{out:?}");
+    assert!(out.contains(&Output::Send(4, ToProcess::Attached { rank: 1, nprocs: 2, size: 4096, peers: vec![] })), "{out:?}");
     assert_eq!(r.take_ended().len(), 1);
     assert_eq!(r.session_count(), 1);
     // A queued attach may declare a new shape; one that leaves before the end is dropped.
@@ -238,7 +238,7 @@ fn an_attach_while_the_session_of_that_name_ends_joins_the_next_one() {
     let mut out = Vec::new();
     r.handle_disconnect(12, "closed", &mut out);
     let out = send(&mut r, 11, ToCoordinator::Detach);
-    assert!(out.contains(&Output::Send(13, ToProcess::Attached { rank: 0, nprocs: 1, size: 8192 })), "{out:?}");
+    assert!(out.contains(&Output::Send(13, ToProcess::Attached { rank: 0, nprocs: 1, size: 8192, peers: vec![] })), "{out:?}");
     assert!(!out.iter().any(|o| matches!(o, Output::Send(12, _))), "{out:?}");
 }
 

@@ -103,6 +103,7 @@ mod tests {
                 size: 8192,
                 nprocs: 4,
                 label: "pid 1".into(),
+                peer: Some([7; 32]),
             }),
             ToCoordinator::Barrier { epoch: 7 },
             ToCoordinator::SemaphoreWait { req: 1, name: "lock".into(), initial: 1 },

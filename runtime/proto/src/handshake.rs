@@ -9,7 +9,7 @@
 pub const MAGIC: [u8; 6] = *b"DSMSHM";
 
 /// Version of the frame format and messages in [`crate::wire`]. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes in a hello.
 pub const HELLO_LEN: usize = 8;

@@ -31,6 +31,19 @@ pub struct AttachRequest {
     pub nprocs: u32,
     /// Free-form description of the process (host, pid, program) for the coordinator's logs.
     pub label: String,
+    /// The SHA-256 fingerprint of the certificate this process serves peer connections with
+    /// (`dsm_cert::peer`), or `None` if it takes no direct transfers.
+    pub peer: Option<[u8; 32]>,
+}
+
+/// How to reach a member of a session directly (direct owner -> requester transfers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddress {
+    /// The address the coordinator sees the member's connection come from (its endpoint
+    /// serves peer connections on the same socket).
+    pub addr: std::net::SocketAddr,
+    /// The SHA-256 fingerprint of its peer certificate.
+    pub fingerprint: [u8; 32],
 }
 
 /// Messages from a process to the coordinator.
@@ -216,6 +229,32 @@ pub enum ToCoordinator {
         /// Their contents, page after page.
         data: PageData,
     },
+    /// The process installed the pages a peer forwarded for its request (after the
+    /// [`ToProcess::ForwardNote`]): it now holds them read-only.
+    Got {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+    },
+    /// Answer to [`ToProcess::ForwardAbort`] for pages not installed yet: the process drops
+    /// whatever a peer sends for them and waits for the coordinator's answer.
+    ForwardAborted {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+    },
+    /// The process could not deliver pages a [`ToProcess::Forward`] asked it to send (the peer
+    /// is unreachable); here are their contents instead. It keeps read-only copies.
+    ForwardReturn {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+        /// Their contents, page after page.
+        data: PageData,
+    },
     /// Echo `payload` back (used to measure the round trip through the coordinator).
     Ping {
         /// Request id echoed in the reply.
@@ -292,6 +331,9 @@ pub enum ToProcess {
         nprocs: u32,
         /// Region size in bytes.
         size: u64,
+        /// Every member's peer address by rank (`None`: that member takes no direct
+        /// transfers), or empty when the session does not forward pages directly.
+        peers: Vec<Option<PeerAddress>>,
     },
     /// The attach was refused; the connection is closed after this message.
     Refused(Refusal),
@@ -464,6 +506,42 @@ pub enum ToProcess {
         /// Pages.
         count: u32,
     },
+    /// Send your copies of `count` pages from `first` to rank `to` as [`ToPeer::Pages`]
+    /// answering its request `req`: a Writable copy is write-protected first and stays
+    /// ReadOnly; a page this process no longer holds is skipped (it wrote it back, and the
+    /// coordinator has seen that first).
+    Forward {
+        /// The requester's request.
+        req: ReqId,
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+        /// The requester.
+        to: Rank,
+    },
+    /// Your request `req` for these pages is answered by a peer: install the pages it sends
+    /// only after this note (the note orders them after every earlier message of this
+    /// stream), then send [`ToCoordinator::Got`].
+    ForwardNote {
+        /// The request.
+        req: ReqId,
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+    },
+    /// The peer forwarding these pages is gone or could not send them: if they are not
+    /// installed yet, drop them and answer [`ToCoordinator::ForwardAborted`] (the coordinator
+    /// then answers the request itself); if they are, ignore this (the `Got` is on its way).
+    ForwardAbort {
+        /// The request.
+        req: ReqId,
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+    },
     /// The process left the session; the connection can be closed.
     Detached,
     /// Answer to [`ToCoordinator::Ping`].
@@ -505,6 +583,23 @@ impl crate::frame::PageBytes for ToProcess {
             _ => None,
         }
     }
+}
+
+/// Messages between two processes of a session, on a peer connection (direct transfers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToPeer {
+    /// The contents of `count` pages from `first`, answering the receiver's request `req`
+    /// (which the coordinator forwarded to the sender).
+    Pages {
+        /// The receiver's request.
+        req: ReqId,
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+        /// Their contents, page after page.
+        data: PageData,
+    },
 }
 
 /// The page contents carried by a [`ToProcess::Grant`].

@@ -104,6 +104,7 @@ pub(super) async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
             size: config.size,
             nprocs: config.nprocs,
             label,
+            peer: None,
         }))
         .await?;
     let start = Instant::now();
@@ -127,7 +128,7 @@ pub(super) async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
                 joined = j;
                 debug!("session '{}': {j} of {nprocs} processes attached", config.session);
             }
-            ToProcess::Attached { rank, nprocs, size } => {
+            ToProcess::Attached { rank, nprocs, size, .. } => {
                 debug!("attached session '{}' as rank {rank} of {nprocs}", config.session);
                 return Ok((driver, AttachInfo { rank, nprocs, size }));
             }
