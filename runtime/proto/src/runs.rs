@@ -123,7 +123,10 @@ fn span_to_process(m: &ToProcess) -> Option<(PageNo, u32)> {
         | ToProcess::Denied { first, count, .. }
         | ToProcess::InvalidateRun { first, count }
         | ToProcess::DowngradeRun { first, count }
-        | ToProcess::RecallRun { first, count } => (*first, *count),
+        | ToProcess::RecallRun { first, count }
+        | ToProcess::Forward { first, count, .. }
+        | ToProcess::ForwardNote { first, count, .. }
+        | ToProcess::ForwardAbort { first, count, .. } => (*first, *count),
         _ => return None,
     })
 }
@@ -136,7 +139,18 @@ fn merge_into_process(a: &mut ToProcess, b: ToProcess, room: usize) -> Option<To
         return Some(b);
     }
     use ToProcess as P;
-    if !matches!(a, P::DataRun { .. } | P::GrantRun { .. } | P::Denied { .. } | P::InvalidateRun { .. } | P::DowngradeRun { .. } | P::RecallRun { .. }) {
+    if !matches!(
+        a,
+        P::DataRun { .. }
+            | P::GrantRun { .. }
+            | P::Denied { .. }
+            | P::InvalidateRun { .. }
+            | P::DowngradeRun { .. }
+            | P::RecallRun { .. }
+            | P::Forward { .. }
+            | P::ForwardNote { .. }
+            | P::ForwardAbort { .. }
+    ) {
         *a = as_run_process(std::mem::replace(a, P::InvalidateRun { first: 0, count: 0 }));
     }
     let b = as_run_process(b);
@@ -155,7 +169,15 @@ fn merge_into_process(a: &mut ToProcess, b: ToProcess, room: usize) -> Option<To
             append_grant(data, d2, room);
             None
         }
-        (P::Denied { req, count, .. }, P::Denied { req: r2, count: c2, .. }) if *req == r2 => {
+        (P::Denied { req, count, .. }, P::Denied { req: r2, count: c2, .. })
+        | (P::ForwardNote { req, count, .. }, P::ForwardNote { req: r2, count: c2, .. })
+        | (P::ForwardAbort { req, count, .. }, P::ForwardAbort { req: r2, count: c2, .. })
+            if *req == r2 =>
+        {
+            *count += c2;
+            None
+        }
+        (P::Forward { req, to, count, .. }, P::Forward { req: r2, to: t2, count: c2, .. }) if *req == r2 && *to == t2 => {
             *count += c2;
             None
         }
@@ -203,7 +225,10 @@ fn span_to_coordinator(m: &ToCoordinator) -> Option<(PageNo, u32)> {
         ToCoordinator::InvalidateAckRun { first, count }
         | ToCoordinator::DowngradeAckRun { first, count, .. }
         | ToCoordinator::RecallAckRun { first, count, .. }
-        | ToCoordinator::WritebackRun { first, count, .. } => (*first, *count),
+        | ToCoordinator::WritebackRun { first, count, .. }
+        | ToCoordinator::Got { first, count }
+        | ToCoordinator::ForwardAborted { first, count }
+        | ToCoordinator::ForwardReturn { first, count, .. } => (*first, *count),
         _ => return None,
     })
 }
@@ -234,11 +259,22 @@ fn merge_into_coordinator(a: &mut ToCoordinator, b: ToCoordinator, room: usize) 
         return Some(b);
     }
     use ToCoordinator as C;
-    if !matches!(a, C::InvalidateAckRun { .. } | C::DowngradeAckRun { .. } | C::RecallAckRun { .. } | C::WritebackRun { .. }) {
+    if !matches!(
+        a,
+        C::InvalidateAckRun { .. }
+            | C::DowngradeAckRun { .. }
+            | C::RecallAckRun { .. }
+            | C::WritebackRun { .. }
+            | C::Got { .. }
+            | C::ForwardAborted { .. }
+            | C::ForwardReturn { .. }
+    ) {
         *a = as_run_coordinator(std::mem::replace(a, C::InvalidateAckRun { first: 0, count: 0 }));
     }
     match (a, as_run_coordinator(b)) {
-        (C::InvalidateAckRun { count, .. }, C::InvalidateAckRun { count: c2, .. }) => {
+        (C::InvalidateAckRun { count, .. }, C::InvalidateAckRun { count: c2, .. })
+        | (C::Got { count, .. }, C::Got { count: c2, .. })
+        | (C::ForwardAborted { count, .. }, C::ForwardAborted { count: c2, .. }) => {
             *count += c2;
             None
         }
@@ -250,7 +286,8 @@ fn merge_into_coordinator(a: &mut ToCoordinator, b: ToCoordinator, room: usize) 
             append(data, d2, room);
             None
         }
-        (C::WritebackRun { data, count, .. }, C::WritebackRun { data: d2, count: c2, .. }) => {
+        (C::WritebackRun { data, count, .. }, C::WritebackRun { data: d2, count: c2, .. })
+        | (C::ForwardReturn { data, count, .. }, C::ForwardReturn { data: d2, count: c2, .. }) => {
             *count += c2;
             append_bytes(data, &d2, room);
             None
@@ -303,6 +340,15 @@ pub fn expand_to_process(m: ToProcess) -> Vec<ToProcess> {
         ToProcess::InvalidateRun { first, count } => pages(first, count).map(|(_, page)| ToProcess::Invalidate { page }).collect(),
         ToProcess::DowngradeRun { first, count } => pages(first, count).map(|(_, page)| ToProcess::Downgrade { page }).collect(),
         ToProcess::RecallRun { first, count } => pages(first, count).map(|(_, page)| ToProcess::Recall { page }).collect(),
+        ToProcess::Forward { req, first, count, to } => {
+            pages(first, count).map(|(_, page)| ToProcess::Forward { req, first: page, count: 1, to }).collect()
+        }
+        ToProcess::ForwardNote { req, first, count } => {
+            pages(first, count).map(|(_, page)| ToProcess::ForwardNote { req, first: page, count: 1 }).collect()
+        }
+        ToProcess::ForwardAbort { req, first, count } => {
+            pages(first, count).map(|(_, page)| ToProcess::ForwardAbort { req, first: page, count: 1 }).collect()
+        }
         other => vec![other],
     }
 }
@@ -327,6 +373,13 @@ pub fn expand_to_coordinator(m: ToCoordinator) -> Vec<ToCoordinator> {
                 .map(|(i, page)| ToCoordinator::Writeback { page, data: page_of(&data, i).unwrap_or(PageData::from(Vec::new())) })
                 .collect()
         }
+        ToCoordinator::Got { first, count } => pages(first, count).map(|(_, page)| ToCoordinator::Got { first: page, count: 1 }).collect(),
+        ToCoordinator::ForwardAborted { first, count } => {
+            pages(first, count).map(|(_, page)| ToCoordinator::ForwardAborted { first: page, count: 1 }).collect()
+        }
+        ToCoordinator::ForwardReturn { first, count, data } => pages(first, count)
+            .map(|(i, page)| ToCoordinator::ForwardReturn { first: page, count: 1, data: page_slice(&data, i) })
+            .collect(),
         other => vec![other],
     }
 }
@@ -400,6 +453,30 @@ mod tests {
     }
 
     #[test]
+    fn forwards_merge_per_request_and_destination() {
+        let f = |first, to| ToProcess::Forward { req: 4, first, count: 1, to };
+        let msgs = vec![f(0, 1), f(1, 1), f(2, 2), ToProcess::ForwardNote { req: 4, first: 3, count: 1 }, ToProcess::ForwardNote { req: 4, first: 4, count: 1 }];
+        let out = coalesce_to_process(msgs.clone());
+        assert_eq!(
+            out,
+            vec![
+                ToProcess::Forward { req: 4, first: 0, count: 2, to: 1 },
+                f(2, 2),
+                ToProcess::ForwardNote { req: 4, first: 3, count: 2 }
+            ]
+        );
+        assert_eq!(out.into_iter().flat_map(expand_to_process).collect::<Vec<_>>(), msgs);
+        let got = vec![ToCoordinator::Got { first: 7, count: 1 }, ToCoordinator::Got { first: 8, count: 1 }];
+        assert_eq!(coalesce_to_coordinator(got), vec![ToCoordinator::Got { first: 7, count: 2 }]);
+        let ret = |first, b| ToCoordinator::ForwardReturn { first, count: 1, data: filled(b) };
+        let out = coalesce_to_coordinator(vec![ret(1, 1), ret(2, 2)]);
+        match &out[..] {
+            [ToCoordinator::ForwardReturn { first: 1, count: 2, data }] => assert_eq!((data[0], data[PAGE_SIZE]), (1, 2)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn runs_are_checked() {
         assert!(check_run("x", 0, None).is_err());
         assert!(check_run("x", MAX_RUN + 1, None).is_err());
@@ -416,7 +493,10 @@ mod tests {
             (0u64..3, pg.clone(), grant).prop_map(|(req, page, data)| ToProcess::Grant { req, page, data }),
             pg.clone().prop_map(|page| ToProcess::Invalidate { page }),
             pg.clone().prop_map(|page| ToProcess::Downgrade { page }),
-            pg.prop_map(|page| ToProcess::Recall { page }),
+            pg.clone().prop_map(|page| ToProcess::Recall { page }),
+            (0u64..3, pg.clone(), 0u32..2).prop_map(|(req, first, to)| ToProcess::Forward { req, first, count: 1, to }),
+            (0u64..3, pg.clone()).prop_map(|(req, first)| ToProcess::ForwardNote { req, first, count: 1 }),
+            (0u64..3, pg).prop_map(|(req, first)| ToProcess::ForwardAbort { req, first, count: 1 }),
             Just(ToProcess::Detached),
         ]
     }
@@ -429,7 +509,10 @@ mod tests {
             (pg.clone(), data.clone()).prop_map(|(page, data)| ToCoordinator::DowngradeAck { page, data }),
             (pg.clone(), data).prop_map(|(page, data)| ToCoordinator::RecallAck { page, data }),
             (pg.clone(), 0u8..3).prop_map(|(page, b)| ToCoordinator::Writeback { page, data: filled(b) }),
-            (0u64..3, pg).prop_map(|(req, page)| ToCoordinator::Fetch { req, page }),
+            (0u64..3, pg.clone()).prop_map(|(req, page)| ToCoordinator::Fetch { req, page }),
+            pg.clone().prop_map(|first| ToCoordinator::Got { first, count: 1 }),
+            pg.clone().prop_map(|first| ToCoordinator::ForwardAborted { first, count: 1 }),
+            (pg, 0u8..3).prop_map(|(first, b)| ToCoordinator::ForwardReturn { first, count: 1, data: filled(b) }),
         ]
     }
 
