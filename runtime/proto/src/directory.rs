@@ -46,6 +46,7 @@
 
 use crate::wire::{Coherence, Mode, PageData, PageNo, Rank, ReqId, ToCoordinator, ToProcess};
 
+mod forward;
 mod homes;
 mod ranks;
 mod table;
@@ -113,6 +114,12 @@ pub struct DirectoryStats {
     /// Ordinary ownership requests on update-mode pages answered with a read-only copy in
     /// update mode (the process then replays its store) instead of switching the page back.
     pub owns_kept_in_update: u64,
+    /// Pages sent directly from a process to the requester (`Forward`).
+    pub forwards: u64,
+    /// Direct transfers aborted (the source wrote back, was lost or could not send).
+    pub forward_aborts: u64,
+    /// Stale pages whose contents a reader sent home before an ownership request or a switch.
+    pub flushes: u64,
 }
 
 /// A message the directory cannot accept.
@@ -179,6 +186,8 @@ pub struct PageView {
     pub queued: usize,
     /// The page's coherence mode.
     pub mode: Mode,
+    /// The home copy is not current: the readers hold the current contents.
+    pub stale: bool,
 }
 
 /// The coordinator side of the INVALIDATE protocol for one session (see the module docs).
@@ -196,6 +205,8 @@ pub struct PageDirectory {
     pending: Vec<u32>,
     /// The home copies.
     homes: Homes,
+    /// Pages go directly from process to process (every member serves peer connections).
+    forwards: bool,
 }
 
 impl PageDirectory {
@@ -210,7 +221,15 @@ impl PageDirectory {
             default_policy: Coherence::Adaptive,
             pending: vec![0; nprocs as usize],
             homes: Homes::new(Box::new(HeapHomes::default())),
+            forwards: false,
         }
+    }
+
+    /// Sends pages another process holds directly from that process to the requester
+    /// (`Forward`; every member must serve peer connections). Off by default.
+    pub fn with_forwards(mut self, on: bool) -> Self {
+        self.forwards = on;
+        self
     }
 
     /// Keeps the home copies in `homes` (it must be empty).
@@ -352,7 +371,25 @@ impl PageDirectory {
             ToCoordinator::Writeback { page, data } => {
                 self.check(page)?;
                 check_len(page, Some(&data))?;
-                self.writeback(page, from, &data);
+                self.writeback(page, from, &data, out);
+            }
+            ToCoordinator::Got { first, count } => {
+                self.check_span("got", first, count, None)?;
+                for page in first..first + u64::from(count) {
+                    self.got(page, from, out);
+                }
+            }
+            ToCoordinator::ForwardAborted { first, count } => {
+                self.check_span("forward aborted", first, count, None)?;
+                for page in first..first + u64::from(count) {
+                    self.forward_aborted(page, from, out);
+                }
+            }
+            ToCoordinator::ForwardReturn { first, count, data } => {
+                self.check_span("forward return", first, count, Some(data.len()))?;
+                for (page, i) in (first..first + u64::from(count)).zip(0..) {
+                    self.forward_return(page, from, &data.page_data(i), out);
+                }
             }
             ToCoordinator::FetchRun { req, first, count } => {
                 self.check_span("fetch run", first, count, None)?;
@@ -416,7 +453,7 @@ impl PageDirectory {
             }
             ToCoordinator::WritebackRun { data, .. } => {
                 for (page, i) in pages {
-                    self.writeback(page, from, data.page(i));
+                    self.writeback(page, from, data.page(i), out);
                 }
             }
             run => {
@@ -482,10 +519,16 @@ impl PageDirectory {
         let mut pages: Vec<PageNo> = self.entries.keys().collect();
         pages.sort_unstable();
         for page in pages {
+            self.forward_left(page, rank, out);
             let Some(e) = self.entries.get_mut(&page) else { continue };
             e.readers.remove(rank);
             if e.owner == Some(rank) {
                 e.owner = None;
+            }
+            if e.stale && e.readers.is_empty() {
+                // Nobody holds the current contents any more (every holder crashed): the
+                // home, older, is all there is.
+                e.stale = false;
             }
             e.queue.retain(|r| r.from != rank || matches!(r.kind, Kind::Switch(_)));
             if let Some(txn) = e.busy.as_mut() {
@@ -523,6 +566,7 @@ impl PageDirectory {
                 busy: e.busy.is_some(),
                 queued: e.queue.len(),
                 mode: e.mode,
+                stale: e.stale,
             },
         }
     }
@@ -563,18 +607,27 @@ impl PageDirectory {
     /// for an idle page starts at once, without a trip through the queue).
     fn submit(&mut self, page: PageNo, request: Request, out: &mut Vec<(Rank, ToProcess)>) {
         let e = entry_in(&mut self.entries, &self.advice, self.default_policy, page);
-        drive(e, &mut self.homes, &mut self.stats, &mut self.pending, self.nprocs, page, Some(request), out);
+        let config = (self.nprocs, self.forwards);
+        drive(e, &mut self.homes, &mut self.stats, &mut self.pending, config, page, Some(request), out);
     }
 
-    /// A Writeback of `page` (one page of `bytes`) from `from`: kept only from its owner.
-    fn writeback(&mut self, page: PageNo, from: Rank, bytes: &[u8]) {
-        if let Some(e) = self.entries.get_mut(&page) {
-            if e.owner == Some(from) {
-                self.homes.write(page, bytes);
-                e.owner = None;
-                self.stats.writebacks += 1;
-            }
+    /// A Writeback of `page` (one page of `bytes`) from `from`: kept from its owner, and from
+    /// a reader of a stale page (a process leaving with the current contents); ignored from
+    /// anyone else.
+    fn writeback(&mut self, page: PageNo, from: Rank, bytes: &[u8], out: &mut Vec<(Rank, ToProcess)>) {
+        let Some(e) = self.entries.get_mut(&page) else { return };
+        if e.owner == Some(from) {
+            e.owner = None;
+        } else if e.stale && e.readers.contains(from) {
+            e.readers.remove(from);
+            e.stale = false;
+        } else {
+            return;
         }
+        self.homes.write(page, bytes);
+        self.stats.writebacks += 1;
+        self.home_written(page, from, out);
+        self.progress(page, out);
     }
 
     /// A DowngradeAck (`kind` Fetch) or RecallAck (`kind` Own) from `from`, with the page's
@@ -589,13 +642,31 @@ impl PageDirectory {
     ) {
         let Some(e) = self.entries.get_mut(&page) else { return };
         let Some(txn) = e.busy.as_mut() else { return };
-        // A DowngradeAck answers a Fetch or a switch to update mode; a RecallAck an Own.
-        let downgrade = matches!(txn.request.kind, Kind::Fetch | Kind::Switch(Mode::Update));
-        let matches_kind = if kind == Kind::Fetch { downgrade } else { txn.request.kind == Kind::Own };
+        // A DowngradeAck answers a Fetch, a switch to update mode or a flush; a RecallAck an Own.
+        let downgrade = txn.flush || matches!(txn.request.kind, Kind::Fetch | Kind::Switch(Mode::Update));
+        let matches_kind = if kind == Kind::Fetch { downgrade } else { txn.request.kind == Kind::Own && !txn.flush };
         if !matches_kind || txn.owner_ack != Some(from) {
             return;
         }
         txn.owner_ack = None;
+        if txn.flush {
+            // A reader of a stale page sent its copy home (it keeps it); without data it no
+            // longer held the page (its Writeback, first on the stream, made the home current).
+            match &data {
+                Some(d) => {
+                    self.homes.write_data(page, d);
+                    e.stale = false;
+                }
+                None => {
+                    e.readers.remove(from);
+                    if e.readers.is_empty() {
+                        e.stale = false;
+                    }
+                }
+            }
+            self.progress(page, out);
+            return;
+        }
         // The former owner no longer holds a Writable copy either way. With data: it is the
         // current contents. Without: the owner wrote back before (home is current).
         e.owner = None;
@@ -614,7 +685,8 @@ impl PageDirectory {
     /// requests until one has to wait (or the queue is empty).
     fn progress(&mut self, page: PageNo, out: &mut Vec<(Rank, ToProcess)>) {
         let Some(e) = self.entries.get_mut(&page) else { return };
-        drive(e, &mut self.homes, &mut self.stats, &mut self.pending, self.nprocs, page, None, out);
+        let config = (self.nprocs, self.forwards);
+        drive(e, &mut self.homes, &mut self.stats, &mut self.pending, config, page, None, out);
     }
 }
 
@@ -657,3 +729,6 @@ fn check_access(offset: u16, width: u8, max_width: u8) -> Result<(), DirectoryEr
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod forward_tests;

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 
+use super::forward::{self, Forward};
 use super::homes::Homes;
 use super::ranks::RankSet;
 use super::{DirectoryStats, PINGPONG_GRANTS, WRITE_RUN};
@@ -47,11 +48,31 @@ pub(super) struct Txn {
     pub(super) owner_ack: Option<Rank>,
     /// The ranks whose `InvalidateAck` is awaited (Own only).
     pub(super) invalidate_acks: RankSet,
+    /// The awaited `owner_ack` is a `DowngradeAck` from a reader of a stale page (a flush:
+    /// the reader keeps its copy and sends its contents home).
+    pub(super) flush: bool,
+    /// When every ack is in, start the request again instead of completing it (after a flush,
+    /// or a forward the requester gave up: the page's state changed under the first try).
+    pub(super) restart: bool,
+    /// A direct transfer from another process to the requester (Fetch only).
+    pub(super) forward: Option<Forward>,
 }
 
 impl Txn {
+    pub(super) fn new(request: Request) -> Txn {
+        Txn {
+            request,
+            requester_gone: false,
+            owner_ack: None,
+            invalidate_acks: RankSet::default(),
+            flush: false,
+            restart: false,
+            forward: None,
+        }
+    }
+
     pub(super) fn done(&self) -> bool {
-        self.owner_ack.is_none() && self.invalidate_acks.is_empty()
+        self.owner_ack.is_none() && self.invalidate_acks.is_empty() && self.forward.as_ref().is_none_or(Forward::finished)
     }
 }
 
@@ -69,6 +90,9 @@ pub(super) struct Entry {
     /// Adaptive bookkeeping: the process writing the current run of replayed writes.
     pub(super) run_writer: Option<Rank>,
     pub(super) run_len: u32,
+    /// The home copy is not current: the readers hold the current contents (a forward gave
+    /// the page from process to process). Never with an owner, never in update mode.
+    pub(super) stale: bool,
 }
 
 impl Entry {
@@ -81,10 +105,12 @@ impl Entry {
 
 /// Starts `request`: sends the Downgrade / Invalidates / Recall it needs and marks the page
 /// busy (a transaction with nothing to wait for completes at the next step of `progress`).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn start(
     e: &mut Entry,
     homes: &mut Homes,
     stats: &mut DirectoryStats,
+    forwards: bool,
     page: PageNo,
     request: Request,
     out: &mut Vec<(Rank, ToProcess)>,
@@ -101,9 +127,33 @@ pub(super) fn start(
         return;
     }
     let request = if request.kind == Kind::ForceOwn { Request { kind: Kind::Own, ..request } } else { request };
-    let mut txn =
-        Txn { request, requester_gone: false, owner_ack: None, invalidate_acks: RankSet::default() };
+    let mut txn = Txn::new(request);
+    // A stale page's contents are only at its readers: an ownership request by a process
+    // without a copy, a switch to update mode and (wrongly) a fetch by its only reader first
+    // bring one reader's copy home, then start again.
+    let needs_home = match request.kind {
+        Kind::Own | Kind::ForceOwn => !e.readers.contains(request.from),
+        Kind::Switch(Mode::Update) => e.mode == Mode::Invalidate,
+        Kind::Fetch => !forwards || e.readers.iter().all(|r| r == request.from),
+        _ => false,
+    };
+    if e.stale && needs_home {
+        if let Some(s) = e.readers.iter().next() {
+            out.push((s, ToProcess::Downgrade { page }));
+            stats.flushes += 1;
+            txn.owner_ack = Some(s);
+            txn.flush = true;
+            txn.restart = true;
+            e.busy = Some(txn);
+            return;
+        }
+    }
     match request.kind {
+        Kind::Fetch if forwards && e.mode == Mode::Invalidate && forward::source(e, request.from).is_some() => {
+            if let Some(source) = forward::source(e, request.from) {
+                txn.forward = Some(forward::begin(stats, page, &request, source, out));
+            }
+        }
         Kind::Fetch => {
             if let Some(o) = e.owner {
                 // Also when o == request.from (cannot happen with a correct process): the
@@ -174,7 +224,7 @@ pub(super) fn drive(
     homes: &mut Homes,
     stats: &mut DirectoryStats,
     pending: &mut [u32],
-    nprocs: u32,
+    (nprocs, forwards): (u32, bool),
     page: PageNo,
     mut new: Option<Request>,
     out: &mut Vec<(Rank, ToProcess)>,
@@ -187,7 +237,15 @@ pub(super) fn drive(
             }
             Some(_) => {
                 if let Some(txn) = e.busy.take() {
-                    complete(e, homes, stats, nprocs, page, &txn, out);
+                    if txn.restart && !txn.requester_gone {
+                        // The same request again, on the page as it is now (it keeps its place:
+                        // nothing queued behind it starts first).
+                        start(e, homes, stats, forwards, page, txn.request, out);
+                        continue;
+                    }
+                    if !txn.restart {
+                        complete(e, homes, stats, nprocs, page, &txn, out);
+                    }
                 }
             }
             None => {}
@@ -205,7 +263,7 @@ pub(super) fn drive(
                 *n = n.saturating_sub(1);
             }
         }
-        start(e, homes, stats, page, request, out);
+        start(e, homes, stats, forwards, page, request, out);
     }
 }
 
@@ -284,6 +342,10 @@ pub(super) fn complete(
     out: &mut Vec<(Rank, ToProcess)>,
 ) {
     let Request { from, req, kind } = txn.request;
+    if let Some(f) = &txn.forward {
+        forward::complete(e, f, from, txn.requester_gone);
+        return;
+    }
     match kind {
         Kind::Fetch => {
             // Any owner was downgraded (or left, or wrote back): home is current.
@@ -315,6 +377,7 @@ pub(super) fn complete(
             // listed: nobody could have written the page since it got that copy.
             let had_copy = e.owner == Some(from) || e.readers.contains(from);
             e.readers.clear();
+            e.stale = false;
             if txn.requester_gone {
                 e.owner = None;
                 return;
