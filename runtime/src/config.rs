@@ -13,6 +13,7 @@
 //! | `DSM_IDLE_TIMEOUT` | declare the coordinator lost after this silence (at least 3 keep-alives) | `10s` |
 //! | `DSM_KEEP_ALIVE` | send a keep-alive after this much silence | `1s` |
 //! | `DSM_BUSY_POLL` | keep the runtime thread polling this long after traffic (`0s`: never; see [`dsm_cert::BusyPoll`]) | `200us` |
+//! | `DSM_DIRECT` | take direct page transfers from other processes (`0`/`off`: every page goes through the coordinator) | `1` |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,6 +58,9 @@ pub struct Config {
     pub(crate) transport: dsm_cert::Transport,
     pub(crate) hello_version: u16,
     pub(crate) client_cert: Option<(PathBuf, PathBuf)>,
+    /// Offer direct page transfers: serve peer connections and send a peer fingerprint in the
+    /// attach (the coordinator decides whether the session uses them).
+    pub(crate) direct: bool,
 }
 
 impl Config {
@@ -89,6 +93,12 @@ impl Config {
     pub fn coordinator(&self) -> &str {
         &self.coordinator
     }
+
+    /// Whether this process offers direct page transfers (see
+    /// [`ConfigBuilder::direct_transfers`]).
+    pub fn direct_transfers(&self) -> bool {
+        self.direct
+    }
 }
 
 /// Builder for [`Config`].
@@ -107,6 +117,7 @@ pub struct ConfigBuilder {
     busy_poll: Option<Duration>,
     hello_version: Option<u16>,
     client_cert: Option<(PathBuf, PathBuf)>,
+    direct: Option<bool>,
 }
 
 impl ConfigBuilder {
@@ -173,6 +184,15 @@ impl ConfigBuilder {
         self.client_cert = Some((cert.into(), key.into()));
         self
     }
+    /// Offer direct page transfers (default on): the process serves peer connections from
+    /// the other members on its own UDP socket, so pages another process holds can come
+    /// straight from it rather than through the coordinator. Off, every page goes through the
+    /// coordinator, and so does every page of the session (the coordinator forwards only when
+    /// every member offers them). Environment: `DSM_DIRECT=0`.
+    pub fn direct_transfers(mut self, on: bool) -> Self {
+        self.direct = Some(on);
+        self
+    }
     /// Speak another protocol version in the hello (tests of the mismatch error only).
     #[doc(hidden)]
     pub fn hello_version(mut self, v: u16) -> Self {
@@ -234,6 +254,11 @@ impl ConfigBuilder {
                 self.busy_poll = Some(parse_duration(&v).map_err(|e| bad("DSM_BUSY_POLL", e))?);
             }
         }
+        if self.direct.is_none() {
+            if let Some(v) = var("DSM_DIRECT") {
+                self.direct = Some(parse_switch(&v).map_err(|e| bad("DSM_DIRECT", e))?);
+            }
+        }
         Ok(self)
     }
 
@@ -280,7 +305,17 @@ impl ConfigBuilder {
             transport,
             hello_version: self.hello_version.unwrap_or(dsm_proto::PROTOCOL_VERSION),
             client_cert: self.client_cert,
+            direct: self.direct.unwrap_or(true),
         })
+    }
+}
+
+/// An on/off setting: `1`, `on`, `true`, `yes` or `0`, `off`, `false`, `no` (any case).
+pub(crate) fn parse_switch(v: &str) -> std::result::Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "on" | "true" | "yes" => Ok(true),
+        "0" | "off" | "false" | "no" => Ok(false),
+        other => Err(format!("'{other}' is not a switch (use 1/on/true/yes or 0/off/false/no)")),
     }
 }
 
@@ -351,6 +386,17 @@ mod tests {
         assert_eq!(short.transport.busy_poll, Duration::from_micros(50));
         assert_eq!(built.transport.busy_poll, Duration::from_millis(1));
         assert!(e.contains("DSM_BUSY_POLL") && e.contains("soon"), "{e}");
+        // Direct transfers: on by default, off from the environment, the builder wins.
+        assert!(c.direct_transfers());
+        std::env::set_var("DSM_DIRECT", "0");
+        let off = base().env_overrides().unwrap().build().unwrap();
+        let on = base().direct_transfers(true).env_overrides().unwrap().build().unwrap();
+        std::env::set_var("DSM_DIRECT", "maybe");
+        let e = base().env_overrides().unwrap_err().to_string();
+        std::env::remove_var("DSM_DIRECT");
+        assert!(!off.direct_transfers());
+        assert!(on.direct_transfers());
+        assert!(e.contains("DSM_DIRECT") && e.contains("maybe"), "{e}");
     }
 
     #[test]

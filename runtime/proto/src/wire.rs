@@ -602,6 +602,15 @@ pub enum ToPeer {
     },
 }
 
+/// A [`ToPeer::Pages`]'s contents, for [`crate::FrameQueue`] to take.
+impl crate::frame::PageBytes for ToPeer {
+    fn page_data_mut(&mut self) -> Option<&mut PageData> {
+        match self {
+            ToPeer::Pages { data, .. } => Some(data),
+        }
+    }
+}
+
 /// The page contents carried by a [`ToProcess::Grant`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GrantData {

@@ -1,14 +1,18 @@
 //! Connecting: resolve the coordinator's address, the QUIC handshake with mutual TLS, the
-//! versioned hello, then the attach and the wait for the session to start.
+//! versioned hello, then the attach and the wait for the session to start. With direct
+//! transfers on (`Config::direct`), the endpoint also serves peer connections from before the
+//! attach ([`PeerSetup`]), the attach carries this process's peer fingerprint, and once the
+//! session starts with the members' addresses the driver gets its [`PeerLinks`].
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use dsm_proto::{close_code, AttachRequest, Hello, ToCoordinator, ToProcess, HELLO_LEN};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::driver::Driver;
 use super::errors::{connection_error, read_error, write_error};
+use super::peers::{PeerLinks, PeerSetup};
 use super::AttachInfo;
 use crate::config::{host_of, Config};
 use crate::error::{Error, Result};
@@ -83,6 +87,24 @@ pub(super) async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
         }
         Ok((send, recv))
     };
+    // Peers reach this process at the address the coordinator sees its connection come from:
+    // this endpoint's. It serves them from before the attach (quinn holds their connections
+    // until the session starts and the links accept them).
+    let peer_setup = if config.direct {
+        match PeerSetup::new(&config.transport, config.connect_timeout) {
+            Ok(setup) => {
+                setup.serve(&endpoint);
+                Some(setup)
+            }
+            Err(e) => {
+                warn!("no direct transfers for this process: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let peer_endpoint = endpoint.clone();
     let (send, recv) = match tokio::time::timeout(config.connect_timeout, hello).await {
         Ok(r) => r?,
         Err(_) => {
@@ -104,7 +126,7 @@ pub(super) async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
             size: config.size,
             nprocs: config.nprocs,
             label,
-            peer: None,
+            peer: peer_setup.as_ref().map(PeerSetup::fingerprint),
         }))
         .await?;
     let start = Instant::now();
@@ -128,9 +150,20 @@ pub(super) async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
                 joined = j;
                 debug!("session '{}': {j} of {nprocs} processes attached", config.session);
             }
-            ToProcess::Attached { rank, nprocs, size, .. } => {
-                debug!("attached session '{}' as rank {rank} of {nprocs}", config.session);
-                return Ok((driver, AttachInfo { rank, nprocs, size }));
+            ToProcess::Attached { rank, nprocs, size, peers } => {
+                debug!(
+                    direct = !peers.is_empty(),
+                    "attached session '{}' as rank {rank} of {nprocs}", config.session
+                );
+                match peer_setup {
+                    Some(setup) if !peers.is_empty() => {
+                        driver.serve_peers(PeerLinks::new(setup, peer_endpoint, rank, &peers));
+                    }
+                    // The session does not forward: serve nobody.
+                    Some(_) => peer_endpoint.set_server_config(None),
+                    None => {}
+                }
+                return Ok((driver, AttachInfo { rank, nprocs, size, peers }));
             }
             ToProcess::Refused(r) => {
                 driver.close(close_code::OK, b"refused");

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::errors::{read_error, write_error};
+use super::peers::{PeerEvent, PeerLinks};
 use super::{Command, Reply};
 use crate::error::{Error, Result};
 use crate::fatal::fatal;
@@ -57,6 +58,10 @@ pub(crate) struct Driver {
     efd: Option<AsyncFd<UffdFd>>,
     /// Keeps this thread polling for a moment after traffic (see `dsm_cert::BusyPoll`).
     busy: dsm_cert::BusyPoll,
+    /// Direct transfers with the other members and their events, when the session forwards
+    /// (set by `connect.rs`; the loop does not serve them yet).
+    #[allow(dead_code)]
+    peers: Option<(PeerLinks, mpsc::UnboundedReceiver<PeerEvent>)>,
 }
 
 enum Waiting {
@@ -94,6 +99,7 @@ impl Driver {
             uffd: None,
             efd: None,
             busy: dsm_cert::BusyPoll::spawn(busy_poll),
+            peers: None,
         }
     }
 
@@ -103,6 +109,11 @@ impl Driver {
         self.region = Some(service);
         self.uffd = Some(uffd);
         self.efd = Some(efd);
+    }
+
+    /// Also carry direct transfers (`PeerLinks::new`'s links and events).
+    pub(super) fn serve_peers(&mut self, links: (PeerLinks, mpsc::UnboundedReceiver<PeerEvent>)) {
+        self.peers = Some(links);
     }
 
     pub(super) fn close(&self, code: u32, reason: &[u8]) {

@@ -11,13 +11,15 @@
 //! - `connect.rs`: resolve, QUIC + mutual TLS, hello, attach;
 //! - `driver.rs`: framing, the select loop, session requests (barriers, semaphores, ping,
 //!   detach), and what happens when the connection fails;
-//! - `errors.rs`: quinn errors as actionable [`Error`]s.
+//! - `errors.rs`: quinn errors as actionable [`Error`]s;
+//! - `peers.rs`: [`peers::PeerLinks`], the transport of direct page transfers between members.
 //!
 //! The region's faults are served on the same thread by `crate::fault`.
 
 mod connect;
 mod driver;
 mod errors;
+mod peers;
 
 use std::sync::Arc;
 
@@ -30,11 +32,15 @@ use crate::fault::FaultService;
 use crate::region::{RegionMaps, RegionStats};
 
 /// What the coordinator said when the session started.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct AttachInfo {
     pub rank: Rank,
     pub nprocs: u32,
     pub size: u64,
+    /// Every member's peer address by rank; empty when the session does not forward pages
+    /// directly (the driver then has no [`peers::PeerLinks`]).
+    #[allow(dead_code)] // Read once forwards are served.
+    pub peers: Vec<Option<dsm_proto::PeerAddress>>,
 }
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
