@@ -56,6 +56,12 @@ struct Args {
     /// a dedicated coordinator host with many sessions may want one per core].
     #[arg(long, env = "DSM_COORDINATOR_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
+    /// Never transfer pages directly between processes: every page goes through the
+    /// coordinator (by default a session's pages travel from the process holding them to the
+    /// one asking when every process of the session offers it; processes opt out with
+    /// DSM_DIRECT=0). Direct transfers need UDP between the processes' machines.
+    #[arg(long)]
+    no_direct_transfers: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +76,7 @@ fn main() -> anyhow::Result<()> {
     config.transport.keep_alive = args.keep_alive;
     config.transport.busy_poll = args.busy_poll;
     config.metrics = args.metrics;
+    config.direct_transfers = !args.no_direct_transfers;
     // Sessions are served in parallel: connections' tasks run on every worker, each session's
     // messages under its own lock (see `workers.rs` for the default count).
     let workers = args.workers.map_or_else(dsm_coordinator::default_workers, usize::from);

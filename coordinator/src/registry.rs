@@ -10,6 +10,12 @@
 //! join order. A running session ends when every member has detached or been lost, and its name
 //! can be used again.
 //!
+//! Direct transfers: the I/O layer tells the registry where each connection comes from
+//! ([`Registry::connected`]); a session whose members all offered a peer fingerprint in their
+//! attach, on a coordinator that allows direct transfers ([`Registry::with_direct_transfers`]),
+//! starts with every member's address and fingerprint in `Attached::peers`, and its directory
+//! forwards pages ([`RUNTIME_SERVES_FORWARDS`]).
+//!
 //! Read-only views for operators live in `registry/snapshot.rs` ([`Registry::status_report`]);
 //! what happened since the I/O layer last looked is queued as [`Event`]s and [`EndedSession`]s.
 
@@ -20,13 +26,14 @@ pub use snapshot::SessionCounts;
 use running::{Barrier, Member, MemberState, Running};
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use dsm_proto::directory::{DirectoryStats, PageDirectory};
 use dsm_proto::{
-    check_region_size, check_session_name, AttachRequest, Rank, Refusal,
+    check_region_size, check_session_name, AttachRequest, PeerAddress, Rank, Refusal,
     SessionFault, ToCoordinator, ToProcess, MAX_PROCESSES,
 };
 
@@ -38,6 +45,13 @@ pub const MAX_WAITS_PER_RANK: usize = 4096;
 
 /// Identifies one client connection.
 pub type ConnId = u64;
+
+/// Whether the processes' runtime serves the directory's forwards yet (`ToProcess::Forward`
+/// and the rest, `ToPeer::Pages` on its peer links). Until it does, a session that gets its
+/// members' peer addresses still has every page served through the coordinator: a forward
+/// would be ignored and its request would wait forever. Set to `true` when the runtime's
+/// driver handles them.
+pub const RUNTIME_SERVES_FORWARDS: bool = false;
 
 /// What the I/O layer must do after an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,10 +78,20 @@ pub struct SessionStats {
     pub pages: DirectoryStats,
 }
 
+/// A process waiting for its session to start.
+#[derive(Debug)]
+struct Joining {
+    conn: ConnId,
+    /// What the process said about itself.
+    label: String,
+    /// Its peer fingerprint, if it takes direct transfers.
+    peer: Option<[u8; 32]>,
+}
+
 #[derive(Debug)]
 enum Phase {
     /// Waiting for processes; connections in join order.
-    Pending(Vec<(ConnId, String)>),
+    Pending(Vec<Joining>),
     /// All processes joined; members indexed by rank.
     /// Behind its own lock: members' messages are handled under it alone (see
     /// [`Registry::member`]), so sessions proceed in parallel.
@@ -225,18 +249,49 @@ pub enum Event {
 }
 
 /// All sessions of one coordinator.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     sessions: HashMap<String, Session>,
     conns: HashMap<ConnId, ConnState>,
+    /// Where each connection comes from, as the I/O layer sees it ([`Registry::connected`]).
+    addrs: HashMap<ConnId, SocketAddr>,
+    /// Sessions may transfer pages directly between their members.
+    direct: bool,
     ended: Vec<EndedSession>,
     events: Vec<Event>,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            sessions: HashMap::new(),
+            conns: HashMap::new(),
+            addrs: HashMap::new(),
+            direct: true,
+            ended: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
 impl Registry {
-    /// An empty registry.
+    /// An empty registry; direct transfers allowed.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Allows sessions to transfer pages directly between their members (the default) or not:
+    /// off, every session starts with no peer addresses and every page goes through the
+    /// coordinator.
+    pub fn with_direct_transfers(mut self, on: bool) -> Self {
+        self.direct = on;
+        self
+    }
+
+    /// `conn` comes from `addr` (the address its members' peers reach it at: a process's
+    /// endpoint serves peer connections on the socket it connected from).
+    pub fn connected(&mut self, conn: ConnId, addr: SocketAddr) {
+        self.addrs.insert(conn, addr);
     }
 
     /// Number of sessions, pending or running.
@@ -351,6 +406,7 @@ impl Registry {
 
     /// `conn` is gone (closed, reset, or silent past the idle timeout). `detail` says how.
     pub fn handle_disconnect(&mut self, conn: ConnId, detail: &str, out: &mut Outbox) {
+        self.addrs.remove(&conn);
         let Some(state) = self.conns.remove(&conn) else { return };
         match state {
             ConnState::Queued { session } => {
@@ -361,8 +417,8 @@ impl Registry {
             ConnState::Pending { session } => {
                 let Some(s) = self.sessions.get_mut(&session) else { return };
                 let Phase::Pending(members) = &mut s.phase else { return };
-                if let Some(pos) = members.iter().position(|(c, _)| *c == conn) {
-                    let (_, label) = members.remove(pos);
+                if let Some(pos) = members.iter().position(|j| j.conn == conn) {
+                    let Joining { label, .. } = members.remove(pos);
                     self.events.push(Event::LeftWaiting {
                         session: session.clone(),
                         label,
@@ -373,8 +429,8 @@ impl Registry {
                     self.sessions.remove(&session);
                 } else {
                     let joined = members.len() as u32;
-                    for (c, _) in members.iter() {
-                        out.push(Output::Send(*c, ToProcess::Joined { joined, nprocs: s.nprocs }));
+                    for j in members.iter() {
+                        out.push(Output::Send(j.conn, ToProcess::Joined { joined, nprocs: s.nprocs }));
                     }
                 }
             }
@@ -441,27 +497,33 @@ impl Registry {
         let Phase::Pending(members) = &mut s.phase else {
             return refuse(conn, Refusal::SessionFull { session: req.session, nprocs: s.nprocs }, out);
         };
-        members.push((conn, req.label));
+        members.push(Joining { conn, label: req.label, peer: req.peer });
         let joined = members.len() as u32;
         if joined < s.nprocs {
             self.conns.insert(conn, ConnState::Pending { session: req.session });
-            for (c, _) in members.iter() {
-                out.push(Output::Send(*c, ToProcess::Joined { joined, nprocs: s.nprocs }));
+            for j in members.iter() {
+                out.push(Output::Send(j.conn, ToProcess::Joined { joined, nprocs: s.nprocs }));
             }
             return;
         }
-        let members: Vec<Member> = std::mem::take(members)
+        let joining = std::mem::take(members);
+        let peers = peer_addresses(self.direct, &joining, &self.addrs);
+        if self.direct && peers.is_empty() {
+            tracing::info!(session = %req.session, "no direct transfers: not every process offered them");
+        }
+        let members: Vec<Member> = joining
             .into_iter()
-            .map(|(conn, label)| Member { conn, label, state: MemberState::Active })
+            .map(|j| Member { conn: j.conn, label: j.label, state: MemberState::Active })
             .collect();
         for (rank, m) in members.iter().enumerate() {
             let rank = rank as Rank;
             self.conns.insert(m.conn, ConnState::Member { session: req.session.clone(), rank });
             out.push(Output::Send(
                 m.conn,
-                ToProcess::Attached { rank, nprocs: s.nprocs, size: s.size, peers: Vec::new() },
+                ToProcess::Attached { rank, nprocs: s.nprocs, size: s.size, peers: peers.clone() },
             ));
         }
+        let forwards = !peers.is_empty() && RUNTIME_SERVES_FORWARDS;
         s.phase = Phase::Running(Arc::new(Mutex::new(Running {
             barrier: Barrier { epoch: 0, arrived: vec![false; members.len()], count: 0 },
             members,
@@ -469,7 +531,7 @@ impl Registry {
             lost: None,
             losses: Vec::new(),
             stats: SessionStats::default(),
-            directory: session_directory(s.nprocs, s.size / dsm_proto::PAGE_SIZE as u64),
+            directory: session_directory(s.nprocs, s.size / dsm_proto::PAGE_SIZE as u64).with_forwards(forwards),
         })));
         self.events.push(Event::SessionStarted { session: req.session, nprocs: s.nprocs, size: s.size });
     }
@@ -512,6 +574,19 @@ impl Registry {
             },
         }
     }
+}
+
+/// Every member's peer address by rank, when direct transfers are allowed and every member
+/// offered a fingerprint (and has a known address); else none (the session does not forward).
+fn peer_addresses(direct: bool, joining: &[Joining], addrs: &HashMap<ConnId, SocketAddr>) -> Vec<Option<PeerAddress>> {
+    if !direct {
+        return Vec::new();
+    }
+    joining
+        .iter()
+        .map(|j| Some(PeerAddress { addr: *addrs.get(&j.conn)?, fingerprint: j.peer? }))
+        .collect::<Option<Vec<PeerAddress>>>()
+        .map_or_else(Vec::new, |all| all.into_iter().map(Some).collect())
 }
 
 /// The page directory of a new session, its home copies in a mapping of their own (returned

@@ -48,6 +48,9 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Worker threads of the runtime [`crate::spawn`] starts (default [`crate::default_workers`]).
     pub workers: usize,
+    /// Let sessions transfer pages directly between their members when every member offers it
+    /// (default on; see [`crate::Registry::with_direct_transfers`]).
+    pub direct_transfers: bool,
 }
 
 impl Config {
@@ -60,6 +63,7 @@ impl Config {
             hello_timeout: Duration::from_secs(10),
             metrics: None,
             workers: crate::workers::default_workers(),
+            direct_transfers: true,
         }
     }
 
@@ -216,7 +220,7 @@ impl Coordinator {
             endpoint,
             loopback_config,
             shared: Arc::new(Mutex::new(Shared {
-                registry: Registry::new(),
+                registry: Registry::new().with_direct_transfers(config.direct_transfers),
                 peers: HashMap::new(),
                 losses: LossTimes::default(),
                 metrics: Arc::clone(&metrics),
@@ -363,6 +367,8 @@ impl Coordinator {
             let mut shared = self.shared.lock();
             shared.writers.0.write().insert(id, tx);
             shared.peers.insert(id, conn.remote_address());
+            // Where the process's peers reach it: its endpoint serves them on this socket.
+            shared.registry.connected(id, conn.remote_address());
             shared.writers.clone()
         };
         // Set once this connection is a member of a running session: its messages then take

@@ -41,11 +41,11 @@ impl Registry {
                     home_bytes: 0,
                     members: joined
                         .iter()
-                        .map(|(conn, label)| MemberStatus {
+                        .map(|j| MemberStatus {
                             rank: None,
                             state: WireMemberState::Waiting,
-                            label: label.clone(),
-                            peer: peer(*conn),
+                            label: j.label.clone(),
+                            peer: peer(j.conn),
                         })
                         .collect(),
                     barriers: 0,

@@ -330,3 +330,72 @@ fn a_member_sending_a_short_writeback_is_closed_and_counts_as_lost() {
     let lost = r.take_events().into_iter().any(|e| matches!(e, Event::RankLost { rank: 1, reason, .. } if reason.contains("protocol violation")));
     assert!(lost, "the loss is reported to the I/O layer (logs, metrics)");
 }
+
+/// Attaches `conn` from `addr`, offering `peer` as its fingerprint.
+fn attach_from(r: &mut Registry, conn: ConnId, addr: &str, peer: Option<[u8; 32]>, nprocs: u32) -> Outbox {
+    r.connected(conn, addr.parse().unwrap());
+    let mut out = Vec::new();
+    let req = AttachRequest { session: "s".into(), size: 4096, nprocs, label: format!("c{conn}"), peer };
+    r.handle_message(conn, ToCoordinator::Attach(req), &mut out);
+    out
+}
+
+/// The `peers` of every `Attached` in `out`, by connection.
+fn attached_peers(out: &Outbox) -> Vec<(ConnId, Vec<Option<PeerAddress>>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(c, ToProcess::Attached { peers, .. }) => Some((*c, peers.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_session_whose_members_all_offer_fingerprints_gets_their_addresses_by_rank() {
+    let mut r = Registry::new();
+    attach_from(&mut r, 7, "10.0.0.7:4000", Some([7; 32]), 3);
+    attach_from(&mut r, 3, "[fd00::3]:5000", Some([3; 32]), 3);
+    let out = attach_from(&mut r, 5, "127.0.0.1:6000", Some([5; 32]), 3);
+    let expected = vec![
+        Some(PeerAddress { addr: "10.0.0.7:4000".parse().unwrap(), fingerprint: [7; 32] }),
+        Some(PeerAddress { addr: "[fd00::3]:5000".parse().unwrap(), fingerprint: [3; 32] }),
+        Some(PeerAddress { addr: "127.0.0.1:6000".parse().unwrap(), fingerprint: [5; 32] }),
+    ];
+    assert_eq!(attached_peers(&out), vec![(7, expected.clone()), (3, expected.clone()), (5, expected)]);
+}
+
+#[test]
+fn one_member_without_a_fingerprint_or_a_coordinator_without_direct_transfers_means_no_peers() {
+    // One process opted out (DSM_DIRECT=0).
+    let mut r = Registry::new();
+    attach_from(&mut r, 1, "127.0.0.1:1001", Some([1; 32]), 2);
+    let out = attach_from(&mut r, 2, "127.0.0.1:1002", None, 2);
+    assert_eq!(attached_peers(&out), vec![(1, vec![]), (2, vec![])]);
+    // Every process offered, the coordinator does not allow it (--no-direct-transfers).
+    let mut r = Registry::new().with_direct_transfers(false);
+    attach_from(&mut r, 1, "127.0.0.1:1001", Some([1; 32]), 2);
+    let out = attach_from(&mut r, 2, "127.0.0.1:1002", Some([2; 32]), 2);
+    assert_eq!(attached_peers(&out), vec![(1, vec![]), (2, vec![])]);
+    // A member whose address the I/O layer never gave.
+    let mut r = Registry::new();
+    attach_from(&mut r, 1, "127.0.0.1:1001", Some([1; 32]), 2);
+    let mut out = Vec::new();
+    let req = AttachRequest { session: "s".into(), size: 4096, nprocs: 2, label: "c2".into(), peer: Some([2; 32]) };
+    r.handle_message(2, ToCoordinator::Attach(req), &mut out);
+    assert_eq!(attached_peers(&out), vec![(1, vec![]), (2, vec![])]);
+}
+
+#[test]
+fn a_waiting_process_that_leaves_takes_its_address_and_fingerprint_with_it() {
+    let mut r = Registry::new();
+    attach_from(&mut r, 1, "127.0.0.1:1001", None, 2);
+    let mut out = Vec::new();
+    r.handle_disconnect(1, "gone", &mut out);
+    // The process that opted out is gone: the two that offered get each other.
+    attach_from(&mut r, 2, "127.0.0.1:1002", Some([2; 32]), 2);
+    let out = attach_from(&mut r, 3, "127.0.0.1:1003", Some([3; 32]), 2);
+    let peers = attached_peers(&out);
+    assert_eq!(peers.len(), 2);
+    assert!(peers.iter().all(|(_, p)| p.len() == 2 && p.iter().all(Option::is_some)), "{peers:?}");
+    assert!(!r.addrs.contains_key(&1));
+}
