@@ -90,6 +90,10 @@ _T('FW-up', [[('W', 'x', 2), ('R', 'x', 'r0')],
    'non-SC', lambda r, m: False, extra=True)
 _T('FW-inv', [[('W', 'x', 2)], [('R', 'x', 'r1')], [('A', 'x', 'r2')]],
    'non-SC (e.g. r1=2,r2=0,x=1: FAA on a stale home)', lambda r, m: False, extra=True)
+# Task D test (F-fail-* sweeps only): P1 writes x twice; its second write upgrades the copy
+# it shares with P2 after a forward (stale home); a crash of P1 then loses x=1 that P2 read
+_T('FD-ww', [[('W', 'x', 1), ('W', 'x', 2)], [('R', 'x', 'r1'), ('R', 'x', 'r2')]],
+   'non-SC', lambda r, m: False, extra=True)
 
 
 def test_locs(test):
@@ -182,6 +186,31 @@ class Cfg:
         self.fwd_note = True        # the fix: C also sends FwdNote(p) to the requester on C->R,
                                     # and the requester applies forwarded data for p only after
                                     # that note (False = the rule as first proposed: not SC)
+        # ---- Task D: forwards with failures, the session-25 rules (dsm_faults.py; README
+        # "Task D: forward failures").  fwd_d=True selects dsm_faults.ModelD.
+        self.fwd_d = False
+        self.fwd_stale_own = 'flush'  # Own from a non-holder on a stale page: 'flush' (D8: Downgrade
+                                    # to one reader, then the ordinary Own) | 'invdata' (Task C, C6)
+        self.fwd_upgrade = 'nodata' # Own from a reader of a stale page: 'nodata' (D8 as written) |
+                                    # 'flush' (flush from another reader first, if there is one)
+        self.fwd_wb = 0             # releases (Writeback of one page, P6) allowed in a run, any process
+        self.fwd_detach = 0         # clean detaches (a finished process writes back and leaves)
+        self.fwd_peerfail = 0       # peer sends that fail (P5: ForwardReturn; or 'ambiguous': delivered
+                                    # and ForwardReturn) in a run
+        self.fwd_crash = ()         # processes (0-based) that may crash; at most one crash per run
+        self.fwd_abort_mark = 'note'  # P3/P4 aborted mark: 'note' (a new ForwardNote for the request
+                                    # clears it) | 'sticky' (kept until the Fetch is answered) |
+                                    # 'none' (the fix: no mark; Pages for the pending request are
+                                    # kept until a note, the latest replaces older ones; Data drops them)
+        self.fwd_flush_lost = 'reflush'  # flush target lost while the page is still stale:
+                                    # 'reflush' (Downgrade the next reader) | 'home' (use the home)
+        self.fwd_d3 = 'asis'        # D3 as written: only a Writeback C keeps (owner, reader of a stale
+                                    # page) aborts | 'always': any Writeback from the source aborts
+        self.fwd_late_return = 'accept'  # D4b "elsewhere": a ForwardReturn from a reader of a stale
+                                    # page refreshes the home ('accept', as written) | 'ignore' (fix)
+        self.fwd_return_id = False  # fix: ForwardReturn names its forward (to, req); D4b only for it
+        self.fwd_dmut = 'none'      # Task D mutants: acceptaborted | nohandshake | noskip |
+                                    # detachdrop | flushdrop
         self.max_states = 30_000_000
         for k, v in kw.items():
             if not hasattr(self, k):
@@ -1081,7 +1110,7 @@ class Model:
         def run(fn, *a, sw=False, budget_p=None):
             vec = (); stack = None
             while True:              # one successor per vector of choices (Mut.pick)
-                m = Mut(s, vec)
+                m = self.mk(s, vec)
                 try:
                     lab = fn(m, *a)
                 except ProtoErr as e:
@@ -1117,6 +1146,8 @@ class Model:
             return out
 
         for i in range(self.N):
+            if self.dmode and s[8][1][i] != 'A':    # Task D: crashed or detached
+                continue
             pc, blk, copies = procs[i]
             cur = self.PAGE[self.progs[i][pc][1]] if pc < len(self.progs[i]) else -1
             if aux is None:
@@ -1148,7 +1179,7 @@ class Model:
             if c2p[i]:
                 for j in idxs(c2p[i]):
                     run(self.t_precv, i, j)
-        if s[7] is not None:         # Task C: peer channels P_src -> P_dst
+        if s[7] is not None and not self.dmode:   # Task C: peer channels P_src -> P_dst
             notes = s[7][1]
             for c, ch in enumerate(s[7][0]):
                 if ch:
@@ -1169,6 +1200,11 @@ class Model:
                 if pages[p][4] is None and (s[5] is None or s[5][p] > 0):
                     run(self.t_switch, p, sw=True, budget_p=p)
         return res
+
+    dmode = False                    # Task D model (dsm_faults.ModelD)
+
+    def mk(self, s, vec):
+        return Mut(s, vec)
 
     # ------------------------------------------------------- predicates
     def all_done(self, s):
@@ -1260,7 +1296,26 @@ FWD_EVENTS = (('share-owner', 'to owner P'), ('share-holder', 'to holder P'),
               ('flush', 'Flush('), ('peer-run', '] run of'))
 
 
-def fwd_cover(lab, cover):
+# Task D coverage (only with fwd_d)
+FWD_D_EVENTS = (('forward', 'Forward('), ('got', 'recv Got('), ('abort', 'ABORT'),
+                ('restart', 'restart the Fetch'), ('d3', 'D3:'), ('d4', 'D4 source lost'),
+                ('d4b', 'D4b'), ('d6', 'D6 requester'), ('d7', 'no reader left'),
+                ('d10', 'D10'), ('flush', 'flush: Downgrade'), ('flush-none', 'flush: no copy'),
+                ('skip', 'skip'), ('kept', 'keep the data'), ('drop-pages', 'drop Pages'),
+                ('peer-fail', 'FAILS'), ('ambiguous', 'delivered anyway'),
+                ('unreachable', 'unreachable'), ('release', 'release'), ('detach', 'detach'),
+                ('crash', 'CRASH'), ('late-return', 'late return'),
+                ('upgrade-nodata', 'no data: upgrade'), ('reflush', 'Downgrade to P'))
+
+
+def fwd_cover(lab, cover, dmode=False):
+    if dmode:
+        for k, kw in FWD_D_EVENTS:
+            if kw in lab:
+                if k == 'forward' and not lab.startswith('C:'):
+                    continue
+                cover[k] = cover.get(k, 0) + 1
+        return
     for k, kw in FWD_EVENTS:
         if kw in lab:
             if k == 'give' and not lab.startswith('C:'):
@@ -1269,7 +1324,11 @@ def fwd_cover(lab, cover):
 
 
 def explore(test, cfg, want_stuck=True):
-    M = Model(test, cfg)
+    if cfg.fwd_d:
+        import dsm_faults
+        M = dsm_faults.ModelD(test, cfg)
+    else:
+        M = Model(test, cfg)
     sc = sc_outcomes(test)
     sc_regs = {r for r, _ in sc}
     init = M.initial()
@@ -1304,7 +1363,7 @@ def explore(test, cfg, want_stuck=True):
             if not sw:
                 nonswitch += 1
             if fwd:
-                fwd_cover(lab, R.cover)
+                fwd_cover(lab, R.cover, M.dmode)
             if err is not None:
                 if err not in R.errors:
                     R.errors[err] = (sid, c)
@@ -1318,10 +1377,10 @@ def explore(test, cfg, want_stuck=True):
                 frontier.append((nid, ns))
                 if len(parent) > cfg.max_states:
                     raise RuntimeError('state limit exceeded')
-            if want_stuck:
+            if want_stuck and sw != 'env':   # Task D: failures are not needed to finish
                 esrc.append(sid); edst.append(nid)
                 eretry.append(1 if ('recv Retry' in lab or 'recv OwnData' in lab
-                                    or 'recv Denied' in lab) else 0)
+                                    or 'recv Denied' in lab or 'recv ForwardAbort' in lab) else 0)
         # inspect s
         nm = sum(len(x) for x in s[1]) + sum(len(x) for x in s[2])
         if s[7] is not None:
@@ -1339,7 +1398,12 @@ def explore(test, cfg, want_stuck=True):
         done = M.all_done(s)
         if done:
             regs = s[4]
-            if regs not in sc_regs and regs not in R.reg_viol:
+            okregs = sc_regs
+            if M.dmode:             # Task D: a crashed process's registers are not outcomes
+                regs = M.sc_key(s)
+                if len(regs) > len(M.reglist):
+                    okregs = {r for r, _ in M.allowed(regs)}
+            if regs not in okregs and regs not in R.reg_viol:
                 R.reg_viol[regs] = sid
             if M.quiescent(s):
                 good_ids.append(sid)
@@ -1356,7 +1420,8 @@ def explore(test, cfg, want_stuck=True):
     R.parent, R.choice = parent, choice
     R.index = index
     R.time = time.time() - t0
-    R.nonsc = {oc: i for oc, i in R.outcomes.items() if oc not in sc}
+    R.nonsc = {oc: i for oc, i in R.outcomes.items() if oc not in sc and not (
+        M.dmode and len(oc[0]) > len(M.reglist) and oc in M.allowed(oc[0]))}
     R.stuck = None
     R.livelock = None
     if want_stuck:
@@ -1492,6 +1557,9 @@ def fmt_outcome(R, oc):
     M = R.model
     a = ','.join(f'{r}={v}' for r, v in zip(M.reglist, regs))
     b = ','.join(f'{l}={v}' for l, v in zip(M.locs, mem))
+    if len(regs) > len(M.reglist):    # Task D: a crash run
+        c, pc, blk = regs[-1]
+        b += f'] (P{c+1} crashed at pc={pc}{", blocked" if blk else ""}'
     return f'{a}{";" if a else ""}[{b}]'
 
 
@@ -1696,8 +1764,34 @@ def main():
                     help='C chooses per transaction whether to forward (branch)')
     ap.add_argument('--fwd-no-note', action='store_true',
                     help='forwards without FwdNote (the rule as first proposed; not SC)')
+    # Task D (README: "Task D: forward failures"; dsm_faults.py)
+    ap.add_argument('--fwd-d', action='store_true', help='the session-25 forward rules with failures')
+    ap.add_argument('--fwd-stale-own', default=None, choices=['flush', 'invdata'])
+    ap.add_argument('--fwd-upgrade', default=None, choices=['nodata', 'flush'])
+    ap.add_argument('--fwd-wb', type=int, default=None, help='releases (one-page Writebacks) per run')
+    ap.add_argument('--fwd-detach', type=int, default=None, help='clean detaches per run')
+    ap.add_argument('--fwd-peerfail', type=int, default=None, help='failed peer sends per run')
+    ap.add_argument('--fwd-crash', default=None, help='1-based processes that may crash (one crash per run)')
+    ap.add_argument('--fwd-abort-mark', default=None, choices=['note', 'sticky', 'none'])
+    ap.add_argument('--fwd-flush-lost', default=None, choices=['reflush', 'home'])
+    ap.add_argument('--fwd-d3', default=None, choices=['asis', 'always'])
+    ap.add_argument('--fwd-late-return', default=None, choices=['accept', 'ignore'])
+    ap.add_argument('--fwd-return-id', action='store_true', help='ForwardReturn carries (to, req)')
+    ap.add_argument('--fwd-dmut', default=None, choices=['none', 'acceptaborted', 'nohandshake',
+                                                         'noskip', 'detachdrop', 'flushdrop'])
     a = ap.parse_args()
     over = {}
+    if a.fwd_d:
+        over['fwd_d'] = True
+        over['forward'] = 'fetch'
+    if a.fwd_return_id:
+        over['fwd_return_id'] = True
+    if a.fwd_crash:
+        over['fwd_crash'] = tuple(int(x) - 1 for x in a.fwd_crash.split(','))
+    for k in ('fwd_stale_own', 'fwd_upgrade', 'fwd_wb', 'fwd_detach', 'fwd_peerfail',
+              'fwd_abort_mark', 'fwd_flush_lost', 'fwd_dmut', 'fwd_d3', 'fwd_late_return'):
+        if getattr(a, k) is not None:
+            over[k] = getattr(a, k)
     for k in ('i2u', 'own_in_u', 'write_in_i', 'write_busy', 'flip'):
         if getattr(a, k) is not None:
             over[k] = getattr(a, k)
@@ -1727,7 +1821,7 @@ def main():
     newopts = bool(set(over) & {'ahead', 'ahead_budget', 'ahead_total', 'ahead_procs',
                                 'ahead_done', 'runs', 'cown_ok', 'escalate',
                                 'count_attempts', 'forced', 'forward', 'fwd_holder',
-                                'fwd_mutant', 'fwd_note', 'fwd_mix'}) or a.pad or a.layouts
+                                'fwd_mutant', 'fwd_note', 'fwd_mix', 'fwd_d'}) or a.pad or a.layouts
     summary = [] if newopts else None
     tests = MAIN_TESTS + (EXTRA_TESTS if a.extra else [])
     if a.tests:

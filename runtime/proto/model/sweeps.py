@@ -31,6 +31,15 @@ BR = dict(own_in_u='data', escalate='retry')         # rule 3' + escalate retry 
 TWO_F = TWO + ['FW-up']                              # two-process tests (+ stale-home upgrade)
 THREE_F = ['WRC', 'RMW+W', 'FW-inv', 'IRIW']         # three/four-process tests
 AHEAD2 = dict(ahead='all', ahead_budget=2, ahead_total=2)   # read/write/own-ahead, 2 in total
+# Task D (dsm_faults.py): the session-25 rules; FD_ASIS exactly as written, FD with the two
+# corrections (no aborted mark: fwd_abort_mark='none'; flush before upgrading a reader of a
+# stale page: fwd_upgrade='flush')
+FD_ASIS = dict(fwd_d=True, forward='fetch')
+FD = dict(FD_ASIS, fwd_abort_mark='none', fwd_upgrade='flush', fwd_d3='always',
+          fwd_late_return='ignore', fwd_return_id=True)
+TWO_D = ['SB', 'MP', 'CoRR', 'MP+pre', 'FW-up', 'FD-ww']
+THREE_D = ['WRC', 'FW-inv']
+CR = dict(fwd_crash=(0, 1, 2))                       # any process may crash (one crash per run)
 
 # name: (phase, tests, cfg overrides, layouts, pad, expected, description)
 SWEEPS = {
@@ -169,13 +178,64 @@ SWEEPS = {
     'F-mut-stalehome': (1, ['WRC', 'FW-inv', 'IRIW'], dict(FW, fwd_mutant='stalehome'), ('sep',),
                         'no', 'fail',
                         'checker self-test: a Fetch while the home is stale is served from home'),
+    # ---------------------------------------------------------------- Task D
+    'F-fail-none': (1, TWO_D + THREE_D + ['IRIW'], dict(FD_ASIS), ('sep', 'shared'), 'no', 'pass',
+                    'the rules as written, no failure (D1, D2, D8 flush, lowest reader)'),
+    'F-fail-wb': (1, TWO_D + THREE_D, dict(FD, fwd_wb=2), ('sep', 'shared'), 'no', 'pass',
+                  'releases: up to 2 one-page Writebacks (W or forwarded RO) at any moment (D3, D10)'),
+    'F-fail-peer': (1, TWO_D + THREE_D, dict(FD, fwd_peerfail=1, fwd_wb=1), ('sep', 'shared'), 'no',
+                    'pass', 'one failed (or ambiguous) peer send (D4b, P5) + one release'),
+    'F-fail-detach': (1, TWO_D + THREE_D, dict(FD, fwd_detach=2, fwd_wb=1), ('sep', 'shared'), 'no',
+                      'pass', 'clean detaches (P6, D7, D10) of up to 2 finished processes + one release'),
+    'F-fail-crash': (1, TWO_D + THREE_D, dict(FD, **CR, fwd_wb=1), ('sep', 'shared'), 'no', 'pass',
+                     'one crash of any process at any moment (D4, D6, D7) + one release'),
+    'F-fail-crash-peer': (1, TWO_D + THREE_D, dict(FD, **CR, fwd_peerfail=1), ('sep', 'shared'), 'no',
+                          'pass', 'one crash + one failed peer send'),
+    'F-fail-all-3p': (1, THREE_D, dict(FD, **CR, fwd_peerfail=1, fwd_wb=1, fwd_detach=1), ('sep',),
+                      'no', 'pass', 'crash + peer failure + release + detach, 3 processes'),
+    'F-fail-p2': (2, TWO_D, dict(FD, **CR, fwd_wb=1), ('sep', 'shared'), 'no', 'pass',
+                  'phase 2 (switches; D9 flush) with one crash + one release'),
+    'F-fail-asis-upgrade': (1, ['FW-up', 'FD-ww'], dict(FD_ASIS, **CR), ('sep',), 'no', 'fail',
+                            'D8 as written (a reader upgrades without a flush): a crash of the '
+                            'new owner loses values survivors read or wrote: expect non-SC'),
+    'F-fail-asis-note': (1, ['WRC'], dict(FD_ASIS, fwd_upgrade='flush', **CR), ('sep',), 'no', 'fail',
+                         'P3/P4 as written, aborted mark cleared by a new note: expect deadlock'),
+    'F-fail-asis-sticky': (1, ['WRC'], dict(FD_ASIS, fwd_upgrade='flush', fwd_abort_mark='sticky',
+                                             **CR), ('sep',), 'no', 'fail',
+                           'P3/P4 as written, aborted mark kept until answered: expect deadlock'),
+    'F-fail-asis-d3': (1, ['WRC'], dict(FD, fwd_d3='asis', fwd_wb=2), ('sep',), 'no', 'fail',
+                       'D3 as written: the source\'s Writeback is ignored once another reader\'s '
+                       'Writeback made the home current: expect deadlock'),
+    'F-fail-asis-return': (1, ['WRC'], dict(FD, **CR, fwd_peerfail=1, fwd_late_return='accept'),
+                           ('shared',), 'no', 'fail', 'D4b "elsewhere" as written: a late '
+                           'ForwardReturn refreshes the home with old data: expect non-SC'),
+    'F-fail-asis-returnid': (1, ['WRC'], dict(FD, **CR, fwd_peerfail=1, fwd_return_id=False),
+                             ('shared',), 'no', 'fail', 'ForwardReturn without the forward\'s id: '
+                             'a late one aborts a later forward and refreshes the home with old '
+                             'data: expect non-SC'),
+    'F-fail-flushlost-home': (1, ['FW-inv'], dict(FD, **CR, fwd_flush_lost='home'), ('sep',), 'no',
+                              'fail', 'flush target lost and C uses the home while readers '
+                              'remain: expect non-SC'),
+    'F-fail-mut-acceptaborted': (1, ['WRC'], dict(FD, **CR, fwd_dmut='acceptaborted'), ('sep',),
+                                 'no', 'fail', 'mutant: R installs Pages after ForwardAborted'),
+    'F-fail-mut-nohandshake': (1, ['MP', 'MP+pre'], dict(FD, **CR, fwd_dmut='nohandshake'),
+                               ('sep',), 'no', 'fail',
+                               'mutant: source lost -> C serves R from home without the abort handshake'),
+    'F-fail-mut-noskip': (1, ['MP', 'MP+pre'], dict(FD, fwd_wb=1, fwd_dmut='noskip'), ('sep',),
+                          'no', 'fail', 'mutant: S does not skip a Forward for a page it wrote back'),
+    'F-fail-mut-detachdrop': (1, ['FW-inv', 'WRC'], dict(FD, fwd_detach=2, fwd_dmut='detachdrop'),
+                              ('sep',), 'no', 'fail',
+                              'mutant: a reader of a stale page drops its copy at detach without writeback'),
+    'F-fail-mut-flushdrop': (1, ['FW-inv'], dict(FD, fwd_dmut='flushdrop'), ('sep',), 'no', 'fail',
+                             'mutant: the Downgrade-flush drops the reader\'s copy (answers None)'),
 }
 # sweeps restricted to some initial modes (state space)
 MODES = {'A-p2-iriw-r': [('I', 'I')], 'A-p2-iriw-w': [('I', 'I')]}
 GROUPS = {
     'A-all': [k for k in SWEEPS if k.startswith('A-')],
     'B-all': [k for k in SWEEPS if k.startswith('B-')],
-    'F-all': [k for k in SWEEPS if k.startswith('F-')],
+    'F-all': [k for k in SWEEPS if k.startswith('F-') and not k.startswith('F-fail')],
+    'F-fail-all': [k for k in SWEEPS if k.startswith('F-fail')],
 }
 
 
