@@ -385,10 +385,10 @@ impl PageDirectory {
                     self.forward_aborted(page, from, out);
                 }
             }
-            ToCoordinator::ForwardReturn { first, count, data } => {
+            ToCoordinator::ForwardReturn { req, to, first, count, data } => {
                 self.check_span("forward return", first, count, Some(data.len()))?;
                 for (page, i) in (first..first + u64::from(count)).zip(0..) {
-                    self.forward_return(page, from, &data.page_data(i), out);
+                    self.forward_return(page, from, (req, to), &data.page_data(i), out);
                 }
             }
             ToCoordinator::FetchRun { req, first, count } => {
@@ -616,17 +616,21 @@ impl PageDirectory {
     /// anyone else.
     fn writeback(&mut self, page: PageNo, from: Rank, bytes: &[u8], out: &mut Vec<(Rank, ToProcess)>) {
         let Some(e) = self.entries.get_mut(&page) else { return };
-        if e.owner == Some(from) {
+        let kept = if e.owner == Some(from) {
             e.owner = None;
+            true
         } else if e.stale && e.readers.contains(from) {
             e.readers.remove(from);
             e.stale = false;
+            true
         } else {
-            return;
+            false
+        };
+        if kept {
+            self.homes.write(page, bytes);
+            self.stats.writebacks += 1;
         }
-        self.homes.write(page, bytes);
-        self.stats.writebacks += 1;
-        self.home_written(page, from, out);
+        self.written_back(page, from, kept, out);
         self.progress(page, out);
     }
 

@@ -286,8 +286,14 @@ fn merge_into_coordinator(a: &mut ToCoordinator, b: ToCoordinator, room: usize) 
             append(data, d2, room);
             None
         }
-        (C::WritebackRun { data, count, .. }, C::WritebackRun { data: d2, count: c2, .. })
-        | (C::ForwardReturn { data, count, .. }, C::ForwardReturn { data: d2, count: c2, .. }) => {
+        (C::WritebackRun { data, count, .. }, C::WritebackRun { data: d2, count: c2, .. }) => {
+            *count += c2;
+            append_bytes(data, &d2, room);
+            None
+        }
+        (C::ForwardReturn { req, to, data, count, .. }, C::ForwardReturn { req: r2, to: t2, data: d2, count: c2, .. })
+            if *req == r2 && *to == t2 =>
+        {
             *count += c2;
             append_bytes(data, &d2, room);
             None
@@ -377,8 +383,8 @@ pub fn expand_to_coordinator(m: ToCoordinator) -> Vec<ToCoordinator> {
         ToCoordinator::ForwardAborted { first, count } => {
             pages(first, count).map(|(_, page)| ToCoordinator::ForwardAborted { first: page, count: 1 }).collect()
         }
-        ToCoordinator::ForwardReturn { first, count, data } => pages(first, count)
-            .map(|(i, page)| ToCoordinator::ForwardReturn { first: page, count: 1, data: page_slice(&data, i) })
+        ToCoordinator::ForwardReturn { req, to, first, count, data } => pages(first, count)
+            .map(|(i, page)| ToCoordinator::ForwardReturn { req, to, first: page, count: 1, data: page_slice(&data, i) })
             .collect(),
         other => vec![other],
     }
@@ -468,10 +474,10 @@ mod tests {
         assert_eq!(out.into_iter().flat_map(expand_to_process).collect::<Vec<_>>(), msgs);
         let got = vec![ToCoordinator::Got { first: 7, count: 1 }, ToCoordinator::Got { first: 8, count: 1 }];
         assert_eq!(coalesce_to_coordinator(got), vec![ToCoordinator::Got { first: 7, count: 2 }]);
-        let ret = |first, b| ToCoordinator::ForwardReturn { first, count: 1, data: filled(b) };
+        let ret = |first, b| ToCoordinator::ForwardReturn { req: 3, to: 1, first, count: 1, data: filled(b) };
         let out = coalesce_to_coordinator(vec![ret(1, 1), ret(2, 2)]);
         match &out[..] {
-            [ToCoordinator::ForwardReturn { first: 1, count: 2, data }] => assert_eq!((data[0], data[PAGE_SIZE]), (1, 2)),
+            [ToCoordinator::ForwardReturn { first: 1, count: 2, data, .. }] => assert_eq!((data[0], data[PAGE_SIZE]), (1, 2)),
             other => panic!("{other:?}"),
         }
     }
@@ -512,7 +518,7 @@ mod tests {
             (0u64..3, pg.clone()).prop_map(|(req, page)| ToCoordinator::Fetch { req, page }),
             pg.clone().prop_map(|first| ToCoordinator::Got { first, count: 1 }),
             pg.clone().prop_map(|first| ToCoordinator::ForwardAborted { first, count: 1 }),
-            (pg, 0u8..3).prop_map(|(first, b)| ToCoordinator::ForwardReturn { first, count: 1, data: filled(b) }),
+            (pg, 0u8..3, 0u32..2).prop_map(|(first, b, to)| ToCoordinator::ForwardReturn { req: 1, to, first, count: 1, data: filled(b) }),
         ]
     }
 

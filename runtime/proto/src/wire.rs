@@ -246,8 +246,14 @@ pub enum ToCoordinator {
         count: u32,
     },
     /// The process could not deliver pages a [`ToProcess::Forward`] asked it to send (the peer
-    /// is unreachable); here are their contents instead. It keeps read-only copies.
+    /// is unreachable); here are their contents instead. It keeps read-only copies. `req` and
+    /// `to` name that forward: a return that arrives after the forward ended (the peer did get
+    /// the pages) must not touch a later one.
     ForwardReturn {
+        /// The requester's request, as in the `Forward`.
+        req: ReqId,
+        /// The requester.
+        to: Rank,
         /// First page.
         first: PageNo,
         /// Pages.

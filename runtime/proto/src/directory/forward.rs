@@ -17,7 +17,7 @@
 
 use super::txn::{Entry, Request};
 use super::{DirectoryStats, PageDirectory};
-use crate::wire::{PageData, PageNo, Rank, ToProcess};
+use crate::wire::{PageData, PageNo, Rank, ReqId, ToProcess};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -137,37 +137,41 @@ impl PageDirectory {
         self.progress(page, out);
     }
 
-    /// `ForwardReturn(page, data)` from `from`: it could not reach the requester and sends the
-    /// page home instead, keeping a ReadOnly copy.
-    pub(super) fn forward_return(&mut self, page: PageNo, from: Rank, data: &PageData, out: &mut Vec<(Rank, ToProcess)>) {
-        let Some(e) = self.entries.get_mut(&page) else { return };
-        match e.busy.as_mut() {
-            Some(txn) if txn.forward.as_ref().is_some_and(|f| f.source == from && f.state == State::Awaiting) => {
-                self.homes.write_data(page, data);
-                if let Some(f) = txn.forward.as_mut() {
-                    f.refreshed = true;
-                    f.abort(&txn.request, txn.requester_gone, page, &mut self.stats, out);
-                }
-                self.progress(page, out);
-            }
-            _ if e.stale && e.readers.contains(from) => {
-                // A late return: the copy is still current (the page is stale), so keep it.
-                self.homes.write_data(page, data);
-                e.stale = false;
-            }
-            _ => {}
-        }
+    /// `ForwardReturn(page, data)` from `from` for the forward `(req, to)`: it could not reach
+    /// the requester and sends the page home instead, keeping a ReadOnly copy. Only the forward
+    /// it names, still awaited, takes it: a return that comes after that forward ended (the
+    /// requester did get the page) may carry bytes the page no longer has, and is ignored (the
+    /// source is a reader, so nothing is lost).
+    pub(super) fn forward_return(
+        &mut self,
+        page: PageNo,
+        from: Rank,
+        (req, to): (ReqId, Rank),
+        data: &PageData,
+        out: &mut Vec<(Rank, ToProcess)>,
+    ) {
+        let Some(txn) = self.entries.get_mut(&page).and_then(|e| e.busy.as_mut()) else { return };
+        let named = txn.request.from == to && txn.request.req == req;
+        let Some(f) = txn.forward.as_mut().filter(|f| named && f.source == from && f.state == State::Awaiting) else { return };
+        self.homes.write_data(page, data);
+        f.refreshed = true;
+        f.abort(&txn.request, txn.requester_gone, page, &mut self.stats, out);
+        self.progress(page, out);
     }
 
-    /// Home was written while `page` may have a transfer under way (a writeback from `from`):
-    /// the transfer knows the home is current, and aborts if `from` was its source.
-    pub(super) fn home_written(&mut self, page: PageNo, from: Rank, out: &mut Vec<(Rank, ToProcess)>) {
-        let Some(txn) = self.entries.get_mut(&page).and_then(|e| e.busy.as_mut()) else { return };
+    /// A `Writeback` of `page` from `from` reached the directory (`kept`: it became the home
+    /// copy). A transfer under way knows the home is current if it was kept; and if `from` is
+    /// its source, the source skipped the `Forward` (it held nothing when it came) whether the
+    /// writeback was kept or not, so the transfer is aborted and the source drops out.
+    pub(super) fn written_back(&mut self, page: PageNo, from: Rank, kept: bool, out: &mut Vec<(Rank, ToProcess)>) {
+        let Some(e) = self.entries.get_mut(&page) else { return };
+        let Some(txn) = e.busy.as_mut() else { return };
         let Some(f) = txn.forward.as_mut() else { return };
-        f.refreshed = true;
-        if f.source == from {
+        f.refreshed |= kept;
+        if f.source == from && f.state == State::Awaiting {
             f.source_holds = false;
             f.abort(&txn.request, txn.requester_gone, page, &mut self.stats, out);
+            e.readers.remove(from);
         }
     }
 

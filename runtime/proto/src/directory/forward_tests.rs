@@ -115,15 +115,50 @@ fn requests_queue_behind_a_forward_and_see_its_result() {
     assert_eq!((v.owner, v.stale, d.stats().flushes), (Some(2), false, 1));
 }
 
+/// A reader upgrading a stale page first has another reader's copy sent home: otherwise its
+/// copy would be the only current one once the others are invalidated, and its crash would
+/// take back writes they had seen (model: `FW-up`, `FD-ww`). Its own copy needs no data.
 #[test]
-fn an_own_by_a_reader_of_a_stale_page_needs_no_data() {
+fn an_own_by_a_reader_of_a_stale_page_flushes_another_reader_first() {
     let mut d = stale_0_1(2);
     let out = run(&mut d, 1, ToCoordinator::Own { req: 7, page: P });
+    assert_eq!(out, vec![(0, ToProcess::Downgrade { page: P })]);
+    let out = run(&mut d, 0, ToCoordinator::DowngradeAck { page: P, data: Some(page(2)) });
     assert_eq!(out, vec![(0, ToProcess::Invalidate { page: P })]);
     let out = run(&mut d, 0, ToCoordinator::InvalidateAck { page: P });
     assert_eq!(out, vec![(1, ToProcess::Grant { req: 7, page: P, data: None })]);
     let v = d.inspect(P);
-    assert_eq!((v.owner, v.stale, d.stats().flushes), (Some(1), false, 0));
+    assert_eq!((v.owner, v.stale, d.stats().flushes), (Some(1), false, 1));
+    assert_eq!(v.home, Some(page(2).to_vec()));
+}
+
+/// The only reader of a stale page upgrades at once: nobody else saw anything its crash
+/// could take back.
+#[test]
+fn the_only_reader_of_a_stale_page_upgrades_without_a_flush() {
+    let mut d = owned_by_0(2);
+    run(&mut d, 1, ToCoordinator::Fetch { req: 2, page: P });
+    leave(&mut d, 1); // the requester is lost: rank 0 alone holds the stale page
+    assert_eq!(d.inspect(P).readers, vec![0]);
+    let out = run(&mut d, 0, ToCoordinator::Own { req: 3, page: P });
+    assert_eq!(out, vec![(0, ToProcess::Grant { req: 3, page: P, data: None })]);
+    assert_eq!(d.stats().flushes, 0);
+}
+
+/// A source whose Writeback is not kept (another reader's made the home current first) still
+/// skipped the Forward: the directory must abort it all the same (model: D3 "always").
+#[test]
+fn a_source_writeback_aborts_its_forward_even_when_the_writeback_is_not_kept() {
+    let mut d = stale_0_1(3);
+    run(&mut d, 2, ToCoordinator::Fetch { req: 5, page: P });
+    assert!(run(&mut d, 1, ToCoordinator::Writeback { page: P, data: page(7) }).is_empty());
+    assert!(!d.inspect(P).stale);
+    let out = run(&mut d, 0, ToCoordinator::Writeback { page: P, data: page(7) });
+    assert_eq!(out, vec![(2, abort(5))]);
+    let out = run(&mut d, 2, aborted());
+    assert_eq!(out, vec![(2, ToProcess::Data { req: 5, page: P, data: Some(page(7)), mode: Mode::Invalidate })]);
+    let v = d.inspect(P);
+    assert_eq!((v.readers, v.stale, v.busy), (vec![2], false, false));
 }
 
 #[test]
@@ -143,8 +178,9 @@ fn a_switch_to_update_mode_flushes_a_stale_page_first() {
     let mut d = stale_0_1(2);
     let mut out = Vec::new();
     d.request_switch(P, Mode::Update, &mut out);
-    assert_eq!(out, vec![(0, ToProcess::Downgrade { page: P })]);
-    let out = run(&mut d, 0, ToCoordinator::DowngradeAck { page: P, data: Some(page(6)) });
+    // (A switch is made on behalf of rank 0: another reader is asked.)
+    assert_eq!(out, vec![(1, ToProcess::Downgrade { page: P })]);
+    let out = run(&mut d, 1, ToCoordinator::DowngradeAck { page: P, data: Some(page(6)) });
     assert!(out.iter().all(|(_, m)| matches!(m, ToProcess::ModeHint { mode: Mode::Update, .. })), "{out:?}");
     let v = d.inspect(P);
     assert_eq!((v.mode, v.stale, v.readers), (Mode::Update, false, vec![0, 1]));
@@ -206,7 +242,7 @@ fn a_source_that_cannot_reach_the_requester_returns_the_page_home() {
     for installed in [false, true] {
         let mut d = owned_by_0(2);
         run(&mut d, 1, ToCoordinator::Fetch { req: 2, page: P });
-        let out = run(&mut d, 0, ToCoordinator::ForwardReturn { first: P, count: 1, data: page(5) });
+        let out = run(&mut d, 0, ToCoordinator::ForwardReturn { req: 2, to: 1, first: P, count: 1, data: page(5) });
         assert_eq!(out, vec![(1, abort(2))]);
         if installed {
             assert!(run(&mut d, 1, got()).is_empty());
@@ -218,6 +254,20 @@ fn a_source_that_cannot_reach_the_requester_returns_the_page_home() {
         assert_eq!((v.owner, v.readers, v.stale), (None, vec![0, 1], false), "installed: {installed}");
         assert_eq!(v.home, Some(page(5).to_vec()));
     }
+}
+
+/// A return that names another forward, or comes after its forward ended, changes nothing: its
+/// bytes may be older than the page's (model: `F-fail-asis-return`).
+#[test]
+fn a_return_for_a_forward_that_is_not_awaited_is_ignored() {
+    let mut d = owned_by_0(3);
+    run(&mut d, 1, ToCoordinator::Fetch { req: 2, page: P });
+    assert!(run(&mut d, 0, ToCoordinator::ForwardReturn { req: 9, to: 1, first: P, count: 1, data: page(5) }).is_empty());
+    assert!(run(&mut d, 0, ToCoordinator::ForwardReturn { req: 2, to: 2, first: P, count: 1, data: page(5) }).is_empty());
+    run(&mut d, 1, got());
+    assert!(run(&mut d, 0, ToCoordinator::ForwardReturn { req: 2, to: 1, first: P, count: 1, data: page(5) }).is_empty());
+    let v = d.inspect(P);
+    assert_eq!((v.readers, v.stale, v.home), (vec![0, 1], true, None));
 }
 
 #[test]
@@ -258,7 +308,7 @@ fn runs_of_forward_messages_act_page_by_page() {
     run(&mut d, 1, ToCoordinator::Got { first: 0, count: 4 });
     assert!((0..4).all(|p| d.inspect(p).stale && d.inspect(p).readers == vec![0, 1]));
     assert!(d.handle(1, ToCoordinator::Got { first: 6, count: 4 }, &mut Vec::new()).is_err(), "past the region");
-    let short = ToCoordinator::ForwardReturn { first: 0, count: 2, data: page(1) };
+    let short = ToCoordinator::ForwardReturn { req: 2, to: 1, first: 0, count: 2, data: page(1) };
     assert!(d.handle(0, short, &mut Vec::new()).is_err(), "two pages of data for a run of two");
 }
 
@@ -285,7 +335,7 @@ fn random_input_with_forwards_never_panics_and_keeps_the_invariants() {
                 6 => ToCoordinator::Writeback { page, data: self::page(2) },
                 7 => ToCoordinator::Got { first: page, count: 1 },
                 8 => ToCoordinator::ForwardAborted { first: page, count: 1 },
-                9 => ToCoordinator::ForwardReturn { first: page, count: 1, data: self::page(3) },
+                9 => ToCoordinator::ForwardReturn { req: 1, to: rng.gen_range(0..4), first: page, count: 1, data: self::page(3) },
                 10 => {
                     let to = if rng.gen_bool(0.5) { Mode::Update } else { Mode::Invalidate };
                     d.request_switch(page, to, &mut out);

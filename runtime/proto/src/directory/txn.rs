@@ -132,13 +132,18 @@ pub(super) fn start(
     // without a copy, a switch to update mode and (wrongly) a fetch by its only reader first
     // bring one reader's copy home, then start again.
     let needs_home = match request.kind {
-        Kind::Own | Kind::ForceOwn => !e.readers.contains(request.from),
+        // Also from a reader, unless it is the only one: upgraded without data, its copy
+        // would be the only current one, and its crash would take back writes that the other
+        // readers, invalidated now, had already seen (model: `FW-up`, `FD-ww`).
+        Kind::Own | Kind::ForceOwn => e.readers.iter().any(|r| r != request.from),
         Kind::Switch(Mode::Update) => e.mode == Mode::Invalidate,
         Kind::Fetch => !forwards || e.readers.iter().all(|r| r == request.from),
         _ => false,
     };
     if e.stale && needs_home {
-        if let Some(s) = e.readers.iter().next() {
+        // Another reader than the requester if there is one (any holds the current bytes).
+        let other = e.readers.iter().find(|&r| r != request.from);
+        if let Some(s) = other.or_else(|| e.readers.iter().next()) {
             out.push((s, ToProcess::Downgrade { page }));
             stats.flushes += 1;
             txn.owner_ack = Some(s);
