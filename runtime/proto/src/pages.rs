@@ -26,15 +26,56 @@
 //! Demands: `Invalidate` drops a ReadOnly copy and is always acknowledged (the copy may already
 //! be gone). `Downgrade` write-protects a Writable copy and returns its contents, read **after**
 //! protecting so no store can land later; `Recall` drops the copy and returns the contents of a
-//! Writable one. Both answer `None` when the page is not Writable: that happens when the process
-//! wrote the page back ([`ProcessPages::release_all`]) before the demand arrived, and the
-//! coordinator then uses the `Writeback` it received first (FIFO). A `Downgrade` reaching a
-//! ReadOnly copy (impossible with a correct coordinator, which downgrades only the owner) drops
-//! it, so that the `None` answer, which tells the coordinator "not a reader", stays true.
+//! Writable one. `Downgrade` answers `None` when the page is not held, `Recall` when it is not
+//! Writable: that happens when the process wrote the page back ([`ProcessPages::release_all`])
+//! before the demand arrived, and the coordinator then uses the `Writeback` it received first
+//! (FIFO). A `Downgrade` reaching a
+//! ReadOnly copy is a *flush* (the home copy is stale and the readers hold the current
+//! contents, see below): it answers with the contents and keeps the copy. A `Recall` reaching a
+//! ReadOnly copy drops it and answers `None`.
+//!
+//! # Direct transfers (forwards)
+//!
+//! The coordinator may have a page another process holds sent straight to the requester
+//! (`pages/forward.rs`; the coordinator's side is in [`crate::directory`]). Per page, with S the
+//! process that sends and R the one that asked:
+//! * P1 `Forward(p, to R, req)`: S write-protects a Writable copy (reading it after protecting;
+//!   it stays ReadOnly), reads a ReadOnly one, skips a page it no longer holds (it wrote it
+//!   back, and the coordinator saw that first), and sends `ToPeer::Pages` to R — one message per
+//!   contiguous run of pages sent, taken with [`ProcessPages::take_peer_messages`]. The page is
+//!   marked *forwarded*: the home copy may be stale while this process holds it.
+//! * P2 `ForwardNote(p, req)` (coordinator stream) for R's pending Fetch: if the peer's page is
+//!   here already, install it ReadOnly (invalidate mode), mark it forwarded, send `Got`; else
+//!   remember the note. The note orders the peer's data after every earlier message of the
+//!   coordinator's stream (an `Update` must not be overtaken).
+//! * P3 `Pages(req, p)` from a peer ([`ProcessPages::handle_peer`]): installed as in P2 if the
+//!   Fetch with that request is pending and its note arrived; kept until the note if it is
+//!   pending without one (a later copy replaces it); dropped if no such Fetch is pending
+//!   (answered already). What is kept is bounded by the Fetches in flight: one page per pending
+//!   page, forgotten when it ends.
+//! * P4 `ForwardAbort(p, req)`: a note held for a page not installed yet is dropped, answered
+//!   `ForwardAborted`; the Fetch stays pending (the coordinator answers it, with `Data` or a new
+//!   note for the same request). For a page installed already (`Got` sent) it is ignored. The
+//!   aborted forward is *not* remembered: a `Pages` that comes after the abort is kept as in P3
+//!   (the new source's may overtake the new note; every source of one transaction sends the
+//!   same bytes), and `Data` drops it (the model's Task D, finding 2).
+//! * P5 A peer message that could not be delivered ([`ProcessPages::peer_failed`]) goes to the
+//!   coordinator as `ForwardReturn` with its data; the copies stay ReadOnly.
+//! * P6 [`ProcessPages::release`] writes back ReadOnly copies marked forwarded too (the
+//!   coordinator keeps them only while the page is stale). The mark goes when the copy is
+//!   dropped or becomes Writable.
+//!
+//! Every forward message is a run (consecutive pages, one request): applied with one memory
+//! operation and answered with one message per contiguous run of pages it applies to.
+//!
+//! The promise that changes: a reader may see the last writes of a process that then crashes,
+//! writes the home copy never got; they survive while any process that read them still holds
+//! the page, and are lost only if every holder crashes.
 
 use std::collections::HashMap;
 
 mod ahead;
+mod forward;
 mod incoming;
 
 pub use ahead::{MAX_READ_AHEAD, READ_AHEAD_WINDOWS, WRITE_AHEAD_WINDOWS};
@@ -161,6 +202,14 @@ pub trait PageMemory {
         }
         want_contents.then_some(all)
     }
+    /// The contents of `count` consecutive pages this process holds ReadOnly, page after page
+    /// (what a forward, a flush or a forwarded copy's write-back sends); nothing changes. By
+    /// default a [`write_protect_run`](Self::write_protect_run) of them, which changes nothing
+    /// on a real mapping's ReadOnly pages; a mapping can read them without the ioctl (and must
+    /// implement this if its `write_protect` accepts only Writable pages).
+    fn read_run(&mut self, first: PageNo, count: u32) -> Vec<u8> {
+        self.write_protect_run(first, count)
+    }
     /// [`wake`](Self::wake) of `count` consecutive pages.
     fn wake_run(&mut self, first: PageNo, count: u32) {
         for i in 0..count {
@@ -204,6 +253,20 @@ pub struct PageStats {
     pub write_ahead_denied: u64,
     /// Run messages received (each several pages).
     pub runs_received: u64,
+    /// Pages sent to peers for the coordinator's `Forward`s (P1).
+    pub pages_forwarded: u64,
+    /// Pages installed from peers (P2, P3).
+    pub pages_got: u64,
+    /// Page bytes sent to peers.
+    pub peer_bytes_sent: u64,
+    /// Page bytes installed from peers.
+    pub peer_bytes_received: u64,
+    /// Pages of forwards aborted before they were installed (P4).
+    pub forwards_aborted: u64,
+    /// Pages from peers dropped: for no pending Fetch (P3).
+    pub peer_pages_dropped: u64,
+    /// Pages returned to the coordinator because a peer could not be reached (P5).
+    pub forward_returns: u64,
 }
 
 /// A coordinator message that breaks the protocol.
@@ -229,6 +292,17 @@ struct Slot {
     pending: Option<Pending>,
     /// The mode this copy was installed in (learned from Data, Grant and Retry).
     mode: Mode,
+    /// A ReadOnly copy this process sent to a peer or got from one: the home copy may be stale,
+    /// so [`ProcessPages::release`] writes it back (P6). Cleared when the copy is dropped or
+    /// becomes Writable.
+    forwarded: bool,
+}
+
+impl Slot {
+    /// Whether releasing this copy writes it back: an owned page, or a forwarded one.
+    fn writes_back(&self) -> bool {
+        self.state == PageState::Writable || (self.state == PageState::ReadOnly && self.forwarded)
+    }
 }
 
 /// The process side of the INVALIDATE protocol for one region (see the module docs).
@@ -258,6 +332,8 @@ pub struct ProcessPages {
     escalate: std::collections::HashSet<PageNo>,
     /// Pages in the region (messages about pages beyond are protocol errors); 0 = unchecked.
     limit: u64,
+    /// Direct transfers: what arrived for pending Fetches, peer messages to send.
+    fwd: forward::Forwards,
 }
 
 
@@ -283,6 +359,7 @@ impl ProcessPages {
             hints: HashMap::default(),
             advice: Vec::new(),
             limit: 0,
+            fwd: Default::default(),
         }
     }
 
@@ -475,44 +552,53 @@ impl ProcessPages {
     }
 
 
-    /// Before detaching: writes back every Writable page (write-protect, then drop) and drops
-    /// every ReadOnly copy, lowest pages first, at most `limit` pages per call. Returns how many
-    /// pages were written back, and whether every page is now released (call again until it
-    /// is, sending `out` in between, so that a large region's write-back never sits in memory
-    /// all at once). Requests still in flight are kept (see [`ProcessPages::is_idle`]).
+    /// Before detaching: writes back every Writable page (write-protect, then drop) and every
+    /// ReadOnly copy marked forwarded (the home copy may be stale, P6), drops every other
+    /// ReadOnly copy, lowest pages first, at most `limit` pages per call. Returns how many pages
+    /// were written back, and whether every page is now released (call again until it is,
+    /// sending `out` in between, so that a large region's write-back never sits in memory all
+    /// at once). Requests still in flight are kept (see [`ProcessPages::is_idle`]).
     ///
-    /// Consecutive pages in one state are released as a run of at most [`MAX_RUN`] pages: one
-    /// write-protect (one TLB flush) and one copy for a run of owned pages, one hole punched per
-    /// run. Each page is still its own `Writeback`, a slice of the run's one buffer, which the
-    /// sender merges back into runs without copying (`runs::coalesce_to_coordinator`).
-    /// Page by page, detaching after writing 256 MiB took 1.15 s.
+    /// Consecutive pages released alike are released as a run of at most [`MAX_RUN`] pages: one
+    /// write-protect (one TLB flush) and one copy for a run of owned pages, one read for a run
+    /// of forwarded ReadOnly copies, one hole punched per run. Each
+    /// page is still its own `Writeback`, a slice of the run's one buffer, which the sender
+    /// merges back into runs without copying (`runs::coalesce_to_coordinator`). Page by page,
+    /// detaching after writing 256 MiB took 1.15 s.
     pub fn release(&mut self, mem: &mut impl PageMemory, out: &mut Vec<ToCoordinator>, limit: usize) -> (usize, bool) {
-        let mut pages: Vec<(PageNo, PageState)> = self
+        // (page, written back, state)
+        let mut pages: Vec<(PageNo, bool, PageState)> = self
             .slots
             .iter()
             .filter(|(_, s)| s.state != PageState::Invalid)
-            .map(|(&p, s)| (p, s.state))
+            .map(|(&p, s)| (p, s.writes_back(), s.state))
             .collect();
         // The lowest `limit` pages, in order: a selection first, so that each slice of a large
         // region sorts only itself, not every page still left.
         let done = pages.len() <= limit;
         if !done {
-            pages.select_nth_unstable_by_key(limit, |&(p, _)| p);
+            pages.select_nth_unstable_by_key(limit, |&(p, ..)| p);
             pages.truncate(limit);
         }
-        pages.sort_unstable_by_key(|&(p, _)| p);
+        pages.sort_unstable_by_key(|&(p, ..)| p);
         let mut written = 0;
         let mut rest = &pages[..];
-        while let Some(&(first, state)) = rest.first() {
+        while let Some(&(first, back, state)) = rest.first() {
+            // Pages only dropped form runs whatever their state; pages written back, runs of
+            // one state (owned ones are write-protected, forwarded ones only read).
             let count = rest
                 .iter()
                 .zip(first..)
                 .take(MAX_RUN as usize)
-                .take_while(|&(&(p, s), want)| p == want && s == state)
+                .take_while(|&(&(p, b, s), want)| p == want && b == back && (!back || s == state))
                 .count();
             let n = count as u32;
-            if state == PageState::Writable {
-                let bytes = mem.write_protect_run(first, n);
+            if back {
+                let bytes = if state == PageState::Writable {
+                    mem.write_protect_run(first, n)
+                } else {
+                    mem.read_run(first, n)
+                };
                 self.stats.bytes_sent += bytes.len() as u64;
                 if n == 1 {
                     out.push(ToCoordinator::Writeback { page: first, data: PageData::from(bytes) });
@@ -547,15 +633,23 @@ impl ProcessPages {
     }
 
 
-    /// The reply to the in-flight request of `page` was applied.
+    /// The reply to the in-flight request of `page` was applied (a forwarded copy is marked by
+    /// the caller; a ReadOnly copy keeps its mark). What arrived for a forward of it is
+    /// forgotten: a later peer message for the request is dropped.
     fn finish(&mut self, page: PageNo, state: PageState, mode: Mode) {
-        self.slots.insert(page, Slot { state, pending: None, mode });
+        let slot = self.slots.entry(page).or_default();
+        let forwarded = state == PageState::ReadOnly && slot.forwarded;
+        *slot = Slot { state, pending: None, mode, forwarded };
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.forget_forward(page);
     }
 
     fn set_state(&mut self, page: PageNo, state: PageState) {
         let slot = self.slots.entry(page).or_default();
         slot.state = state;
+        if state != PageState::ReadOnly {
+            slot.forwarded = false;
+        }
         if slot.state == PageState::Invalid && slot.pending.is_none() {
             self.slots.remove(&page);
         }
@@ -564,3 +658,5 @@ impl ProcessPages {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod forward_tests;

@@ -8,9 +8,10 @@ use crate::wire::{GrantData, Mode, PageData, PageNo, ReqId, ToCoordinator, ToPro
 
 impl ProcessPages {
     /// A page message from the coordinator (`Data`, `Grant`, `Invalidate`, `Downgrade`,
-    /// `Recall`). Anything else, or a reply to no request in flight, is an error and changes
-    /// nothing (an `Invalidate` reaching a Writable page is an error too; it is still
-    /// acknowledged, and the page is kept).
+    /// `Recall`, their runs, and the forward messages `Forward`, `ForwardNote` and
+    /// `ForwardAbort` of `pages/forward.rs`). Anything else, or a reply to no request in flight,
+    /// is an error and changes nothing (an `Invalidate` reaching a Writable page is an error
+    /// too; it is still acknowledged, and the page is kept).
     pub fn handle_message(
         &mut self,
         msg: ToProcess,
@@ -144,13 +145,9 @@ impl ProcessPages {
                         self.set_state(page, PageState::ReadOnly);
                         Some(bytes)
                     }
-                    PageState::ReadOnly => {
-                        // Cannot happen with a correct coordinator (only the owner is
-                        // downgraded). Answering None tells it we are not a reader, so drop the
-                        // copy to keep that true.
-                        self.drop_copy(page, mem);
-                        None
-                    }
+                    // A flush (the home copy is stale, this reader's copy is current): answer
+                    // with the contents and keep the copy.
+                    PageState::ReadOnly => Some(mem.read_run(page, 1)),
                     PageState::Invalid => None,
                 };
                 self.stats.bytes_sent += data.as_ref().map_or(0, |d| d.len() as u64);
@@ -175,6 +172,9 @@ impl ProcessPages {
                 self.stats.bytes_sent += data.as_ref().map_or(0, |d| d.len() as u64);
                 out.push(ToCoordinator::RecallAck { page, data: data.map(PageData::from) });
             }
+            ToProcess::Forward { req, first, count, to } => self.forward(req, first, count, to, mem),
+            ToProcess::ForwardNote { req, first, count } => return self.forward_note(req, first, count, mem, out),
+            ToProcess::ForwardAbort { req, first, count } => return self.forward_abort(req, first, count, out),
             run @ (ToProcess::DataRun { .. }
             | ToProcess::GrantRun { .. }
             | ToProcess::Denied { .. }
@@ -269,9 +269,16 @@ impl ProcessPages {
                     out.push(ToCoordinator::InvalidateAckRun { first: *first, count: *count });
                     return Ok(());
                 }
+            // Owned copies (one write-protect) or flushed ReadOnly ones (one read); a run of
+            // both goes page by page.
             ToProcess::DowngradeRun { first, count }
-                if all(self, *first, *count, &|s| s.state == PageState::Writable) => {
-                    let bytes = mem.write_protect_run(*first, *count);
+                if all(self, *first, *count, &|s| s.state == PageState::Writable)
+                    || all(self, *first, *count, &|s| s.state == PageState::ReadOnly) => {
+                    let bytes = if self.state(*first) == PageState::Writable {
+                        mem.write_protect_run(*first, *count)
+                    } else {
+                        mem.read_run(*first, *count)
+                    };
                     self.stats.downgrades += u64::from(*count);
                     self.stats.bytes_sent += bytes.len() as u64;
                     for page in *first..*first + u64::from(*count) {
@@ -322,7 +329,10 @@ impl ProcessPages {
             ToProcess::Denied { first, count, .. }
             | ToProcess::InvalidateRun { first, count }
             | ToProcess::DowngradeRun { first, count }
-            | ToProcess::RecallRun { first, count } => Some((*first, *count, None)),
+            | ToProcess::RecallRun { first, count }
+            | ToProcess::Forward { first, count, .. }
+            | ToProcess::ForwardNote { first, count, .. }
+            | ToProcess::ForwardAbort { first, count, .. } => Some((*first, *count, None)),
             _ => None,
         };
         if let Some((first, count, len)) = run {
