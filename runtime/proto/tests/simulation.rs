@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use dsm_proto::pages::{FaultAction, ReplayOp, WriteOutcome};
 use dsm_proto::{
     Access, Coherence, Mode, PageDirectory, PageMemory, PageNo, PageState, ProcessPages, ReqId,
-    RmwOp, ToCoordinator, ToProcess,
+    RmwOp, ToCoordinator, ToPeer, ToProcess,
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
@@ -242,6 +242,18 @@ impl PageMemory for SimMem {
         self.wake_if(page);
     }
 
+    fn read_run(&mut self, first: PageNo, count: u32) -> Vec<u8> {
+        let mut all = Vec::with_capacity(count as usize * PAGE_BYTES);
+        for page in first..first + u64::from(count) {
+            if self.expect(page, &[PageState::ReadOnly], "read_run") {
+                all.extend_from_slice(&self.pages[&page].1);
+            } else {
+                all.extend_from_slice(&[0; PAGE_BYTES]);
+            }
+        }
+        all
+    }
+
     fn store(&mut self, page: PageNo, offset: u16, width: u8, value: u128) {
         if self.expect(page, &[PageState::ReadOnly], "store") {
             let (o, w) = (usize::from(offset), usize::from(width));
@@ -284,6 +296,10 @@ enum Action {
     Exec(usize),
     Deliver(usize),
     Recv(usize),
+    /// The head of the peer channel from the first process to the second arrives.
+    PeerRecv(usize, usize),
+    /// ... or cannot be delivered: the sender gets it back (`peer_failed`).
+    PeerFail(usize, usize),
     Release(usize),
     /// The coordinator switches a page (chosen when the action is picked).
     Switch(PageNo, Mode),
@@ -312,6 +328,9 @@ struct Config {
     advise: &'static [(PageNo, Coherence)],
     /// Random `request_switch` calls the scheduler may make.
     switches: u32,
+    /// Direct transfers: the directory forwards, and the processes talk on peer channels
+    /// (one FIFO channel per ordered pair), some of whose messages fail to arrive.
+    forwards: bool,
 }
 
 const fn config(
@@ -320,8 +339,15 @@ const fn config(
     advise: &'static [(PageNo, Coherence)],
     switches: u32,
 ) -> Config {
-    Config { name, default, advise, switches }
+    Config { name, default, advise, switches, forwards: false }
 }
+
+const fn with_forwards(c: Config) -> Config {
+    Config { forwards: true, ..c }
+}
+
+/// Peer messages that may fail to arrive in one run (forward configurations).
+const PEER_FAILURES: u32 = 2;
 
 const INVALIDATE: Config = config("invalidate", Coherence::Invalidate, &[], 0);
 
@@ -337,6 +363,8 @@ const CONFIGS: &[Config] = &[
     config("invalidate + switches", Coherence::Invalidate, &[], 4),
     config("update + switches", Coherence::Update, &[], 4),
     config("adaptive + switches", Coherence::Adaptive, &[(0, Coherence::Update)], 4),
+    with_forwards(config("invalidate + forwards", Coherence::Invalidate, &[], 0)),
+    with_forwards(config("adaptive + switches + forwards", Coherence::Adaptive, &[(0, Coherence::Update)], 4)),
 ];
 
 /// One decoded store in 8 is an instruction the decoder does not support: the process takes
@@ -361,6 +389,9 @@ struct Sim {
     /// Per page: an Update or WriteAck was ever sent (ReadOnly copies may then differ while
     /// updates are in flight).
     updated: Vec<bool>,
+    /// Peer channels, by (sender, receiver).
+    peers: BTreeMap<(usize, usize), VecDeque<ToPeer>>,
+    peer_failures_left: u32,
     trace: Option<Vec<String>>,
 }
 
@@ -384,8 +415,9 @@ impl Sim {
                 gone: false,
             })
             .collect::<Vec<_>>();
-        let mut dir =
-            PageDirectory::new(procs.len() as u32, prog.pages).with_default_policy(cfg.default);
+        let mut dir = PageDirectory::new(procs.len() as u32, prog.pages)
+            .with_default_policy(cfg.default)
+            .with_forwards(cfg.forwards);
         let mut out = Vec::new();
         if cfg.default == Coherence::Update {
             // What a real session does to get this default: P0 advises the whole region, and
@@ -407,6 +439,8 @@ impl Sim {
             retries: 0,
             fallback: Fallback(SmallRng::seed_from_u64(0)),
             updated: vec![false; prog.pages as usize],
+            peers: BTreeMap::new(),
+            peer_failures_left: if cfg.forwards { PEER_FAILURES } else { 0 },
             trace: trace.then(Vec::new),
         };
         sim.log(|| format!("C advise {:?} -> {out:?}", cfg.advise));
@@ -440,6 +474,14 @@ impl Sim {
                 v.push(Action::Release(i));
             }
         }
+        for (&(from, to), ch) in &self.peers {
+            if !ch.is_empty() {
+                v.push(Action::PeerRecv(from, to));
+                if self.peer_failures_left > 0 && !self.procs[from].gone {
+                    v.push(Action::PeerFail(from, to));
+                }
+            }
+        }
         if self.switches_left > 0 {
             // Placeholder: `simulate` picks the page and the mode.
             v.push(Action::Switch(0, Mode::Update));
@@ -452,6 +494,8 @@ impl Sim {
             Action::Exec(i) => self.exec(i),
             Action::Deliver(i) => self.deliver(i)?,
             Action::Recv(i) => self.recv(i)?,
+            Action::PeerRecv(from, to) => self.peer_recv(from, to, false)?,
+            Action::PeerFail(from, to) => self.peer_recv(from, to, true)?,
             Action::Release(i) => {
                 let p = &mut self.procs[i];
                 let mut out = Vec::new();
@@ -567,6 +611,35 @@ impl Sim {
         Ok(())
     }
 
+    /// The head of the peer channel `from` -> `to` arrives at `to` (whose core may install it
+    /// and send `Got`), or, when `fail` is set or `to` is gone, goes back to `from`
+    /// (`peer_failed`: a `ForwardReturn`).
+    fn peer_recv(&mut self, from: usize, to: usize, fail: bool) -> Result<(), String> {
+        let Some(msg) = self.peers.get_mut(&(from, to)).and_then(VecDeque::pop_front) else { return Ok(()) };
+        let text = self.trace.is_some().then(|| format!("{msg:?}"));
+        let mut out = Vec::new();
+        if fail || self.procs[to].gone {
+            if fail {
+                self.peer_failures_left -= 1;
+            }
+            let p = &mut self.procs[from];
+            if p.gone {
+                return Ok(());
+            }
+            p.pages.peer_failed(to as u32, msg, &mut out);
+            push_to_coordinator(&mut p.to_c, out.iter().cloned(), self.opts.runs);
+            self.log(|| format!("P{from} -> P{to} undelivered {} -> {out:?}", text.unwrap_or_default()));
+            return Ok(());
+        }
+        let p = &mut self.procs[to];
+        p.pages
+            .handle_peer(from as u32, msg, &mut p.mem, &mut out)
+            .map_err(|e| format!("P{to} protocol error from peer P{from}: {e}"))?;
+        push_to_coordinator(&mut p.to_c, out.iter().cloned(), self.opts.runs);
+        self.log(|| format!("P{to} <- P{from} {} -> {out:?}", text.unwrap_or_default()));
+        Ok(())
+    }
+
     /// The process is gone (detached or lost): the directory forgets it, its channels die.
     fn leave(&mut self, i: usize) {
         let p = &mut self.procs[i];
@@ -613,6 +686,11 @@ impl Sim {
             .handle_message(msg, &mut p.mem, &mut out)
             .map_err(|e| format!("P{i} protocol error: {e}"))?;
         push_to_coordinator(&mut p.to_c, out.iter().cloned(), self.opts.runs);
+        let sent = p.pages.take_peer_messages();
+        for (to, m) in &sent {
+            self.peers.entry((i, *to as usize)).or_default().push_back(m.clone());
+        }
+        let p = &mut self.procs[i];
         let mut done = Vec::new();
         for (req, outcome) in p.pages.take_completions() {
             if p.blocked != Blocked::Write(req) {
@@ -745,6 +823,16 @@ impl Sim {
                     }
                     p.mem.pages[&page].1.clone()
                 }
+                // The readers hold the current contents (a forward left the home behind).
+                None if v.stale => {
+                    let holder = v.readers.iter().map(|&r| &self.procs[r as usize]).find(|p| {
+                        !p.gone && p.mem.state(page) == PageState::ReadOnly
+                    });
+                    match holder {
+                        Some(p) => p.mem.pages[&page].1.clone(),
+                        None => return Err(format!("page {page} is stale but no reader holds it: {v:?}")),
+                    }
+                }
                 None => home,
             };
             for (i, p) in self.procs.iter().enumerate() {
@@ -834,6 +922,10 @@ struct Totals {
     runs_received: u64,
     /// Ordinary ownership requests on update-mode pages answered read-only (rule 3').
     owns_kept_in_update: u64,
+    /// Direct transfers: pages forwarded, forwards aborted, stale pages flushed.
+    forwards: u64,
+    forward_aborts: u64,
+    flushes: u64,
 }
 
 impl Totals {
@@ -849,6 +941,9 @@ impl Totals {
         self.ahead_denied += o.ahead_denied;
         self.runs_received += o.runs_received;
         self.owns_kept_in_update += o.owns_kept_in_update;
+        self.forwards += o.forwards;
+        self.forward_aborts += o.forward_aborts;
+        self.flushes += o.flushes;
     }
 }
 
@@ -903,6 +998,9 @@ fn simulate(prog: &Program, cfg: Config, seed: u64, trace: bool) -> Run {
         ahead_denied: s.ahead_denied,
         runs_received: sim.procs.iter().map(|p| p.pages.stats().runs_received).sum(),
         owns_kept_in_update: s.owns_kept_in_update,
+        forwards: s.forwards,
+        forward_aborts: s.forward_aborts,
+        flushes: s.flushes,
     };
     Run { result, trace: sim.trace.unwrap_or_default(), totals }
 }
@@ -1190,6 +1288,22 @@ fn update_mode_is_exercised() {
     // Rule 3': ownership requests that met a page in update mode were answered read-only and
     // their stores replayed (the SC and coherence checks above covered those runs).
     assert!(all.owns_kept_in_update > 0, "{all:?}");
+}
+
+/// The forward configurations do forward pages, abort forwards (peer failures, sources that
+/// wrote back or detached) and flush stale pages, and every outcome is still SC.
+#[test]
+fn direct_forwards_are_exercised() {
+    let forwards: Vec<Config> = CONFIGS.iter().copied().filter(|c| c.forwards).collect();
+    let mut all = Totals::default();
+    for prog in [mp(Y), sb(Y0), two_plus_two_w()] {
+        let (_, totals) = check_configs(&prog, &forwards);
+        for t in &totals {
+            all.add(t);
+        }
+    }
+    eprintln!("forward configs: {all:?}");
+    assert!(all.forwards > 0 && all.forward_aborts > 0 && all.flushes > 0, "{all:?}");
 }
 
 /// A scripted run: P0 owns X's page and has stored 1; P1 reads X, so the directory sends P0 a
