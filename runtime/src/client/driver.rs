@@ -58,10 +58,11 @@ pub(crate) struct Driver {
     efd: Option<AsyncFd<UffdFd>>,
     /// Keeps this thread polling for a moment after traffic (see `dsm_cert::BusyPoll`).
     busy: dsm_cert::BusyPoll,
-    /// Direct transfers with the other members and their events, when the session forwards
-    /// (set by `connect.rs`; the loop does not serve them yet).
-    #[allow(dead_code)]
-    peers: Option<(PeerLinks, mpsc::UnboundedReceiver<PeerEvent>)>,
+    /// Direct transfers with the other members, when the session forwards (set by
+    /// `connect.rs`).
+    peers: Option<PeerLinks>,
+    /// Their events, until `run` takes them into its loop.
+    peer_events: Option<mpsc::UnboundedReceiver<PeerEvent>>,
 }
 
 enum Waiting {
@@ -100,6 +101,7 @@ impl Driver {
             efd: None,
             busy: dsm_cert::BusyPoll::spawn(busy_poll),
             peers: None,
+            peer_events: None,
         }
     }
 
@@ -112,8 +114,9 @@ impl Driver {
     }
 
     /// Also carry direct transfers (`PeerLinks::new`'s links and events).
-    pub(super) fn serve_peers(&mut self, links: (PeerLinks, mpsc::UnboundedReceiver<PeerEvent>)) {
+    pub(super) fn serve_peers(&mut self, (links, events): (PeerLinks, mpsc::UnboundedReceiver<PeerEvent>)) {
         self.peers = Some(links);
+        self.peer_events = Some(events);
     }
 
     pub(super) fn close(&self, code: u32, reason: &[u8]) {
@@ -197,6 +200,7 @@ impl Driver {
         let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
         let uffd = self.uffd.take();
         let efd = self.efd.take();
+        let mut peer_events = self.peer_events.take();
         let mut stale_check = tokio::time::interval(Duration::from_millis(20));
         loop {
             let replays_pending = self.region.as_ref().is_some_and(FaultService::replays_pending);
@@ -237,6 +241,19 @@ impl Driver {
                     }
                     self.flush_or_fail().await;
                 }
+                event = async { peer_events.as_mut().expect("guarded").recv().await }, if peer_events.is_some() => {
+                    match event {
+                        Some(event) => {
+                            self.busy.touch();
+                            self.handle_peer_event(event);
+                            while let Some(event) = peer_events.as_mut().and_then(|r| r.try_recv().ok()) {
+                                self.handle_peer_event(event);
+                            }
+                        }
+                        None => peer_events = None,
+                    }
+                    self.flush_or_fail().await;
+                }
                 cmd = commands.recv() => {
                     let Some(cmd) = cmd else { break };
                     self.handle_command(cmd);
@@ -261,6 +278,8 @@ impl Driver {
                                     Err(e) => { self.fail_all(e); break }
                                 }
                             }
+                            // Pages the coordinator asked this process to forward.
+                            self.send_peer_messages();
                             // Acks and requests produced by page messages.
                             self.flush_or_fail().await;
                         }
@@ -454,7 +473,10 @@ impl Driver {
             | ToProcess::Denied { .. }
             | ToProcess::InvalidateRun { .. }
             | ToProcess::DowngradeRun { .. }
-            | ToProcess::RecallRun { .. }) => self.handle_page_message(page_msg),
+            | ToProcess::RecallRun { .. }
+            | ToProcess::Forward { .. }
+            | ToProcess::ForwardNote { .. }
+            | ToProcess::ForwardAbort { .. }) => self.handle_page_message(page_msg),
             other => warn!("ignoring unexpected message from the coordinator: {other:?}"),
         }
     }
@@ -473,6 +495,52 @@ impl Driver {
                 let e = Error::Protocol(format!("the coordinator broke the coherence protocol: {e}"));
                 self.conn.close(close_code::PROTOCOL_ERROR.into(), b"coherence protocol violation");
                 self.fail_all(e);
+            }
+        }
+    }
+
+    /// A peer's message, or one of ours that could not reach its peer.
+    fn handle_peer_event(&mut self, event: PeerEvent) {
+        let Some(r) = &mut self.region else { return };
+        let mut out = Vec::new();
+        match event {
+            PeerEvent::Received(from, msg) => {
+                if let Err(e) = r.handle_peer(from, msg, &mut out) {
+                    // A member sent pages nobody can account for: the fetch waiting for them
+                    // could never be answered correctly.
+                    let e = Error::Protocol(format!("rank {from} broke the direct transfer protocol: {e}"));
+                    self.fail_all(e);
+                    return;
+                }
+            }
+            PeerEvent::Undelivered(to, msg) => {
+                debug!("pages for rank {to} could not be sent directly; returning them to the coordinator");
+                r.peer_failed(to, msg, &mut out);
+            }
+        }
+        self.queue_all(out);
+    }
+
+    /// Sends the pages the region's core wants to send to peers (answers to `Forward`); with
+    /// no peer links (cannot happen with a correct coordinator) they go back to it instead.
+    fn send_peer_messages(&mut self) {
+        let Some(r) = &mut self.region else { return };
+        let msgs = r.take_peer_messages();
+        if msgs.is_empty() {
+            return;
+        }
+        match &mut self.peers {
+            Some(links) => {
+                for (to, msg) in msgs {
+                    links.send(to, msg);
+                }
+            }
+            None => {
+                let mut out = Vec::new();
+                for (to, msg) in msgs {
+                    r.peer_failed(to, msg, &mut out);
+                }
+                self.queue_all(out);
             }
         }
     }

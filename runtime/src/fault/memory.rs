@@ -91,6 +91,11 @@ impl PageMemory for Mem<'_> {
         self.maps.alias.read_run(first, count)
     }
 
+    fn read_run(&mut self, first: PageNo, count: u32) -> Vec<u8> {
+        // ReadOnly copies (a forward or a flush): no store can change them, no ioctl needed.
+        self.maps.alias.read_run(first, count)
+    }
+
     fn drop_page(&mut self, page: PageNo, want_contents: bool) -> Option<Vec<u8>> {
         self.drop_run(page, 1, want_contents)
     }

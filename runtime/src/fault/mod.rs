@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use dsm_proto::fault_track::{FaultTracker, FaultVerdict};
 use dsm_proto::pages::{Access, FaultAction, PagesError, ProcessPages, WriteOutcome};
-use dsm_proto::{PageNo, ToCoordinator, ToProcess};
+use dsm_proto::{PageNo, Rank, ToCoordinator, ToPeer, ToProcess};
 use tokio::io::unix::AsyncFd;
 use tracing::debug;
 
@@ -139,7 +139,10 @@ impl FaultService {
             _ => None,
         };
         let mut mem = Mem { maps: &self.maps };
+        let before = out.len();
         self.pages.handle_message(msg, &mut mem, out)?;
+        // A note for pages a peer sent already installs them (`Got`).
+        self.note_forwarded_installs(&out[before..]);
         for (req, outcome) in self.pages.take_completions() {
             if let Some(claim) = self.tracker.write_ended(req) {
                 signal::complete(claim, match outcome {
@@ -155,6 +158,39 @@ impl FaultService {
             }
         }
         Ok(())
+    }
+
+    /// A message from a peer (direct transfers): pages it forwarded, installed once the
+    /// coordinator's note is here. An error means the peer broke the protocol.
+    pub fn handle_peer(&mut self, from: Rank, msg: ToPeer, out: &mut Vec<ToCoordinator>) -> Result<(), PagesError> {
+        let mut mem = Mem { maps: &self.maps };
+        let before = out.len();
+        self.pages.handle_peer(from, msg, &mut mem, out)?;
+        self.note_forwarded_installs(&out[before..]);
+        Ok(())
+    }
+
+    /// A peer message this process could not deliver: its pages go to the coordinator instead.
+    pub fn peer_failed(&mut self, to: Rank, msg: ToPeer, out: &mut Vec<ToCoordinator>) {
+        self.pages.peer_failed(to, msg, out);
+    }
+
+    /// The pages to send to peers (answers to `Forward`), since the last call.
+    pub fn take_peer_messages(&mut self) -> Vec<(Rank, ToPeer)> {
+        self.pages.take_peer_messages()
+    }
+
+    /// Forwarded pages installed (each `Got` names them): their waiting threads were woken, so
+    /// they get the same hold as pages a `Data` installed (progress rule).
+    fn note_forwarded_installs(&mut self, sent: &[ToCoordinator]) {
+        let now = Instant::now();
+        for m in sent {
+            if let ToCoordinator::Got { first, count } = m {
+                for page in *first..*first + u64::from(*count) {
+                    self.tracker.installed(page, now);
+                }
+            }
+        }
     }
 
     /// Before detaching: writes back owned pages and drops read-only copies, at most `limit`
@@ -212,9 +248,11 @@ impl FaultService {
 fn revocation_pages(msg: &ToProcess) -> Option<(PageNo, u32)> {
     match msg {
         ToProcess::Invalidate { page } | ToProcess::Downgrade { page } | ToProcess::Recall { page } => Some((*page, 1)),
-        ToProcess::InvalidateRun { first, count } | ToProcess::DowngradeRun { first, count } | ToProcess::RecallRun { first, count } => {
-            Some((*first, *count))
-        }
+        ToProcess::InvalidateRun { first, count }
+        | ToProcess::DowngradeRun { first, count }
+        | ToProcess::RecallRun { first, count }
+        // An owned page is write-protected before it is sent.
+        | ToProcess::Forward { first, count, .. } => Some((*first, *count)),
         _ => None,
     }
 }
