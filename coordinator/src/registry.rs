@@ -51,7 +51,7 @@ pub type ConnId = u64;
 /// members' peer addresses still has every page served through the coordinator: a forward
 /// would be ignored and its request would wait forever. Set to `true` when the runtime's
 /// driver handles them.
-pub const RUNTIME_SERVES_FORWARDS: bool = false;
+pub const RUNTIME_SERVES_FORWARDS: bool = true;
 
 /// What the I/O layer must do after an event.
 #[derive(Debug, Clone, PartialEq, Eq)]

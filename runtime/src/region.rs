@@ -63,6 +63,17 @@ pub struct RegionStats {
     pub write_ahead_denied: u64,
     /// Run messages received (one message for several consecutive pages).
     pub runs_received: u64,
+    /// Pages sent directly to another process that asked for them (direct transfers).
+    pub pages_forwarded: u64,
+    /// Pages received directly from another process (also in `pages_fetched`).
+    pub pages_from_peers: u64,
+    /// Page bytes sent to other processes directly (not in `bytes_sent`).
+    pub peer_bytes_sent: u64,
+    /// Page bytes received from other processes directly (not in `bytes_received`).
+    pub peer_bytes_received: u64,
+    /// Direct transfers that failed and were served through the coordinator instead (pages
+    /// this process could not send, and pages it was sent whose transfer was aborted).
+    pub forwards_failed: u64,
 }
 
 /// Element types of a typed view of the region ([`Region::as_slice`]): types whose values may

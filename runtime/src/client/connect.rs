@@ -17,6 +17,11 @@ use super::AttachInfo;
 use crate::config::{host_of, Config};
 use crate::error::{Error, Result};
 
+/// Longest wait for a peer connection: a forward to a member that its address does not reach
+/// holds its page this long before it goes through the coordinator (once per member, see
+/// `peers.rs`). Members are as near as the coordinator; a handshake takes a few round trips.
+const PEER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn resolve(addr: &str) -> Result<SocketAddr> {
     let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| Error::Unreachable {
         addr: addr.into(),
@@ -91,7 +96,7 @@ pub(super) async fn connect(config: &Config) -> Result<(Driver, AttachInfo)> {
     // this endpoint's. It serves them from before the attach (quinn holds their connections
     // until the session starts and the links accept them).
     let peer_setup = if config.direct {
-        match PeerSetup::new(&config.transport, config.connect_timeout) {
+        match PeerSetup::new(&config.transport, config.connect_timeout.min(PEER_CONNECT_TIMEOUT)) {
             Ok(setup) => {
                 setup.serve(&endpoint);
                 Some(setup)

@@ -29,7 +29,9 @@
 //! that: a message quinn took into its send buffer may never arrive, and the sender would not
 //! know. A message handed back may still have arrived (the connection died before its count
 //! did): the forwarding rules tolerate that (`ForwardReturn` then `ForwardAbort`, rules D4b and
-//! D5 of the design). The next send to that rank connects again.
+//! D5 of the design). A link that failed is not tried again: every later message to that rank
+//! comes back at once, so a member that its address does not reach (behind a NAT or a relay)
+//! costs one connect timeout, not one per forward.
 //!
 //! **Receiving.** Peer connections are accepted on the endpoint; a handshake fails unless the
 //! client presents a member's certificate (a stranger is refused and logged, never a panic),
@@ -43,6 +45,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,6 +147,10 @@ struct Member {
     fingerprint: Fingerprint,
     /// Made on the first send to it.
     client: Option<quinn::ClientConfig>,
+    /// A link to it failed: later messages come back at once instead of waiting for another
+    /// connection attempt each (a member behind a NAT or a relay, whose address as the
+    /// coordinator sees it does not reach it, would cost a connect timeout per forward).
+    failed: Arc<AtomicBool>,
 }
 
 /// One destination's link: its task's queue, and the task.
@@ -183,7 +190,7 @@ impl PeerLinks {
             .enumerate()
             .map(|(rank, p)| {
                 let p = p.as_ref().filter(|_| rank != me as usize)?;
-                Some(Member { addr: p.addr, fingerprint: Fingerprint(p.fingerprint), client: None })
+                Some(Member { addr: p.addr, fingerprint: Fingerprint(p.fingerprint), client: None, failed: Arc::default() })
             })
             .collect();
         for (rank, m) in members.iter().enumerate() {
@@ -224,11 +231,16 @@ impl PeerLinks {
             self.undelivered(to, msg);
             return;
         };
+        if member.failed.load(Ordering::Relaxed) {
+            self.undelivered(to, msg);
+            return;
+        }
         let msg = match &self.links[to as usize] {
             None => msg,
             Some(link) => match link.queue.send(msg) {
                 Ok(()) => return,
-                // The link ended (its failure is being reported): connect again.
+                // The link ended without failing (cannot happen while `PeerLinks` lives): make
+                // a new one.
                 Err(mpsc::error::SendError(msg)) => msg,
             },
         };
@@ -252,6 +264,7 @@ impl PeerLinks {
             endpoint: self.endpoint.clone(),
             connect_timeout: self.connect_timeout,
             events: self.events.clone(),
+            failed: Arc::clone(&member.failed),
         };
         let task = tokio::spawn(run_link(target, rx));
         if let Some(old) = self.links[to as usize].replace(Link { queue, task }) {
@@ -284,6 +297,8 @@ struct Target {
     endpoint: quinn::Endpoint,
     connect_timeout: Duration,
     events: mpsc::UnboundedSender<PeerEvent>,
+    /// Set when the link fails (see [`Member::failed`]).
+    failed: Arc<AtomicBool>,
 }
 
 /// Messages written and not yet acknowledged, in order.
@@ -314,7 +329,12 @@ impl Unacked {
 async fn run_link(target: Target, mut queue: mpsc::UnboundedReceiver<ToPeer>) {
     let unacked = Mutex::new(Unacked::default());
     let outcome = deliver(&target, &mut queue, &unacked).await;
-    // No message can join the queue after this: the next send makes a new link.
+    if outcome.is_err() {
+        // Before the queue closes, so that no send starts a second link: there is no second
+        // attempt, every later message to this rank comes back at once (see `Member::failed`).
+        target.failed.store(true, Ordering::Relaxed);
+    }
+    // No message can join the queue after this.
     queue.close();
     let mut lost: Vec<ToPeer> = unacked.into_inner().msgs.into();
     while let Ok(m) = queue.try_recv() {
@@ -323,8 +343,14 @@ async fn run_link(target: Target, mut queue: mpsc::UnboundedReceiver<ToPeer>) {
     let (rank, addr) = (target.rank, target.addr);
     match outcome {
         Ok(()) => debug!(rank, %addr, "peer link closed"),
-        Err(e) if lost.is_empty() => debug!(rank, %addr, "peer link ended: {e}"),
-        Err(e) => warn!(rank, %addr, undelivered = lost.len(), "peer link to rank {rank} failed: {e}"),
+        Err(e) => {
+            warn!(
+                rank,
+                %addr,
+                undelivered = lost.len(),
+                "peer link to rank {rank} failed: {e}; pages for it go through the coordinator from now on"
+            );
+        }
     }
     for m in lost {
         let _ = target.events.send(PeerEvent::Undelivered(rank, m));

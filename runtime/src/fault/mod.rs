@@ -91,6 +91,11 @@ impl FaultService {
             write_ahead: s.write_ahead,
             write_ahead_denied: s.write_ahead_denied,
             runs_received: s.runs_received,
+            pages_forwarded: s.pages_forwarded,
+            pages_from_peers: s.pages_got,
+            peer_bytes_sent: s.peer_bytes_sent,
+            peer_bytes_received: s.peer_bytes_received,
+            forwards_failed: s.forward_returns + s.forwards_aborted,
         }
     }
 
