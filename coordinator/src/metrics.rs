@@ -85,6 +85,7 @@ pub struct Metrics {
     messages: Family<MessageLabels, Counter>,
     faults_served: Family<KindLabel, Counter>,
     page_bytes: Family<MessageLabels, Counter>,
+    pages_forwarded: Counter,
     transaction_seconds: HistogramFamily,
     open: Mutex<OpenTable>,
 }
@@ -118,6 +119,7 @@ impl Metrics {
             messages: Family::default(),
             faults_served: Family::default(),
             page_bytes: Family::default(),
+            pages_forwarded: Counter::default(),
             transaction_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             open: Mutex::new(HashMap::new()),
             registry: PromRegistry::default(),
@@ -158,13 +160,18 @@ impl Metrics {
         );
         registry.register(
             "faults_served",
-            "Page faults answered: read (data for a fetch), write (ownership grant), replay (replayed store acknowledged)",
+            "Page faults answered: read (data for a fetch, or a note that another process sends it), write (ownership grant), replay (replayed store acknowledged)",
             m.faults_served.clone(),
         );
         registry.register(
             "page_bytes",
             "Page bytes moved, by direction and message kind (zero pages travel without bytes)",
             m.page_bytes.clone(),
+        );
+        registry.register(
+            "pages_forwarded",
+            "Pages sent directly from the process holding them to the process that asked (their bytes do not cross the coordinator)",
+            m.pages_forwarded.clone(),
         );
         registry.register(
             "transaction_duration_seconds",
@@ -248,8 +255,11 @@ impl Metrics {
     pub(crate) fn on_send(&self, conn: ConnId, msg: &ToProcess) {
         let kind = sent_kind(msg);
         self.messages.get_or_create(&MessageLabels { direction: "sent", kind }).inc();
+        if let ToProcess::Forward { count, .. } = msg {
+            self.pages_forwarded.inc_by(u64::from(*count));
+        }
         let served = match msg {
-            ToProcess::Data { .. } | ToProcess::DataRun { .. } => Some("read"),
+            ToProcess::Data { .. } | ToProcess::DataRun { .. } | ToProcess::ForwardNote { .. } => Some("read"),
             ToProcess::Grant { .. } | ToProcess::GrantRun { .. } => Some("write"),
             ToProcess::WriteAck { .. } => Some("replay"),
             _ => None,
@@ -258,7 +268,9 @@ impl Metrics {
         if let Some(kind) = served {
             // Pages, not messages: a run serves several.
             let pages = match msg {
-                ToProcess::DataRun { count, .. } | ToProcess::GrantRun { count, .. } => u64::from(*count),
+                ToProcess::DataRun { count, .. } | ToProcess::GrantRun { count, .. } | ToProcess::ForwardNote { count, .. } => {
+                    u64::from(*count)
+                }
                 _ => 1,
             };
             self.faults_served.get_or_create(&KindLabel { kind }).inc_by(pages);
@@ -271,6 +283,7 @@ impl Metrics {
             | ToProcess::Grant { req, .. }
             | ToProcess::DataRun { req, .. }
             | ToProcess::GrantRun { req, .. }
+            | ToProcess::ForwardNote { req, .. }
             | ToProcess::WriteAck { req, .. }
             | ToProcess::Retry { req, .. }
             | ToProcess::SemaphoreAcquired { req }
@@ -428,6 +441,14 @@ mod tests {
         assert_eq!(sample(&text, "dsm_page_bytes_total{direction=\"received\",kind=\"writeback\"}"), 4096.0);
         assert_eq!(sample(&text, "dsm_transaction_duration_seconds_count{kind=\"fetch\"}"), 1.0);
         assert_eq!(sample(&text, "dsm_transaction_duration_seconds_count{kind=\"own\"}"), 0.0);
+        // A read served by a forward: the note answers it, the page is counted as forwarded.
+        m.on_receive(2, &ToCoordinator::FetchRun { req: 6, first: 4, count: 3 });
+        m.on_send(1, &ToProcess::Forward { req: 6, first: 4, count: 3, to: 1 });
+        m.on_send(2, &ToProcess::ForwardNote { req: 6, first: 4, count: 3 });
+        let text = m.render(SessionCounts { waiting: 1, running: 2, home_bytes: 8192 });
+        assert_eq!(sample(&text, "dsm_faults_served_total{kind=\"read\"}"), 4.0);
+        assert_eq!(sample(&text, "dsm_pages_forwarded_total"), 3.0);
+        assert_eq!(sample(&text, "dsm_transaction_duration_seconds_count{kind=\"fetch\"}"), 2.0);
         assert_eq!(sample(&text, "dsm_sessions{state=\"running\"}"), 2.0);
         assert_eq!(sample(&text, "dsm_home_copy_bytes"), 8192.0);
         assert!(text.ends_with("# EOF\n"), "{text}");
