@@ -1,6 +1,7 @@
-//! Direct transfers (forwards) between real processes over real peer connections: pages a
-//! process holds go straight from it to the process that asks for them, and everything still
-//! works, through the coordinator, when a member turns them off or cannot be reached.
+//! Direct transfers (forwards) between real processes over real peer connections: with
+//! `DSM_DIRECT=1`, pages a process holds go straight from it to the process that asks for
+//! them, and everything still works, through the coordinator, by default or when a member
+//! cannot be reached.
 
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ fn total(w: &Workers, field: &str) -> u64 {
 #[test]
 fn pages_another_process_holds_come_directly_from_it() {
     let env = TestEnv::new();
-    let w = bulk(&env, env.addr(), 3, &[]);
+    let w = bulk(&env, env.addr(), 3, &[("DSM_DIRECT", "1")]);
     let got = total(&w, "pages_from_peers");
     // Between two barriers ranks 1 and 2 read every page rank 0 wrote (and owns): each comes
     // from rank 0, or from the other reader. (Later forwards may be aborted: a rank that is
@@ -52,9 +53,9 @@ fn pages_another_process_holds_come_directly_from_it() {
 }
 
 #[test]
-fn a_process_that_takes_no_direct_transfers_keeps_every_page_on_the_coordinator_path() {
+fn without_direct_transfers_every_page_goes_through_the_coordinator() {
     let env = TestEnv::new();
-    let w = bulk(&env, env.addr(), 2, &[("DSM_DIRECT", "0")]);
+    let w = bulk(&env, env.addr(), 2, &[]);
     assert_eq!(total(&w, "pages_from_peers"), 0, "{}", w.transcript());
     assert_eq!(total(&w, "pages_forwarded"), 0, "{}", w.transcript());
     assert!(total(&w, "bytes_received") >= (MIB << 20), "{}", w.transcript());
@@ -72,7 +73,7 @@ fn members_whose_addresses_do_not_reach_them_get_their_pages_through_the_coordin
         link: dsm_relay::LinkConfig::default(),
     })
     .expect("start relay");
-    let w = bulk(&env, relay.local_addr(), 2, &[]);
+    let w = bulk(&env, relay.local_addr(), 2, &[("DSM_DIRECT", "1")]);
     assert_eq!(total(&w, "pages_from_peers"), 0, "{}", w.transcript());
     assert!(total(&w, "forwards_failed") > 0, "{}", w.transcript());
     assert!(w.seen.iter().all(|l| !l.text.contains("panicked")), "{}", w.transcript());

@@ -33,7 +33,9 @@
 //!   byte of each page, timing each first-touch read.
 //! * `fault.ownership_transfer`: the same, but the parent writes one byte of each page.
 //! * `touch.sequential`: a helper fills 256 MiB with non-zero bytes, barrier; the parent reads
-//!   one byte of every page in order; MB/s of pages touched.
+//!   one byte of every page in order; MB/s of pages touched. `touch.sequential.direct`: the
+//!   same with direct transfers (`DSM_DIRECT=1`: the pages come from the helper, not through
+//!   the coordinator).
 //! * `pingpong.handoff`: two processes busy-wait on one shared `AtomicU64` turn word (rank `r`
 //!   waits until `turn % 2 == r`, then increments it); 2000 hand-offs after 100 warm-up ones; one
 //!   hand-off is half the time between two consecutive turns of the parent.
@@ -90,6 +92,10 @@ const FAULT_PAGES: usize = 2000;
 const FAULT_SIZE: u64 = 8 << 20;
 /// `touch.sequential`: bytes the helper fills and the parent touches page by page.
 const TOUCH_BYTES: u64 = 256 << 20;
+/// Whether the sessions attached now take direct transfers (`touch.sequential.direct`): the
+/// parent's config and the helpers' `DSM_DIRECT`.
+static DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// `pingpong.handoff`: hand-offs of the turn word.
 const SPIN_WARMUP: u64 = 100;
 const SPIN_ROUNDS: u64 = 2000;
@@ -341,16 +347,13 @@ fn bench(args: &Args) -> Result<()> {
             figures.push(Figure::over(&figures, name, v, "us", "quinn.rtt_4k", Some(Target::AtMost(target))));
         }
     }
-    if selected("touch.sequential") {
-        let v = touch_sequential(&env).context("measuring touch.sequential")?;
-        figures.push(Figure::over(
-            &figures,
-            "touch.sequential",
-            v,
-            "MB/s",
-            "quinn.stream",
-            Some(Target::AtLeast(0.5)),
-        ));
+    for (name, direct) in [("touch.sequential", false), ("touch.sequential.direct", true)] {
+        if selected(name) {
+            DIRECT.store(direct, std::sync::atomic::Ordering::Relaxed);
+            let v = touch_sequential(&env).with_context(|| format!("measuring {name}"));
+            DIRECT.store(false, std::sync::atomic::Ordering::Relaxed);
+            figures.push(Figure::over(&figures, name, v?, "MB/s", "quinn.stream", Some(Target::AtLeast(0.5))));
+        }
     }
     counter::measure(&env, &selected, &mut figures)?;
     for (name, coherence) in [("pingpong.update", dsm::Coherence::Update), ("pingpong.adaptive", dsm::Coherence::Adaptive)] {
@@ -676,6 +679,7 @@ fn attach<P: Participant>(env: &TestEnv, session: &str, nprocs: u32, size: u64) 
 fn attach_via<P: Participant>(env: &TestEnv, addr: SocketAddr, session: &str, nprocs: u32, size: u64) -> Result<P> {
     let config = env
         .config_via(addr, session, size, nprocs)
+        .direct_transfers(DIRECT.load(std::sync::atomic::Ordering::Relaxed))
         .build()
         .context("building the session config")?;
     P::attach(&config).with_context(|| format!("attaching session {session}"))
@@ -709,7 +713,10 @@ fn with_helpers_via<P: Participant, T>(
     body: impl FnOnce(&P) -> Result<T>,
 ) -> Result<T> {
     let exe = std::env::current_exe().context("locating the benchmark binary")?;
-    let worker_env = env.worker_env(addr, session, size, nprocs);
+    let mut worker_env = env.worker_env(addr, session, size, nprocs);
+    if DIRECT.load(std::sync::atomic::Ordering::Relaxed) {
+        worker_env.push(("DSM_DIRECT".into(), "1".into()));
+    }
     let rounds = helper_rounds.to_string();
     let args = ["--worker", kind.arg(), "--rounds", rounds.as_str()];
     let mut helpers = Workers::spawn(&exe, &args, &worker_env, nprocs as usize - 1);
