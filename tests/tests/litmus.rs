@@ -8,19 +8,29 @@ use dsm_tests::{lossy_relay, run_workers, session_name, TestEnv};
 const WORKER: &str = env!("CARGO_BIN_EXE_dsm-worker");
 
 fn litmus(env: &TestEnv, addr: std::net::SocketAddr, test: &str, procs: u32, iterations: usize) {
+    litmus_with(env, addr, test, procs, iterations, &[]);
+}
+
+fn litmus_with(env: &TestEnv, addr: std::net::SocketAddr, test: &str, procs: u32, iterations: usize, vars: &[(&str, &str)]) {
     let size = ((1 + iterations * 4) * 4096 + iterations * procs as usize * 16 + 8192) as u64;
     let name = session_name(&format!("litmus-{test}"));
     let iters = iterations.to_string();
+    let mut worker_env = env.worker_env(addr, &name, size, procs);
+    worker_env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let w = run_workers(
         std::path::Path::new(WORKER),
         &["litmus", "--test", test, "--iterations", &iters],
-        &env.worker_env(addr, &name, size, procs),
+        &worker_env,
         procs as usize,
         Duration::from_secs(300),
     );
     let summary = w.seen.iter().find(|l| l.text.starts_with(&format!("litmus {test}:")));
     assert!(summary.is_some(), "no summary from rank 0:\n{}", w.transcript());
     eprintln!("{}", summary.unwrap().text);
+    if vars.contains(&("DSM_DIRECT", "1")) {
+        let forwarded = w.seen.iter().any(|l| l.text.contains(" ok stats") && !l.text.contains("pages_from_peers: 0,"));
+        assert!(forwarded, "no page came from a peer:\n{}", w.transcript());
+    }
 }
 
 #[test]
@@ -57,6 +67,17 @@ fn corr() {
 fn iriw() {
     let env = TestEnv::new();
     litmus(&env, env.addr(), "IRIW", 4, 2000);
+}
+
+/// With direct transfers every read of a page another process wrote is forwarded by it (and
+/// reads of stale pages by a reader), every write to a forwarded page flushes it first.
+#[test]
+fn mp_sb_and_iriw_with_direct_transfers() {
+    let env = TestEnv::new();
+    let direct = [("DSM_DIRECT", "1")];
+    litmus_with(&env, env.addr(), "MP", 2, 1000, &direct);
+    litmus_with(&env, env.addr(), "SB", 2, 1000, &direct);
+    litmus_with(&env, env.addr(), "IRIW", 4, 1000, &direct);
 }
 
 #[test]

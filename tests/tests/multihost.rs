@@ -93,6 +93,8 @@ fn pi_on_two_hosts_with_the_coordinator_on_a_third_and_dsm_status_from_another()
             ("DSM_SIZE".to_string(), "1MiB".to_string()),
             ("DSM_CERT_DIR".to_string(), certs.join("clients").join(format!("host-{host}")).display().to_string()),
             ("DSM_ATTACH_TIMEOUT".to_string(), "60s".to_string()),
+            // Pages go from host to host directly (peer connections across the bridge).
+            ("DSM_DIRECT".to_string(), "1".to_string()),
         ];
         let ns = lab.ns(host);
         let args = ["netns", "exec", ns.as_str(), pi.to_str().unwrap(), "--steps", "2000000"];
