@@ -39,10 +39,6 @@
 //! [`PeerEvent::Received`]. A bad frame closes that peer's connection with
 //! `close_code::PROTOCOL_ERROR` and is logged.
 
-// The driver's loop does not send or read peer messages yet (forwards are hooked in next);
-// until then only the tests use most of this.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
