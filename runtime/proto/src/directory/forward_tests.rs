@@ -347,13 +347,7 @@ fn random_input_with_forwards_never_panics_and_keeps_the_invariants() {
                 }
             };
             let _ = d.handle(from, msg, &mut out);
-            for p in 0..3 {
-                let v = d.inspect(p);
-                assert!(v.owner.is_none() || v.readers.is_empty(), "seed {seed}: {v:?}");
-                if v.stale {
-                    assert!(v.owner.is_none() && !v.readers.is_empty() && v.mode == Mode::Invalidate, "seed {seed}: {v:?}");
-                }
-            }
+            super::tests::assert_invariants(&d, 3, seed);
         }
     }
 }

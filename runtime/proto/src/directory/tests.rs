@@ -321,10 +321,19 @@ fn random_input_never_panics() {
                 }
             };
             let _ = d.handle(from, msg, &mut out);
-            for p in 0..3 {
-                let v = d.inspect(p);
-                assert!(v.owner.is_none() || v.readers.is_empty(), "seed {seed}: {v:?}");
-            }
+            assert_invariants(&d, 3, seed);
+        }
+    }
+}
+
+/// The directory's invariants on pages `0..pages`: an owner excludes readers; a stale page has
+/// readers, no owner, and is in invalidate mode.
+pub(super) fn assert_invariants(d: &PageDirectory, pages: PageNo, seed: u64) {
+    for p in 0..pages {
+        let v = d.inspect(p);
+        assert!(v.owner.is_none() || v.readers.is_empty(), "seed {seed}: {v:?}");
+        if v.stale {
+            assert!(v.owner.is_none() && !v.readers.is_empty() && v.mode == Mode::Invalidate, "seed {seed}: {v:?}");
         }
     }
 }
