@@ -23,12 +23,18 @@ NOTHING = object()
 
 
 class MutD(D.Mut):
-    __slots__ = ('pst', 'st', 'bud', 'cg')
+    __slots__ = ('pst', 'st', 'bud', 'cg', 'bh', 'bb')
 
     def __init__(self, s, vec=()):
         super().__init__(s, vec)
         dx = s[8]
         self.pst = list(dx[0]); self.st = list(dx[1]); self.bud = list(dx[2]); self.cg = dx[3]
+        # Task E (fwd_upgrade='backup'): bh[p] = C's backup holders of page p (bitmask);
+        # bb[i][p] = None | the bytes process i keeps as a backup of p
+        if len(dx) > 4:
+            self.bh = list(dx[4]); self.bb = list(dx[5])
+        else:
+            self.bh = self.bb = None
 
     def flush(self, runs):
         # messages to a crashed or detached process are lost (its connection is gone)
@@ -44,7 +50,8 @@ class MutD(D.Mut):
         super().flush(runs)
 
     def freeze(self):
-        return super().freeze() + ((tuple(self.pst), tuple(self.st), tuple(self.bud), self.cg),)
+        ex = () if self.bh is None else (tuple(self.bh), tuple(self.bb))
+        return super().freeze() + ((tuple(self.pst), tuple(self.st), tuple(self.bud), self.cg) + ex,)
 
     def setp(self, i, mark=None, ab=None, kept=None, req=None):
         mk, a, kp, rq = self.pst[i]
@@ -69,6 +76,12 @@ class ModelD(D.Model):
         assert self.dm in ('none', 'acceptaborted', 'nohandshake', 'noskip', 'detachdrop',
                            'flushdrop'), self.dm
         self._csc = {}
+        self.bk = cfg.fwd_upgrade == 'backup'       # Task E
+        self.bm = cfg.fwd_bkmut
+        assert self.bm in ('none', 'earlyrelease', 'norestore', 'nowait', 'bkdetachdrop',
+                           'restoreany'), self.bm
+        assert cfg.fwd_backup_again in ('flush', 'roll'), cfg.fwd_backup_again
+        assert self.bk or self.bm == 'none'
 
     # ------------------------------------------------------------------ state
     def initial(self):
@@ -77,6 +90,8 @@ class ModelD(D.Model):
         pst = tuple((0, 0, (None,) * self.NP, (0,) * self.NP) for _ in range(self.N))
         dx = (pst, ('A',) * self.N,
               (c.fwd_wb, c.fwd_detach, c.fwd_peerfail, 1 if c.fwd_crash else 0), 0)
+        if self.bk:
+            dx += ((0,) * self.NP, tuple((None,) * self.NP for _ in range(self.N)))
         return s + (dx,)
 
     def msgstr(self, m):
@@ -92,6 +107,10 @@ class ModelD(D.Model):
             return f'{k}({pn},req={m[2]})'
         if k == 'Pages':
             return f'Pages({pn},req={m[2]},{fmt_bytes(m[3], self.pages[m[1]])})'
+        if k in ('BackupData', 'BackupHome'):
+            return f'{k}({pn},{fmt_bytes(m[2], self.pages[m[1]])})' if m[2] is not None else f'{k}({pn},None)'
+        if k == 'BackupAck':
+            return f'BackupAck({pn},{"kept" if m[2] else "no copy"})'
         if k in ('ForwardReturn', 'Writeback'):
             return f'{k}({pn},{fmt_bytes(m[2], self.pages[m[1]])})'
         if k in ('DowngradeAck', 'RecallAck') and m[2] is None:
@@ -241,9 +260,41 @@ class ModelD(D.Model):
                 return lab + f' -> Invalid, send RecallAck({pn},{fmt_bytes(by, self.pages[p])})'
             self.to_c(m, i, ('RecallAck', p, None))
             return lab + f' -> copy {cs}: Invalid, send RecallAck(None)'
+        if kind == 'InvBackup':                     # Task E: invalidate, keep the bytes aside
+            self.clear_mark(m, i, p)
+            if cs == 'W':
+                raise ProtoErr(lab + ' but copy is W')
+            old = m.bb[i][p]
+            if old is not None and self.cfg.fwd_backup_again != 'roll':
+                raise ProtoErr(lab + ' while an older backup is kept')
+            if cs == 'R':
+                self.setc(m, i, p, ('N', None, bel))
+                self.setbb(m, i, p, by)
+                self.to_c(m, i, ('BackupAck', p, True))
+                return lab + (f' -> Invalid, keep backup {fmt_bytes(by, self.pages[p])}'
+                              + (' (replaces the older one)' if old is not None else '')
+                              + f', send BackupAck({pn},kept)')
+            self.to_c(m, i, ('BackupAck', p, False))
+            return lab + f' -> no copy (written back): send BackupAck({pn},no copy)'
+        if kind == 'DropBackup':
+            if m.bb[i][p] is None:
+                raise ProtoErr(lab + ' but no backup is kept')
+            self.setbb(m, i, p, None)
+            return lab + ' -> drop the backup'
+        if kind == 'RestoreBackup':
+            b = m.bb[i][p]
+            if b is None:
+                raise ProtoErr(lab + ' but no backup is kept')
+            self.setbb(m, i, p, None)
+            self.to_c(m, i, ('BackupData', p, b))
+            return lab + f' -> send BackupData({pn},{fmt_bytes(b, self.pages[p])}), drop the backup'
         if kind == 'Grant':
             self.clear_mark(m, i, p)
         return super().p_handle(m, i, msg)
+
+    def setbb(self, m, i, p, v):
+        row = m.bb[i]
+        m.bb[i] = row[:p] + (v,) + row[p + 1:]
 
     def t_peer(self, m, c, j):
         """P3: Pages from a peer, always consumable (kept until the note, or dropped)"""
@@ -283,11 +334,19 @@ class ModelD(D.Model):
 
     def t_detach(self, m, i):
         parts = []
+        s_bb = m.bb[i] if self.bk else ()
         for p in range(self.NP):
             cs, by, bel = m.procs[i][2][p]
             if cs == 'W' or (cs == 'R' and (m.pst[i][0] >> p) & 1 and self.dm != 'detachdrop'):
                 self.to_c(m, i, ('Writeback', p, by))
                 parts.append(f'Writeback({self.pn[p]},{fmt_bytes(by, self.pages[p])})')
+        if self.bk:
+            for p in range(self.NP):
+                b = m.bb[i][p]
+                if b is not None and self.bm != 'bkdetachdrop':
+                    self.to_c(m, i, ('BackupHome', p, b))
+                    parts.append(f'BackupHome({self.pn[p]},{fmt_bytes(b, self.pages[p])})')
+            m.bb[i] = (None,) * self.NP
         self.to_c(m, i, ('Leave',))
         pc, blk, copies = m.procs[i]
         m.procs[i] = (pc, blk, tuple(('N', None, c[2]) for c in copies))
@@ -298,7 +357,9 @@ class ModelD(D.Model):
         for j in range(self.N):
             m.pp[j * self.N + i] = ()
         return f'P{i+1}: detach: ' + ', '.join(parts + ['Leave']) + \
-            (' (mutant detachdrop: RO copies dropped)' if self.dm == 'detachdrop' else '')
+            (' (mutant detachdrop: RO copies dropped)' if self.dm == 'detachdrop' else '') + \
+            (' (mutant bkdetachdrop: backups dropped)' if self.bm == 'bkdetachdrop' and any(
+                b is not None for b in s_bb) else '')
 
     def t_crash(self, m, i):
         """the process stops; a suffix of what it sent to C (and on each peer channel) is
@@ -323,6 +384,8 @@ class ModelD(D.Model):
         m.procs[i] = (pc, blk, tuple(('N', None, c[2]) for c in copies))
         m.pst[i] = (0, 0, (None,) * self.NP, m.pst[i][3])
         m.nt[i] = 0
+        if self.bk:
+            m.bb[i] = (None,) * self.NP
         return d
 
     # ------------------------------------------------------------------ coordinator
@@ -344,8 +407,79 @@ class ModelD(D.Model):
         g[4] = ('FL', R, S, why, args)
         return f'stale: flush: Downgrade({self.pn[p]}) to reader P{S+1}, busy'
 
+    # ---------------------------------------------------------- Task E: backups
+    def to_p(self, m, i, msg, stale_ok=False):
+        if (self.bk and msg[0] in ('Data', 'Grant') and msg[2] is not None and m.bh[msg[1]]
+                and self.bm != 'norestore'):
+            raise ProtoErr(f'C: {self.msgstr(msg)} to P{i+1} sends the home of '
+                           f'{self.pn[msg[1]]}, which is BEHIND its backups')
+        super().to_p(m, i, msg, stale_ok)
+
+    def release(self, m, p):
+        """E2: the home now holds bytes at least as new as every backup of p: tell the
+        holders to drop them"""
+        if not self.bk:
+            return ''
+        g = m.pg(p)
+        hs = m.bh[p]
+        b = g[4]
+        if b is not None and b[0] == 'OB' and b[3]:     # roll: the older generation too
+            hs |= b[3]
+            g[4] = b[:3] + (0,)
+        if not hs:
+            return ''
+        for h in bits(hs):
+            self.to_p(m, h, ('DropBackup', p))
+        m.bh[p] = 0
+        return f'; home caught up: DropBackup({self.pn[p]}) to {self.rs(hs)}'
+
+    def behind(self, m, g, p):
+        """the home would be used (no owner, not stale) but is behind its backups"""
+        return (self.bk and m.bh[p] and g[1] < 0 and g[6] and self.bm != 'norestore')
+
+    def begin_restore(self, m, p, cont):
+        """E3: ask a backup holder to send its backup home; cont = what to do then"""
+        g = m.pg(p)
+        hs = list(bits(m.bh[p]))
+        H = m.pick(hs) if self.bm == 'restoreany' or len(hs) == 1 else hs[0]
+        self.to_p(m, H, ('RestoreBackup', p))
+        m.bh[p] &= ~(1 << H)                # H drops its backup when it sends it home
+        g[4] = ('RB', H, cont)
+        return (f'home behind its backups and nobody holds newer bytes: '
+                f'RestoreBackup({self.pn[p]}) to P{H+1}, busy')
+
+    def restore_done(self, m, p, data):
+        g = m.pg(p)
+        _, H, cont = g[4]
+        m.bh[p] &= ~(1 << H)
+        if data is not None:
+            g[3] = data
+            d = f' -> restored: home={fmt_bytes(data, self.pages[p])}'
+        else:
+            d = ' -> backups all lost: the (older) home is used'
+        g[6] = True
+        g[4] = None
+        d += self.release(m, p)
+        if cont is None:
+            return d + ', unbusy'
+        if cont[0] == 'serve':
+            _, kind, A, args = cont
+            if (m.cg >> A) & 1:
+                return d + f'; requester P{A+1} gone: {kind} dropped, unbusy'
+            return d + f'; then {kind} of P{A+1}: ' + self.serve(m, p, kind, A, args)
+        g[4] = cont[1]
+        return d + '; then' + self.complete(m, p)
+
+    def settle(self, m, p):
+        g = m.pg(p)
+        if g[4] is None and self.behind(m, g, p):
+            return '; ' + self.begin_restore(m, p, None)
+        return ''
+
     def serve(self, m, p, kind, A, args):
         g = m.pg(p)
+        if self.behind(m, g, p):
+            return self.begin_restore(m, p, ('serve', kind, A, args))
         mode, owner, sh = g[0], g[1], g[2]
         pn = self.pn[p]
         if kind == 'Fetch':
@@ -370,12 +504,34 @@ class ModelD(D.Model):
                 if self.cfg.fwd_upgrade == 'flush' and sh & ~(1 << A):
                     return 'upgrade of a reader: ' + self.begin_flush(
                         m, p, A, self.lowest_reader(sh, A), 'O', args)
+                if self.bk and sh & ~(1 << A):
+                    if m.bh[p] and self.cfg.fwd_backup_again == 'flush':
+                        return 'upgrade of a reader, older backups exist: ' + self.begin_flush(
+                            m, p, A, self.lowest_reader(sh, A), 'O', args)
+                    return self.begin_backup(m, p, A, sh & ~(1 << A))
             elif self.cfg.fwd_stale_own == 'flush':
                 return self.begin_flush(m, p, A, self.lowest_reader(sh), 'O', args)
         r = super().serve(m, p, kind, A, args)
         if kind == 'Own' and g[1] == A:
             g[6] = True                             # granted at once: an owned page is never stale
         return r
+
+    def begin_backup(self, m, p, A, others):
+        """E1: InvBackup to the other readers; grant A without data once all acked"""
+        g = m.pg(p)
+        for s_ in bits(others):
+            self.to_p(m, s_, ('InvBackup', p))
+        old = m.bh[p]                       # roll: the older generation, dropped at the end
+        m.bh[p] = 0
+        d = (f'upgrade of a reader: InvBackup({self.pn[p]}) to {self.rs(others)}'
+             + (f' (older backups at {self.rs(old)})' if old else ''))
+        if self.bm == 'nowait':
+            g[1] = A; g[2] = 0; g[6] = True
+            self.to_p(m, A, ('Grant', p, None, 'I'))
+            m.bh[p] = old
+            return d + f', Grant({self.pn[p]},no data: upgrade) to P{A+1} at once (mutant nowait)'
+        g[4] = ('OB', A, others, old)
+        return d + ', busy until every BackupAck'
 
     def t_switch(self, m, p):
         g = m.pg(p)
@@ -388,13 +544,43 @@ class ModelD(D.Model):
         g = m.pg(p)
         kind, A, aw, O = g[4]
         gone = (m.cg >> A) & 1 if A >= 0 else 0
+        if kind == 'OB':
+            g[4] = None
+            sh = g[2]
+            g[2] = 0
+            d = ''
+            if O:                           # roll: the older generation
+                if m.bh[p]:
+                    drop = O & ~m.bh[p]
+                    for h in bits(drop):
+                        self.to_p(m, h, ('DropBackup', p))
+                    d = f', older backups dropped at {self.rs(drop)}' if drop else ''
+                else:
+                    m.bh[p] = O
+                    d = f', no new backup: the older ones at {self.rs(O)} stay'
+            if gone:
+                g[1] = -1; g[6] = True
+                return (f' -> requester P{A+1} gone: owner=none, readers={{}}{d}'
+                        + self.settle(m, p))
+            if g[6]:
+                d += self.release(m, p)
+            gm = self.grant_msg(g, p, A, sh)
+            g[1] = A; g[6] = True
+            self.to_p(m, A, gm)
+            if self.bm == 'earlyrelease':
+                d += self.release(m, p) + ' (mutant earlyrelease)'
+            return (f' -> owner=P{A+1}, {self.msgstr(gm)} to P{A+1}, backups at '
+                    f'{self.rs(m.bh[p])}{d}, unbusy')
+        if kind in ('O', 'S') and self.behind(m, g, p):
+            return ' -> ' + self.begin_restore(m, p, ('complete', g[4]))
         if kind == 'O':
             g[4] = None
             sh = g[2]
             g[2] = 0
             if gone:
                 g[1] = -1; g[6] = True
-                return f' -> requester P{A+1} gone: owner=none, readers={{}}, no reply, unbusy'
+                return (f' -> requester P{A+1} gone: owner=none, readers={{}}, no reply, unbusy'
+                        + self.settle(m, p))
             gm = self.grant_msg(g, p, A, sh)
             g[1] = A; g[6] = True                   # an owned page is never stale
             self.to_p(m, A, gm)
@@ -469,18 +655,22 @@ class ModelD(D.Model):
                 if g[1] == i:
                     g[1] = -1
                 g[4] = fd[:6] + (True,)
-                return lab + ' -> D4b: home=data (current), source keeps RO' + self.fd_abort(m, p, g[4])
+                return (lab + ' -> D4b: home=data (current), source keeps RO' + self.release(m, p)
+                        + self.fd_abort(m, p, g[4]))
             if not g[6] and (g[2] >> i) & 1 and self.cfg.fwd_late_return == 'accept':
                 g[3] = data; g[6] = True
-                return lab + ' -> late return from a reader of the stale page: home=data, current'
+                return (lab + ' -> late return from a reader of the stale page: home=data, current'
+                        + self.release(m, p))
             return lab + ' -> ignored'
         if kind == 'Writeback':                                             # D3, D10
             data = msg[2]
             if g[1] == i:
                 g[3] = data; g[1] = -1; g[6] = True; d = ' -> from the owner: home=data, owner=none'
+                d += self.release(m, p)
             elif not g[6] and (g[2] >> i) & 1:
                 g[3] = data; g[6] = True; g[2] &= ~bit
                 d = ' -> D10: from a reader of the stale page: home=data, current, reader removed'
+                d += self.release(m, p)
             elif (fd is not None and fd[3] == i and fd[4] == 'W'
                   and self.cfg.fwd_d3 == 'always'):
                 # the fix: the source's Writeback aborts its forward even when another
@@ -499,6 +689,40 @@ class ModelD(D.Model):
             return lab + d
         if kind in ('Fetch', 'Own', 'Write', 'RMW', 'COwn'):
             return super().c_handle(m, i, msg)
+        if kind == 'BackupAck':                                             # E1
+            if self.bm == 'nowait' and (busy is None or busy[0] != 'OB'):
+                if msg[2]:
+                    m.bh[p] |= bit
+                return lab + ' -> (granted already, mutant nowait) backup holder recorded'
+            if busy is None or busy[0] != 'OB' or not (busy[2] & bit):
+                raise ProtoErr(lab + ' not awaited')
+            d = ''
+            if msg[2]:
+                if g[6]:                    # the home caught up meanwhile (D10)
+                    self.to_p(m, i, ('DropBackup', p))
+                    d = f' -> home is current: DropBackup({self.pn[p]}) to P{i+1}'
+                else:
+                    m.bh[p] |= bit
+                    d = f' -> backup holder P{i+1}'
+            aw = busy[2] & ~bit
+            g[4] = (busy[0], busy[1], aw, g[4][3])
+            if aw == 0:
+                d += self.complete(m, p)
+            return lab + d
+        if kind == 'BackupData':                                            # E3
+            if busy is None or busy[0] != 'RB' or busy[1] != i:
+                raise ProtoErr(lab + ' not awaited')
+            return lab + self.restore_done(m, p, msg[2])
+        if kind == 'BackupHome':                                            # E4
+            if busy is not None and busy[0] == 'RB' and busy[1] == i:
+                return lab + ' -> the restore target sent it home' + self.restore_done(m, p, msg[2])
+            if m.bh[p] & bit:
+                g[3] = msg[2]
+                m.bh[p] &= ~bit
+                return (lab + f' -> home={fmt_bytes(msg[2], self.pages[p])} (the backups\' '
+                        f'version; {"owner or readers keep newer bytes" if not (g[1] < 0 and g[6]) else "current"})'
+                        + self.release(m, p))
+            return lab + ' -> not a backup holder (released meanwhile): ignored'
         # acks
         if kind == 'DowngradeAck' and busy is not None and busy[0] == 'FL' and busy[2] == i:
             return lab + self.flush_done(m, p, msg[2])
@@ -513,7 +737,7 @@ class ModelD(D.Model):
                     g[1] = -1
                 if msg[2] is not None:
                     g[3] = msg[2]; g[6] = True
-                    d = f' -> home={fmt_bytes(msg[2], self.pages[p])}'
+                    d = f' -> home={fmt_bytes(msg[2], self.pages[p])}' + self.release(m, p)
                     if kind == 'DowngradeAck':
                         g[2] |= bit; d += ', stays a reader'
                 else:
@@ -530,15 +754,18 @@ class ModelD(D.Model):
         _, R, S, why, args = g[4]
         if data is not None:
             g[3] = data; d = f' -> flush: home={fmt_bytes(data, self.pages[p])}, current'
+            d += self.release(m, p)
         else:
             d = ' -> flush: no copy (its Writeback came first): home is current'
         g[6] = True
         g[4] = None
+        if self.behind(m, g, p) and why == 'O' and not (m.cg >> R) & 1:
+            return d + '; ' + self.begin_restore(m, p, ('serve', 'Own', R, args))
         if why == 'SW':
             g[0] = 'U'
             return d + ', switch done: mode=U, readers kept, unbusy'
         if (m.cg >> R) & 1:
-            return d + f'; requester P{R+1} gone: Own dropped, unbusy'
+            return d + f'; requester P{R+1} gone: Own dropped, unbusy' + self.settle(m, p)
         return d + '; then the ordinary Own: ' + super().serve(m, p, 'Own', R, args)
 
     def c_leave(self, m, i, kind):
@@ -556,8 +783,21 @@ class ModelD(D.Model):
                 g[2] &= ~bit
             if any(q[1] == i for q in g[5]):
                 g[5] = tuple(q for q in g[5] if q[1] != i)
+            if self.bk:
+                if m.bh[p] & bit:
+                    m.bh[p] &= ~bit
+                    acts.append(f'{pn}: backup holder P{i+1} dropped out')
+                b = g[4]
+                if b is not None and b[0] == 'OB' and b[3] & bit:
+                    g[4] = b[:3] + (b[3] & ~bit,)
             b = g[4]
-            if b is not None:
+            if b is not None and b[0] == 'RB':
+                if b[1] == i:
+                    if m.bh[p]:
+                        acts.append(f'{pn}: restore target lost: ' + self.begin_restore(m, p, b[2]))
+                    else:
+                        acts.append(f'{pn}: restore target lost' + self.restore_done(m, p, None))
+            elif b is not None:
                 if b[0] == 'FD':
                     _, R, req, S, ph, s_in, refr = b
                     if R == i:                                                  # D6
@@ -598,6 +838,10 @@ class ModelD(D.Model):
                 if g[1] < 0 and not g[6] and not g[2]:                          # D7
                     g[6] = True
                     acts.append(f'{pn}: stale and no reader left: the (older) home is current')
+            if self.bk:
+                r = self.settle(m, p)
+                if r:
+                    acts.append(pn + ': ' + r[2:])
         return f'C: recv {kind} of P{i+1} -> removed everywhere' + ('; ' + '; '.join(acts) if acts else '')
 
     # ------------------------------------------------------------------ successors
@@ -693,6 +937,18 @@ class ModelD(D.Model):
                     return f'{self.pn[p]}: departed P{i+1} still a reader'
             if g[1] >= 0 and st[g[1]] != 'A':
                 return f'{self.pn[p]}: departed P{g[1]+1} still the owner'
+        if self.bk:
+            bh, bb = s[8][4], s[8][5]
+            for p in range(self.NP):
+                g = s[3][p]
+                kept = [i for i in range(self.N) if st[i] == 'A' and bb[i][p] is not None]
+                if set(kept) != set(bits(bh[p])):
+                    return (f'{self.pn[p]}: backups kept at {["P%d" % (x+1) for x in kept]} but C '
+                            f'records {self.rs(bh[p])}')
+                if bh[p] and g[1] < 0 and g[6]:
+                    return f'{self.pn[p]}: backups not released (home current, no owner)'
+                if len({bb[i][p] for i in kept}) > 1:
+                    return f'{self.pn[p]}: backups differ'
         return None
 
     def swmr_problem(self, s):
@@ -707,6 +963,12 @@ class ModelD(D.Model):
                 return f'{self.pn[p]}: stale with no reader'
             if not g[6] and g[0] == 'U':
                 return f'{self.pn[p]}: stale in update mode'
+            if self.bk and self.bm != 'norestore':
+                bh = s[8][4][p]
+                if bh and g[4] is None and g[1] < 0 and g[6]:
+                    return f'{self.pn[p]}: home behind its backups {self.rs(bh)}, no owner, not busy'
+                if bh and g[0] == 'U':
+                    return f'{self.pn[p]}: backups in update mode'
         return None
 
     # ------------------------------------------------------------------ SC with a crash

@@ -94,6 +94,13 @@ _T('FW-inv', [[('W', 'x', 2)], [('R', 'x', 'r1')], [('A', 'x', 'r2')]],
 # it shares with P2 after a forward (stale home); a crash of P1 then loses x=1 that P2 read
 _T('FD-ww', [[('W', 'x', 1), ('W', 'x', 2)], [('R', 'x', 'r1'), ('R', 'x', 'r2')]],
    'non-SC', lambda r, m: False, extra=True)
+# Task E tests (F-backup-* sweeps only): FB-rr: two readers of a forwarded page, then the
+# writer upgrades (two backup holders); FB-www: a second upgrade while the first
+# generation of backups still exists (P2 re-reads through a forward in between)
+_T('FB-rr', [[('W', 'x', 1), ('W', 'x', 2)], [('R', 'x', 'r1')], [('R', 'x', 'r2')]],
+   'non-SC', lambda r, m: False, extra=True)
+_T('FB-www', [[('W', 'x', 1), ('W', 'x', 2), ('W', 'x', 3)], [('R', 'x', 'r1'), ('R', 'x', 'r2')]],
+   'non-SC', lambda r, m: False, extra=True)
 
 
 def test_locs(test):
@@ -211,6 +218,12 @@ class Cfg:
         self.fwd_return_id = False  # fix: ForwardReturn names its forward (to, req); D4b only for it
         self.fwd_dmut = 'none'      # Task D mutants: acceptaborted | nohandshake | noskip |
                                     # detachdrop | flushdrop
+        # ---- Task E: backup copies (fwd_upgrade='backup'; README "Task E: backup copies")
+        self.fwd_backup_again = 'flush'  # upgrade of a stale page while an older backup
+                                    # generation exists: 'flush' (today's rule) | 'roll'
+                                    # (a new generation of backups replaces the old one)
+        self.fwd_bkmut = 'none'     # Task E mutants: earlyrelease | norestore | nowait |
+                                    # bkdetachdrop | restoreany
         self.max_states = 30_000_000
         for k, v in kw.items():
             if not hasattr(self, k):
@@ -1305,7 +1318,11 @@ FWD_D_EVENTS = (('forward', 'Forward('), ('got', 'recv Got('), ('abort', 'ABORT'
                 ('peer-fail', 'FAILS'), ('ambiguous', 'delivered anyway'),
                 ('unreachable', 'unreachable'), ('release', 'release'), ('detach', 'detach'),
                 ('crash', 'CRASH'), ('late-return', 'late return'),
-                ('upgrade-nodata', 'no data: upgrade'), ('reflush', 'Downgrade to P'))
+                ('upgrade-nodata', 'no data: upgrade'), ('reflush', 'Downgrade to P'),
+                # Task E (backup copies)
+                ('bk-inv', 'InvBackup('), ('bk-drop', 'DropBackup('), ('bk-restore', 'RestoreBackup('),
+                ('bk-home', 'BackupHome('), ('bk-restored', 'restored'), ('bk-lost', 'backups all lost'),
+                ('bk-again', 'older backups'))
 
 
 def fwd_cover(lab, cover, dmode=False):
@@ -1767,7 +1784,10 @@ def main():
     # Task D (README: "Task D: forward failures"; dsm_faults.py)
     ap.add_argument('--fwd-d', action='store_true', help='the session-25 forward rules with failures')
     ap.add_argument('--fwd-stale-own', default=None, choices=['flush', 'invdata'])
-    ap.add_argument('--fwd-upgrade', default=None, choices=['nodata', 'flush'])
+    ap.add_argument('--fwd-upgrade', default=None, choices=['nodata', 'flush', 'backup'])
+    ap.add_argument('--fwd-backup-again', default=None, choices=['flush', 'roll'])
+    ap.add_argument('--fwd-bkmut', default=None, choices=['none', 'earlyrelease', 'norestore',
+                                                          'nowait', 'bkdetachdrop', 'restoreany'])
     ap.add_argument('--fwd-wb', type=int, default=None, help='releases (one-page Writebacks) per run')
     ap.add_argument('--fwd-detach', type=int, default=None, help='clean detaches per run')
     ap.add_argument('--fwd-peerfail', type=int, default=None, help='failed peer sends per run')
@@ -1789,7 +1809,8 @@ def main():
     if a.fwd_crash:
         over['fwd_crash'] = tuple(int(x) - 1 for x in a.fwd_crash.split(','))
     for k in ('fwd_stale_own', 'fwd_upgrade', 'fwd_wb', 'fwd_detach', 'fwd_peerfail',
-              'fwd_abort_mark', 'fwd_flush_lost', 'fwd_dmut', 'fwd_d3', 'fwd_late_return'):
+              'fwd_abort_mark', 'fwd_flush_lost', 'fwd_dmut', 'fwd_d3', 'fwd_late_return',
+              'fwd_backup_again', 'fwd_bkmut'):
         if getattr(a, k) is not None:
             over[k] = getattr(a, k)
     for k in ('i2u', 'own_in_u', 'write_in_i', 'write_busy', 'flip'):

@@ -40,6 +40,11 @@ FD = dict(FD_ASIS, fwd_abort_mark='none', fwd_upgrade='flush', fwd_d3='always',
 TWO_D = ['SB', 'MP', 'CoRR', 'MP+pre', 'FW-up', 'FD-ww']
 THREE_D = ['WRC', 'FW-inv']
 CR = dict(fwd_crash=(0, 1, 2))                       # any process may crash (one crash per run)
+# Task E (backup copies): FD with the upgrade of a reader of a stale page done by InvBackup
+# instead of the flush
+FB = dict(FD, fwd_upgrade='backup')
+TWO_E = TWO_D + ['FB-www']
+THREE_E = THREE_D + ['FB-rr']
 
 # name: (phase, tests, cfg overrides, layouts, pad, expected, description)
 SWEEPS = {
@@ -228,14 +233,55 @@ SWEEPS = {
                               'mutant: a reader of a stale page drops its copy at detach without writeback'),
     'F-fail-mut-flushdrop': (1, ['FW-inv'], dict(FD, fwd_dmut='flushdrop'), ('sep',), 'no', 'fail',
                              'mutant: the Downgrade-flush drops the reader\'s copy (answers None)'),
+    # ---------------------------------------------------------------- Task E
+    'F-backup-none': (1, TWO_E + THREE_E, dict(FB), ('sep', 'shared'), 'no', 'pass',
+                      'backup upgrade (E1-E5), no failure'),
+    'F-backup-wb': (1, TWO_E + THREE_E, dict(FB, fwd_wb=2), ('sep', 'shared'), 'no', 'pass',
+                    'backup upgrade, up to 2 releases'),
+    'F-backup-peer': (1, TWO_E + THREE_E, dict(FB, fwd_peerfail=1, fwd_wb=1), ('sep', 'shared'),
+                      'no', 'pass', 'backup upgrade, one failed/ambiguous peer send + one release'),
+    'F-backup-detach': (1, TWO_E + THREE_E, dict(FB, fwd_detach=2, fwd_wb=1), ('sep', 'shared'),
+                        'no', 'pass', 'backup upgrade, 2 detaches (BackupHome) + one release'),
+    'F-backup-crash': (1, TWO_E + THREE_E, dict(FB, **CR, fwd_wb=1), ('sep', 'shared'), 'no',
+                       'pass', 'backup upgrade, one crash of any process (restore) + one release'),
+    'F-backup-crash-peer': (1, TWO_E + THREE_E, dict(FB, **CR, fwd_peerfail=1), ('sep', 'shared'),
+                            'no', 'pass', 'backup upgrade, one crash + one failed peer send'),
+    'F-backup-crash-detach': (1, TWO_E + THREE_E, dict(FB, **CR, fwd_detach=1), ('sep', 'shared'),
+                              'no', 'pass', 'backup upgrade, one crash + one detach'),
+    'F-backup-all-3p': (1, THREE_E, dict(FB, **CR, fwd_peerfail=1, fwd_wb=1, fwd_detach=1), ('sep',),
+                        'no', 'pass', 'backup upgrade, crash + peer failure + release + detach, '
+                        '3 processes'),
+    'F-backup-roll': (1, TWO_E + THREE_E, dict(FB, **CR, fwd_backup_again='roll', fwd_wb=1),
+                      ('sep', 'shared'), 'no', 'pass', 'variant roll (a new backup generation '
+                      'replaces an older one instead of the flush): crash + release'),
+    'F-backup-roll-detach': (1, TWO_E + THREE_E, dict(FB, **CR, fwd_backup_again='roll',
+                                                      fwd_detach=1, fwd_peerfail=1),
+                             ('sep', 'shared'), 'no', 'pass',
+                             'variant roll: crash + detach + peer failure'),
+    'F-backup-p2': (2, TWO_E, dict(FB, **CR, fwd_wb=1), ('sep', 'shared'), 'no', 'pass',
+                    'phase 2 (switches; D9 flush releases backups) with one crash + one release'),
+    'F-backup-mut-earlyrelease': (1, ['FW-up', 'FD-ww', 'FB-rr'], dict(FB, **CR, fwd_bkmut='earlyrelease'),
+                                  ('sep',), 'no', 'fail',
+                                  'mutant: backups dropped as soon as the owner is granted'),
+    'F-backup-mut-norestore': (1, ['FW-up', 'FD-ww', 'FB-rr'], dict(FB, **CR, fwd_bkmut='norestore'),
+                               ('sep',), 'no', 'fail',
+                               'mutant: owner lost -> the home (behind) is used, no restore'),
+    'F-backup-mut-nowait': (1, ['FW-up', 'FD-ww'], dict(FB, fwd_bkmut='nowait'), ('sep',), 'no',
+                            'fail', 'mutant: grant without waiting for the BackupAcks'),
+    'F-backup-mut-detachdrop': (1, ['FD-ww', 'FB-rr'], dict(FB, **CR, fwd_detach=1,
+                                                          fwd_bkmut='bkdetachdrop'),
+                                ('sep',), 'no', 'fail',
+                                'mutant: a detaching backup holder drops its backup'),
 }
 # sweeps restricted to some initial modes (state space)
 MODES = {'A-p2-iriw-r': [('I', 'I')], 'A-p2-iriw-w': [('I', 'I')]}
 GROUPS = {
     'A-all': [k for k in SWEEPS if k.startswith('A-')],
     'B-all': [k for k in SWEEPS if k.startswith('B-')],
-    'F-all': [k for k in SWEEPS if k.startswith('F-') and not k.startswith('F-fail')],
+    'F-all': [k for k in SWEEPS if k.startswith('F-') and not k.startswith('F-fail')
+              and not k.startswith('F-backup')],
     'F-fail-all': [k for k in SWEEPS if k.startswith('F-fail')],
+    'F-backup-all': [k for k in SWEEPS if k.startswith('F-backup')],
 }
 
 
