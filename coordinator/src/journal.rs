@@ -54,6 +54,9 @@ pub(crate) fn record(events: Vec<Event>, ended: Vec<EndedSession>, metrics: &Met
             retries = p.retries,
             to_update = p.to_update,
             to_invalidate = p.to_invalidate,
+            forwards = p.forwards,
+            forward_aborts = p.forward_aborts,
+            flushes = p.flushes,
             lost_ranks = %if lost.is_empty() { "none".to_string() } else { lost.join(",") },
             "session ended"
         );
