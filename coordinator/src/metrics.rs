@@ -369,6 +369,9 @@ fn received_kind(msg: &ToCoordinator) -> &'static str {
         ToCoordinator::Got { .. } => "got",
         ToCoordinator::ForwardAborted { .. } => "forward_aborted",
         ToCoordinator::ForwardReturn { .. } => "forward_return",
+        ToCoordinator::BackupAck { .. } => "backup_ack",
+        ToCoordinator::BackupData { .. } => "backup_data",
+        ToCoordinator::BackupHome { .. } => "backup_home",
     }
 }
 
@@ -395,6 +398,9 @@ fn sent_kind(msg: &ToProcess) -> &'static str {
         ToProcess::Forward { .. } => "forward",
         ToProcess::ForwardNote { .. } => "forward_note",
         ToProcess::ForwardAbort { .. } => "forward_abort",
+        ToProcess::InvBackup { .. } => "inv_backup",
+        ToProcess::DropBackup { .. } => "drop_backup",
+        ToProcess::RestoreBackup { .. } => "restore_backup",
         ToProcess::Pong { .. } => "pong",
         ToProcess::Status { .. } => "status",
         // A run is the same kind of message for several pages.

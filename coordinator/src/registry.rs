@@ -624,6 +624,8 @@ fn kind(msg: &ToCoordinator) -> &'static str {
         ToCoordinator::Writeback { .. } | ToCoordinator::WritebackRun { .. } => "page writeback",
         ToCoordinator::Got { .. } | ToCoordinator::ForwardAborted { .. } => "forward acknowledgement",
         ToCoordinator::ForwardReturn { .. } => "forward return",
+        ToCoordinator::BackupAck { .. } => "backup acknowledgement",
+        ToCoordinator::BackupData { .. } | ToCoordinator::BackupHome { .. } => "backup data",
         ToCoordinator::Write { .. } | ToCoordinator::Rmw { .. } => "replayed write",
         ToCoordinator::Advise { .. } => "coherence advice",
         ToCoordinator::Detach => "detach",

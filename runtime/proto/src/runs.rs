@@ -126,7 +126,10 @@ fn span_to_process(m: &ToProcess) -> Option<(PageNo, u32)> {
         | ToProcess::RecallRun { first, count }
         | ToProcess::Forward { first, count, .. }
         | ToProcess::ForwardNote { first, count, .. }
-        | ToProcess::ForwardAbort { first, count, .. } => (*first, *count),
+        | ToProcess::ForwardAbort { first, count, .. }
+        | ToProcess::InvBackup { first, count }
+        | ToProcess::DropBackup { first, count }
+        | ToProcess::RestoreBackup { first, count } => (*first, *count),
         _ => return None,
     })
 }
@@ -150,6 +153,9 @@ fn merge_into_process(a: &mut ToProcess, b: ToProcess, room: usize) -> Option<To
             | P::Forward { .. }
             | P::ForwardNote { .. }
             | P::ForwardAbort { .. }
+            | P::InvBackup { .. }
+            | P::DropBackup { .. }
+            | P::RestoreBackup { .. }
     ) {
         *a = as_run_process(std::mem::replace(a, P::InvalidateRun { first: 0, count: 0 }));
     }
@@ -183,7 +189,10 @@ fn merge_into_process(a: &mut ToProcess, b: ToProcess, room: usize) -> Option<To
         }
         (P::InvalidateRun { count, .. }, P::InvalidateRun { count: c2, .. })
         | (P::DowngradeRun { count, .. }, P::DowngradeRun { count: c2, .. })
-        | (P::RecallRun { count, .. }, P::RecallRun { count: c2, .. }) => {
+        | (P::RecallRun { count, .. }, P::RecallRun { count: c2, .. })
+        | (P::InvBackup { count, .. }, P::InvBackup { count: c2, .. })
+        | (P::DropBackup { count, .. }, P::DropBackup { count: c2, .. })
+        | (P::RestoreBackup { count, .. }, P::RestoreBackup { count: c2, .. }) => {
             *count += c2;
             None
         }
@@ -228,7 +237,10 @@ fn span_to_coordinator(m: &ToCoordinator) -> Option<(PageNo, u32)> {
         | ToCoordinator::WritebackRun { first, count, .. }
         | ToCoordinator::Got { first, count }
         | ToCoordinator::ForwardAborted { first, count }
-        | ToCoordinator::ForwardReturn { first, count, .. } => (*first, *count),
+        | ToCoordinator::ForwardReturn { first, count, .. }
+        | ToCoordinator::BackupAck { first, count, .. }
+        | ToCoordinator::BackupData { first, count, .. }
+        | ToCoordinator::BackupHome { first, count, .. } => (*first, *count),
         _ => return None,
     })
 }
@@ -268,6 +280,9 @@ fn merge_into_coordinator(a: &mut ToCoordinator, b: ToCoordinator, room: usize) 
             | C::Got { .. }
             | C::ForwardAborted { .. }
             | C::ForwardReturn { .. }
+            | C::BackupAck { .. }
+            | C::BackupData { .. }
+            | C::BackupHome { .. }
     ) {
         *a = as_run_coordinator(std::mem::replace(a, C::InvalidateAckRun { first: 0, count: 0 }));
     }
@@ -286,7 +301,13 @@ fn merge_into_coordinator(a: &mut ToCoordinator, b: ToCoordinator, room: usize) 
             append(data, d2, room);
             None
         }
-        (C::WritebackRun { data, count, .. }, C::WritebackRun { data: d2, count: c2, .. }) => {
+        (C::BackupAck { kept, count, .. }, C::BackupAck { kept: k2, count: c2, .. }) if *kept == k2 => {
+            *count += c2;
+            None
+        }
+        (C::WritebackRun { data, count, .. }, C::WritebackRun { data: d2, count: c2, .. })
+        | (C::BackupData { data, count, .. }, C::BackupData { data: d2, count: c2, .. })
+        | (C::BackupHome { data, count, .. }, C::BackupHome { data: d2, count: c2, .. }) => {
             *count += c2;
             append_bytes(data, &d2, room);
             None
@@ -355,6 +376,11 @@ pub fn expand_to_process(m: ToProcess) -> Vec<ToProcess> {
         ToProcess::ForwardAbort { req, first, count } => {
             pages(first, count).map(|(_, page)| ToProcess::ForwardAbort { req, first: page, count: 1 }).collect()
         }
+        ToProcess::InvBackup { first, count } => pages(first, count).map(|(_, page)| ToProcess::InvBackup { first: page, count: 1 }).collect(),
+        ToProcess::DropBackup { first, count } => pages(first, count).map(|(_, page)| ToProcess::DropBackup { first: page, count: 1 }).collect(),
+        ToProcess::RestoreBackup { first, count } => {
+            pages(first, count).map(|(_, page)| ToProcess::RestoreBackup { first: page, count: 1 }).collect()
+        }
         other => vec![other],
     }
 }
@@ -385,6 +411,15 @@ pub fn expand_to_coordinator(m: ToCoordinator) -> Vec<ToCoordinator> {
         }
         ToCoordinator::ForwardReturn { req, to, first, count, data } => pages(first, count)
             .map(|(i, page)| ToCoordinator::ForwardReturn { req, to, first: page, count: 1, data: page_slice(&data, i) })
+            .collect(),
+        ToCoordinator::BackupAck { first, count, kept } => {
+            pages(first, count).map(|(_, page)| ToCoordinator::BackupAck { first: page, count: 1, kept }).collect()
+        }
+        ToCoordinator::BackupData { first, count, data } => pages(first, count)
+            .map(|(i, page)| ToCoordinator::BackupData { first: page, count: 1, data: page_slice(&data, i) })
+            .collect(),
+        ToCoordinator::BackupHome { first, count, data } => pages(first, count)
+            .map(|(i, page)| ToCoordinator::BackupHome { first: page, count: 1, data: page_slice(&data, i) })
             .collect(),
         other => vec![other],
     }
@@ -483,6 +518,46 @@ mod tests {
     }
 
     #[test]
+    fn backup_messages_merge_by_kind_and_kept() {
+        let inv = |first| ToProcess::InvBackup { first, count: 1 };
+        let drop = |first| ToProcess::DropBackup { first, count: 1 };
+        let msgs = vec![inv(0), inv(1), drop(2), drop(3), ToProcess::RestoreBackup { first: 4, count: 1 }, ToProcess::RestoreBackup { first: 5, count: 1 }];
+        let out = coalesce_to_process(msgs.clone());
+        assert_eq!(
+            out,
+            vec![
+                ToProcess::InvBackup { first: 0, count: 2 },
+                ToProcess::DropBackup { first: 2, count: 2 },
+                ToProcess::RestoreBackup { first: 4, count: 2 }
+            ]
+        );
+        assert_eq!(out.into_iter().flat_map(expand_to_process).collect::<Vec<_>>(), msgs);
+        let ack = |first, kept| ToCoordinator::BackupAck { first, count: 1, kept };
+        let acks = vec![ack(0, true), ack(1, true), ack(2, false), ack(3, false), ack(4, true)];
+        let out = coalesce_to_coordinator(acks.clone());
+        assert_eq!(
+            out,
+            vec![
+                ToCoordinator::BackupAck { first: 0, count: 2, kept: true },
+                ToCoordinator::BackupAck { first: 2, count: 2, kept: false },
+                ack(4, true)
+            ]
+        );
+        assert_eq!(out.into_iter().flat_map(expand_to_coordinator).collect::<Vec<_>>(), acks);
+        let data = |first, b| ToCoordinator::BackupData { first, count: 1, data: filled(b) };
+        let home = |first, b| ToCoordinator::BackupHome { first, count: 1, data: filled(b) };
+        let msgs = vec![data(1, 1), data(2, 2), home(3, 3), home(4, 4)];
+        let out = coalesce_to_coordinator(msgs.clone());
+        match &out[..] {
+            [ToCoordinator::BackupData { first: 1, count: 2, data: d }, ToCoordinator::BackupHome { first: 3, count: 2, data: h }] => {
+                assert_eq!((d[0], d[PAGE_SIZE], h[0], h[PAGE_SIZE]), (1, 2, 3, 4));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(out.into_iter().flat_map(expand_to_coordinator).collect::<Vec<_>>(), msgs);
+    }
+
+    #[test]
     fn runs_are_checked() {
         assert!(check_run("x", 0, None).is_err());
         assert!(check_run("x", MAX_RUN + 1, None).is_err());
@@ -502,7 +577,10 @@ mod tests {
             pg.clone().prop_map(|page| ToProcess::Recall { page }),
             (0u64..3, pg.clone(), 0u32..2).prop_map(|(req, first, to)| ToProcess::Forward { req, first, count: 1, to }),
             (0u64..3, pg.clone()).prop_map(|(req, first)| ToProcess::ForwardNote { req, first, count: 1 }),
-            (0u64..3, pg).prop_map(|(req, first)| ToProcess::ForwardAbort { req, first, count: 1 }),
+            (0u64..3, pg.clone()).prop_map(|(req, first)| ToProcess::ForwardAbort { req, first, count: 1 }),
+            pg.clone().prop_map(|first| ToProcess::InvBackup { first, count: 1 }),
+            pg.clone().prop_map(|first| ToProcess::DropBackup { first, count: 1 }),
+            pg.prop_map(|first| ToProcess::RestoreBackup { first, count: 1 }),
             Just(ToProcess::Detached),
         ]
     }
@@ -518,7 +596,10 @@ mod tests {
             (0u64..3, pg.clone()).prop_map(|(req, page)| ToCoordinator::Fetch { req, page }),
             pg.clone().prop_map(|first| ToCoordinator::Got { first, count: 1 }),
             pg.clone().prop_map(|first| ToCoordinator::ForwardAborted { first, count: 1 }),
-            (pg, 0u8..3, 0u32..2).prop_map(|(first, b, to)| ToCoordinator::ForwardReturn { req: 1, to, first, count: 1, data: filled(b) }),
+            (pg.clone(), 0u8..3, 0u32..2).prop_map(|(first, b, to)| ToCoordinator::ForwardReturn { req: 1, to, first, count: 1, data: filled(b) }),
+            (pg.clone(), any::<bool>()).prop_map(|(first, kept)| ToCoordinator::BackupAck { first, count: 1, kept }),
+            (pg.clone(), 0u8..3).prop_map(|(first, b)| ToCoordinator::BackupData { first, count: 1, data: filled(b) }),
+            (pg, 0u8..3).prop_map(|(first, b)| ToCoordinator::BackupHome { first, count: 1, data: filled(b) }),
         ]
     }
 

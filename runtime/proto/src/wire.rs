@@ -261,6 +261,38 @@ pub enum ToCoordinator {
         /// Their contents, page after page.
         data: PageData,
     },
+    /// Answer to [`ToProcess::InvBackup`] for `count` pages from `first`: `kept` when this
+    /// process held ReadOnly copies of them and now keeps their bytes as backups (the copies
+    /// are dropped), not `kept` when it held no copy. Pages of both kinds in one `InvBackup`
+    /// are answered by separate runs.
+    BackupAck {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+        /// Whether the process keeps backups of them.
+        kept: bool,
+    },
+    /// Answer to [`ToProcess::RestoreBackup`]: the bytes of the backups of `count` pages from
+    /// `first` (the process no longer keeps them).
+    BackupData {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+        /// Their backups' bytes, page after page.
+        data: PageData,
+    },
+    /// A detaching process's backups of `count` pages from `first` (after its write-backs,
+    /// before `Detach`): a variant of `Writeback` the coordinator must not take as current.
+    BackupHome {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+        /// Their backups' bytes, page after page.
+        data: PageData,
+    },
     /// Echo `payload` back (used to measure the round trip through the coordinator).
     Ping {
         /// Request id echoed in the reply.
@@ -298,7 +330,9 @@ impl ToCoordinator {
             | ToCoordinator::DowngradeAckRun { data: Some(d), .. }
             | ToCoordinator::RecallAckRun { data: Some(d), .. }
             | ToCoordinator::Writeback { data: d, .. }
-            | ToCoordinator::WritebackRun { data: d, .. } => d.len(),
+            | ToCoordinator::WritebackRun { data: d, .. }
+            | ToCoordinator::BackupData { data: d, .. }
+            | ToCoordinator::BackupHome { data: d, .. } => d.len(),
             _ => 0,
         }
     }
@@ -313,7 +347,9 @@ impl crate::frame::PageBytes for ToCoordinator {
             | ToCoordinator::DowngradeAckRun { data: Some(d), .. }
             | ToCoordinator::RecallAckRun { data: Some(d), .. }
             | ToCoordinator::Writeback { data: d, .. }
-            | ToCoordinator::WritebackRun { data: d, .. } => Some(d),
+            | ToCoordinator::WritebackRun { data: d, .. }
+            | ToCoordinator::BackupData { data: d, .. }
+            | ToCoordinator::BackupHome { data: d, .. } => Some(d),
             _ => None,
         }
     }
@@ -543,6 +579,29 @@ pub enum ToProcess {
     ForwardAbort {
         /// The request.
         req: ReqId,
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+    },
+    /// Drop your ReadOnly copies of `count` pages from `first`, keeping their bytes aside as
+    /// backups, and answer [`ToCoordinator::BackupAck`] (`kept`, or not for pages not held).
+    InvBackup {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+    },
+    /// Discard your backups of `count` pages from `first` (the home copy caught up).
+    DropBackup {
+        /// First page.
+        first: PageNo,
+        /// Pages.
+        count: u32,
+    },
+    /// Send your backups of `count` pages from `first` as [`ToCoordinator::BackupData`], then
+    /// discard them.
+    RestoreBackup {
         /// First page.
         first: PageNo,
         /// Pages.

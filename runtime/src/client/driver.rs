@@ -476,7 +476,10 @@ impl Driver {
             | ToProcess::RecallRun { .. }
             | ToProcess::Forward { .. }
             | ToProcess::ForwardNote { .. }
-            | ToProcess::ForwardAbort { .. }) => self.handle_page_message(page_msg),
+            | ToProcess::ForwardAbort { .. }
+            | ToProcess::InvBackup { .. }
+            | ToProcess::DropBackup { .. }
+            | ToProcess::RestoreBackup { .. }) => self.handle_page_message(page_msg),
             other => warn!("ignoring unexpected message from the coordinator: {other:?}"),
         }
     }

@@ -257,7 +257,9 @@ fn revocation_pages(msg: &ToProcess) -> Option<(PageNo, u32)> {
         | ToProcess::DowngradeRun { first, count }
         | ToProcess::RecallRun { first, count }
         // An owned page is write-protected before it is sent.
-        | ToProcess::Forward { first, count, .. } => Some((*first, *count)),
+        | ToProcess::Forward { first, count, .. }
+        // A read-only copy kept aside as a backup is dropped from the mapping.
+        | ToProcess::InvBackup { first, count } => Some((*first, *count)),
         _ => None,
     }
 }

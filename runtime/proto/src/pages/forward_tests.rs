@@ -8,14 +8,14 @@ use crate::PAGE_SIZE;
 
 /// Full-size pages; logs every operation.
 #[derive(Default)]
-struct FMem {
+pub(super) struct FMem {
     /// page -> (writable, bytes)
-    pages: HashMap<PageNo, (bool, Vec<u8>)>,
-    log: Vec<String>,
+    pub(super) pages: HashMap<PageNo, (bool, Vec<u8>)>,
+    pub(super) log: Vec<String>,
 }
 
 impl FMem {
-    fn take_log(&mut self) -> Vec<String> {
+    pub(super) fn take_log(&mut self) -> Vec<String> {
         std::mem::take(&mut self.log)
     }
     fn bytes(&self, first: PageNo, count: u32) -> Vec<u8> {
@@ -79,18 +79,18 @@ impl PageMemory for FMem {
 }
 
 /// `count` pages whose bytes are `fill`, `fill + 1`, ...
-fn pages(fill: u8, count: u32) -> Vec<u8> {
+pub(super) fn pages(fill: u8, count: u32) -> Vec<u8> {
     (0..count).flat_map(|i| vec![fill.wrapping_add(i as u8); PAGE_SIZE]).collect()
 }
 
 /// A region of 64 pages without read-ahead or write-ahead.
-fn region() -> (ProcessPages, FMem) {
+pub(super) fn region() -> (ProcessPages, FMem) {
     let mut p = ProcessPages::new();
     p.limit = 64;
     (p, FMem::default())
 }
 
-fn msg(p: &mut ProcessPages, m: &mut FMem, msg: ToProcess) -> Vec<ToCoordinator> {
+pub(super) fn msg(p: &mut ProcessPages, m: &mut FMem, msg: ToProcess) -> Vec<ToCoordinator> {
     let mut out = Vec::new();
     p.handle_message(msg, m, &mut out).unwrap();
     out
@@ -104,7 +104,7 @@ fn peer(p: &mut ProcessPages, m: &mut FMem, req: ReqId, first: PageNo, count: u3
 }
 
 /// Makes `page` Writable with bytes `fill`.
-fn own(p: &mut ProcessPages, m: &mut FMem, page: PageNo, fill: u8) {
+pub(super) fn own(p: &mut ProcessPages, m: &mut FMem, page: PageNo, fill: u8) {
     let mut out = Vec::new();
     p.handle_fault(page, Access::Write, m, &mut out);
     let [ToCoordinator::Own { req, .. }] = out[..] else { panic!("{out:?}") };
@@ -113,13 +113,13 @@ fn own(p: &mut ProcessPages, m: &mut FMem, page: PageNo, fill: u8) {
 }
 
 /// Makes `page` ReadOnly (from the home copy) with bytes `fill`.
-fn read(p: &mut ProcessPages, m: &mut FMem, page: PageNo, fill: u8) {
+pub(super) fn read(p: &mut ProcessPages, m: &mut FMem, page: PageNo, fill: u8) {
     let req = fetch(p, m, page);
     msg(p, m, ToProcess::Data { req, page, data: Some(PageData::from(pages(fill, 1))), mode: Mode::Invalidate });
 }
 
 /// A read fault on `page`: its Fetch's request.
-fn fetch(p: &mut ProcessPages, m: &mut FMem, page: PageNo) -> ReqId {
+pub(super) fn fetch(p: &mut ProcessPages, m: &mut FMem, page: PageNo) -> ReqId {
     let mut out = Vec::new();
     p.handle_fault(page, Access::Read, m, &mut out);
     let [ToCoordinator::Fetch { req, .. }] = out[..] else { panic!("{out:?}") };

@@ -8,8 +8,9 @@ use crate::wire::{GrantData, Mode, PageData, PageNo, ReqId, ToCoordinator, ToPro
 
 impl ProcessPages {
     /// A page message from the coordinator (`Data`, `Grant`, `Invalidate`, `Downgrade`,
-    /// `Recall`, their runs, and the forward messages `Forward`, `ForwardNote` and
-    /// `ForwardAbort` of `pages/forward.rs`). Anything else, or a reply to no request in flight,
+    /// `Recall`, their runs, the forward messages `Forward`, `ForwardNote` and
+    /// `ForwardAbort` of `pages/forward.rs`, and the backup messages `InvBackup`, `DropBackup`
+    /// and `RestoreBackup` of `pages/backup.rs`). Anything else, or a reply to no request in flight,
     /// is an error and changes nothing (an `Invalidate` reaching a Writable page is an error
     /// too; it is still acknowledged, and the page is kept).
     pub fn handle_message(
@@ -175,6 +176,9 @@ impl ProcessPages {
             ToProcess::Forward { req, first, count, to } => self.forward(req, first, count, to, mem),
             ToProcess::ForwardNote { req, first, count } => return self.forward_note(req, first, count, mem, out),
             ToProcess::ForwardAbort { req, first, count } => return self.forward_abort(req, first, count, out),
+            ToProcess::InvBackup { first, count } => return self.inv_backup(first, count, mem, out),
+            ToProcess::DropBackup { first, count } => return self.drop_backup(first, count),
+            ToProcess::RestoreBackup { first, count } => return self.restore_backup(first, count, out),
             run @ (ToProcess::DataRun { .. }
             | ToProcess::GrantRun { .. }
             | ToProcess::Denied { .. }
@@ -332,7 +336,10 @@ impl ProcessPages {
             | ToProcess::RecallRun { first, count }
             | ToProcess::Forward { first, count, .. }
             | ToProcess::ForwardNote { first, count, .. }
-            | ToProcess::ForwardAbort { first, count, .. } => Some((*first, *count, None)),
+            | ToProcess::ForwardAbort { first, count, .. }
+            | ToProcess::InvBackup { first, count }
+            | ToProcess::DropBackup { first, count }
+            | ToProcess::RestoreBackup { first, count } => Some((*first, *count, None)),
             _ => None,
         };
         if let Some((first, count, len)) = run {
