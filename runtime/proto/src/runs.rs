@@ -118,19 +118,7 @@ fn span_to_process(m: &ToProcess) -> Option<(PageNo, u32)> {
         | ToProcess::Invalidate { page }
         | ToProcess::Downgrade { page }
         | ToProcess::Recall { page } => (*page, 1),
-        ToProcess::DataRun { first, count, .. }
-        | ToProcess::GrantRun { first, count, .. }
-        | ToProcess::Denied { first, count, .. }
-        | ToProcess::InvalidateRun { first, count }
-        | ToProcess::DowngradeRun { first, count }
-        | ToProcess::RecallRun { first, count }
-        | ToProcess::Forward { first, count, .. }
-        | ToProcess::ForwardNote { first, count, .. }
-        | ToProcess::ForwardAbort { first, count, .. }
-        | ToProcess::InvBackup { first, count }
-        | ToProcess::DropBackup { first, count }
-        | ToProcess::RestoreBackup { first, count } => (*first, *count),
-        _ => return None,
+        run => return run.run_span(),
     })
 }
 

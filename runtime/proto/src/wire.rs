@@ -627,6 +627,26 @@ pub enum ToProcess {
 }
 
 impl ToProcess {
+    /// `(first, count)` of a message in run form (`DataRun`, `GrantRun`, `Denied`, the
+    /// revocation runs, the forward and backup messages); `None` for every other message.
+    pub fn run_span(&self) -> Option<(PageNo, u32)> {
+        match self {
+            ToProcess::DataRun { first, count, .. }
+            | ToProcess::GrantRun { first, count, .. }
+            | ToProcess::Denied { first, count, .. }
+            | ToProcess::InvalidateRun { first, count }
+            | ToProcess::DowngradeRun { first, count }
+            | ToProcess::RecallRun { first, count }
+            | ToProcess::Forward { first, count, .. }
+            | ToProcess::ForwardNote { first, count, .. }
+            | ToProcess::ForwardAbort { first, count, .. }
+            | ToProcess::InvBackup { first, count }
+            | ToProcess::DropBackup { first, count }
+            | ToProcess::RestoreBackup { first, count } => Some((*first, *count)),
+            _ => None,
+        }
+    }
+
     /// Bytes of page contents this message carries (0 for all-zero or no data).
     pub fn page_bytes(&self) -> usize {
         match self {

@@ -153,11 +153,13 @@ pub(super) fn start(
             return;
         }
     }
+    let forward_from = match request.kind {
+        Kind::Fetch if forwards && e.mode == Mode::Invalidate => forward::source(e, request.from),
+        _ => None,
+    };
     match request.kind {
-        Kind::Fetch if forwards && e.mode == Mode::Invalidate && forward::source(e, request.from).is_some() => {
-            if let Some(source) = forward::source(e, request.from) {
-                txn.forward = Some(forward::begin(stats, page, &request, source, out));
-            }
+        Kind::Fetch if forward_from.is_some() => {
+            txn.forward = forward_from.map(|source| forward::begin(stats, page, &request, source, out));
         }
         Kind::Fetch => {
             if let Some(o) = e.owner {

@@ -330,17 +330,7 @@ impl ProcessPages {
                 };
                 Some((*first, *count, len))
             }
-            ToProcess::Denied { first, count, .. }
-            | ToProcess::InvalidateRun { first, count }
-            | ToProcess::DowngradeRun { first, count }
-            | ToProcess::RecallRun { first, count }
-            | ToProcess::Forward { first, count, .. }
-            | ToProcess::ForwardNote { first, count, .. }
-            | ToProcess::ForwardAbort { first, count, .. }
-            | ToProcess::InvBackup { first, count }
-            | ToProcess::DropBackup { first, count }
-            | ToProcess::RestoreBackup { first, count } => Some((*first, *count, None)),
-            _ => None,
+            other => other.run_span().map(|(first, count)| (first, count, None)),
         };
         if let Some((first, count, len)) = run {
             crate::runs::check_run("a run", count, len.filter(|_| self.limit > 0)).map_err(PagesError::Protocol)?;
