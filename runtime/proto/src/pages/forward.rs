@@ -299,16 +299,4 @@ impl ProcessPages {
             self.fwd.incoming.remove(&page);
         }
     }
-
-    /// Checks that `count` pages from `first` lie in the region (when it is known).
-    fn check_span(&self, what: &str, first: PageNo, count: u32) -> Result<(), PagesError> {
-        let end = first.checked_add(u64::from(count));
-        if end.is_none() || (self.limit > 0 && end.is_some_and(|e| e > self.limit)) {
-            return Err(PagesError::Protocol(format!(
-                "{what}: {count} pages from page {first} leave the region of {} pages",
-                self.limit
-            )));
-        }
-        Ok(())
-    }
 }

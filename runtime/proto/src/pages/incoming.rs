@@ -319,6 +319,19 @@ impl ProcessPages {
         self.set_state(page, PageState::Invalid);
     }
 
+    /// Checks that `count` pages from `first` lie in the region (when it is known), and never
+    /// run past the last page number (the coordinator's runs and the peers' `Pages`).
+    pub(super) fn check_span(&self, what: &str, first: PageNo, count: u32) -> Result<(), PagesError> {
+        let end = first.checked_add(u64::from(count));
+        if end.is_none_or(|e| self.limit > 0 && e > self.limit) {
+            return Err(PagesError::Protocol(format!(
+                "{what}: {count} pages from page {first} leave the region of {} pages",
+                self.limit
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks what a message carries against the region before anything acts on it.
     fn validate(&self, msg: &ToProcess) -> Result<(), PagesError> {
         let run = match msg {
@@ -334,11 +347,7 @@ impl ProcessPages {
         };
         if let Some((first, count, len)) = run {
             crate::runs::check_run("a run", count, len.filter(|_| self.limit > 0)).map_err(PagesError::Protocol)?;
-            let end = first.checked_add(u64::from(count));
-            if self.limit > 0 && end.is_none_or(|e| e > self.limit) {
-                return Err(PagesError::Protocol(format!("a run of {count} pages from page {first} leaves the region of {} pages", self.limit)));
-            }
-            return Ok(());
+            return self.check_span("a run", first, count);
         }
         let (page, access, data) = match msg {
             ToProcess::Data { page, data, .. } => (*page, None, data.as_ref().map(|d| d.len())),
