@@ -46,6 +46,7 @@
 
 use crate::wire::{Coherence, Mode, PageData, PageNo, Rank, ReqId, ToCoordinator, ToProcess};
 
+mod backup;
 mod forward;
 mod homes;
 mod ranks;
@@ -55,7 +56,7 @@ mod txn;
 pub use homes::{HeapHomes, HomeStore};
 use homes::Homes;
 use table::PageTable;
-use txn::{drive, grant_home, Entry, Kind, Request, WriteOp};
+use txn::{drive, grant_home, Entry, Kind, Request, Rules, WriteOp};
 
 /// Adaptive policy: a page whose ownership went to a different process this many grants in a
 /// row switches to update mode. Four alternations mean the page is ping-ponging (a flag, a
@@ -120,6 +121,15 @@ pub struct DirectoryStats {
     pub forward_aborts: u64,
     /// Stale pages whose contents a reader sent home before an ownership request or a switch.
     pub flushes: u64,
+    /// Readers told to keep their copy aside as a backup (`InvBackup`: an upgrade of a stale
+    /// page without a flush).
+    pub backup_invalidations: u64,
+    /// Backups discarded (`DropBackup`: the home caught up).
+    pub backups_released: u64,
+    /// Backups asked for (`RestoreBackup`: the newer bytes' holders were lost).
+    pub restores: u64,
+    /// Backups that became the home copy (`BackupData`, or `BackupHome` from a detach).
+    pub backups_home: u64,
 }
 
 /// A message the directory cannot accept.
@@ -188,6 +198,8 @@ pub struct PageView {
     pub mode: Mode,
     /// The home copy is not current: the readers hold the current contents.
     pub stale: bool,
+    /// The processes keeping a backup of the page, ascending.
+    pub backups: Vec<Rank>,
 }
 
 /// The coordinator side of the INVALIDATE protocol for one session (see the module docs).
@@ -207,6 +219,8 @@ pub struct PageDirectory {
     homes: Homes,
     /// Pages go directly from process to process (every member serves peer connections).
     forwards: bool,
+    /// With forwards: readers of an upgraded stale page keep backups (E1) instead of a flush.
+    backups: bool,
 }
 
 impl PageDirectory {
@@ -222,6 +236,7 @@ impl PageDirectory {
             pending: vec![0; nprocs as usize],
             homes: Homes::new(Box::new(HeapHomes::default())),
             forwards: false,
+            backups: true,
         }
     }
 
@@ -230,6 +245,17 @@ impl PageDirectory {
     pub fn with_forwards(mut self, on: bool) -> Self {
         self.forwards = on;
         self
+    }
+
+    /// With forwards, an upgrade of a stale page leaves the other readers' bytes as backups
+    /// (on by default); off, one reader first sends its copy home (a flush).
+    pub fn with_backups(mut self, on: bool) -> Self {
+        self.backups = on;
+        self
+    }
+
+    fn rules(&self) -> Rules {
+        Rules { nprocs: self.nprocs, forwards: self.forwards, backups: self.forwards && self.backups }
     }
 
     /// Keeps the home copies in `homes` (it must be empty).
@@ -391,6 +417,19 @@ impl PageDirectory {
                     self.forward_return(page, from, (req, to), &data.page_data(i), out);
                 }
             }
+            ToCoordinator::BackupAck { first, count, kept } => {
+                self.check_span("backup acknowledgement", first, count, None)?;
+                for page in first..first + u64::from(count) {
+                    self.backup_ack(page, from, kept, out);
+                }
+            }
+            ToCoordinator::BackupData { first, count, ref data } | ToCoordinator::BackupHome { first, count, ref data } => {
+                let home = matches!(msg, ToCoordinator::BackupHome { .. });
+                self.check_span("backup data", first, count, Some(data.len()))?;
+                for (page, i) in (first..first + u64::from(count)).zip(0..) {
+                    self.backup_bytes(page, from, &data.page_data(i), home, out);
+                }
+            }
             ToCoordinator::FetchRun { req, first, count } => {
                 self.check_span("fetch run", first, count, None)?;
                 for page in first..first + u64::from(count) {
@@ -522,6 +561,7 @@ impl PageDirectory {
             self.forward_left(page, rank, out);
             let Some(e) = self.entries.get_mut(&page) else { continue };
             e.readers.remove(rank);
+            e.backups.remove(rank);
             if e.owner == Some(rank) {
                 e.owner = None;
             }
@@ -536,6 +576,11 @@ impl PageDirectory {
                     txn.requester_gone = true;
                 }
                 txn.invalidate_acks.remove(rank);
+                txn.backup_acks.remove(rank);
+                if txn.restore == Some(rank) {
+                    // Lost before it answered: the next holder is asked (`drive`).
+                    txn.restore = None;
+                }
                 if txn.owner_ack == Some(rank) {
                     txn.owner_ack = None;
                 }
@@ -567,6 +612,7 @@ impl PageDirectory {
                 queued: e.queue.len(),
                 mode: e.mode,
                 stale: e.stale,
+                backups: e.backups.iter().collect(),
             },
         }
     }
@@ -606,9 +652,9 @@ impl PageDirectory {
     /// Queues `request` behind whatever `page` has under way and drives the page (a request
     /// for an idle page starts at once, without a trip through the queue).
     fn submit(&mut self, page: PageNo, request: Request, out: &mut Vec<(Rank, ToProcess)>) {
+        let rules = self.rules();
         let e = entry_in(&mut self.entries, &self.advice, self.default_policy, page);
-        let config = (self.nprocs, self.forwards);
-        drive(e, &mut self.homes, &mut self.stats, &mut self.pending, config, page, Some(request), out);
+        drive(e, &mut self.homes, &mut self.stats, &mut self.pending, rules, page, Some(request), out);
     }
 
     /// A Writeback of `page` (one page of `bytes`) from `from`: kept from its owner, and from
@@ -629,6 +675,7 @@ impl PageDirectory {
         if kept {
             self.homes.write(page, bytes);
             self.stats.writebacks += 1;
+            backup::release(e, &mut self.stats, page, out);
         }
         self.written_back(page, from, kept, out);
         self.progress(page, out);
@@ -660,6 +707,7 @@ impl PageDirectory {
                 Some(d) => {
                     self.homes.write_data(page, d);
                     e.stale = false;
+                    backup::release(e, &mut self.stats, page, out);
                 }
                 None => {
                     e.readers.remove(from);
@@ -677,6 +725,7 @@ impl PageDirectory {
         if let Some(d) = &data {
             // A reply this step makes carries these bytes as they came (`Homes`).
             self.homes.write_data(page, d);
+            backup::release(e, &mut self.stats, page, out);
             if downgrade {
                 // Downgraded to ReadOnly, keeps a copy equal to the new home.
                 e.readers.insert(from);
@@ -688,9 +737,9 @@ impl PageDirectory {
     /// Completes the busy transaction of `page` if it has every ack, then starts queued
     /// requests until one has to wait (or the queue is empty).
     fn progress(&mut self, page: PageNo, out: &mut Vec<(Rank, ToProcess)>) {
+        let rules = self.rules();
         let Some(e) = self.entries.get_mut(&page) else { return };
-        let config = (self.nprocs, self.forwards);
-        drive(e, &mut self.homes, &mut self.stats, &mut self.pending, config, page, None, out);
+        drive(e, &mut self.homes, &mut self.stats, &mut self.pending, rules, page, None, out);
     }
 }
 
@@ -736,3 +785,6 @@ mod tests;
 
 #[cfg(test)]
 mod forward_tests;
+
+#[cfg(test)]
+mod backup_tests;

@@ -346,6 +346,9 @@ pub struct ProcessPages {
     fwd: forward::Forwards,
     /// Backup copies kept for the coordinator (`pages/backup.rs`): page -> bytes.
     backups: backup::Backups,
+    /// Pages whose backups went home at the release (`BackupHome`): a `DropBackup` or
+    /// `RestoreBackup` the coordinator sent before it got them is answered by them.
+    backups_sent_home: std::collections::BTreeSet<PageNo>,
 }
 
 
@@ -373,6 +376,7 @@ impl ProcessPages {
             limit: 0,
             fwd: Default::default(),
             backups: Default::default(),
+            backups_sent_home: Default::default(),
         }
     }
 

@@ -815,6 +815,16 @@ impl Sim {
                 return Err(format!("page {page}: home copy of {} bytes", home.len()));
             }
             home.truncate(PAGE_BYTES);
+            // Backups (E1-E4): exactly the directory's holders keep one, and none is left where
+            // the home is all there is.
+            let holders: Vec<u32> =
+                (0..self.procs.len()).filter(|&i| !self.procs[i].gone && self.procs[i].pages.has_backup(page)).map(|i| i as u32).collect();
+            if holders != v.backups {
+                return Err(format!("page {page}: backups kept by {holders:?}, directory lists {:?}", v.backups));
+            }
+            if !v.backups.is_empty() && v.owner.is_none() && !v.stale {
+                return Err(format!("page {page}: backups left while the home is current: {v:?}"));
+            }
             let current = match v.owner {
                 Some(o) => {
                     let p = &self.procs[o as usize];
@@ -926,6 +936,10 @@ struct Totals {
     forwards: u64,
     forward_aborts: u64,
     flushes: u64,
+    /// Backup copies: readers told to keep one, released, sent home at a detach.
+    backup_invalidations: u64,
+    backups_released: u64,
+    backups_home: u64,
 }
 
 impl Totals {
@@ -944,6 +958,9 @@ impl Totals {
         self.forwards += o.forwards;
         self.forward_aborts += o.forward_aborts;
         self.flushes += o.flushes;
+        self.backup_invalidations += o.backup_invalidations;
+        self.backups_released += o.backups_released;
+        self.backups_home += o.backups_home;
     }
 }
 
@@ -1001,6 +1018,9 @@ fn simulate(prog: &Program, cfg: Config, seed: u64, trace: bool) -> Run {
         forwards: s.forwards,
         forward_aborts: s.forward_aborts,
         flushes: s.flushes,
+        backup_invalidations: s.backup_invalidations,
+        backups_released: s.backups_released,
+        backups_home: s.backups_home,
     };
     Run { result, trace: sim.trace.unwrap_or_default(), totals }
 }
@@ -1291,7 +1311,8 @@ fn update_mode_is_exercised() {
 }
 
 /// The forward configurations do forward pages, abort forwards (peer failures, sources that
-/// wrote back or detached) and flush stale pages, and every outcome is still SC.
+/// wrote back or detached), flush stale pages, keep backups on upgrades, release them and send
+/// them home at detaches, and every outcome is still SC.
 #[test]
 fn direct_forwards_are_exercised() {
     let forwards: Vec<Config> = CONFIGS.iter().copied().filter(|c| c.forwards).collect();
@@ -1304,6 +1325,7 @@ fn direct_forwards_are_exercised() {
     }
     eprintln!("forward configs: {all:?}");
     assert!(all.forwards > 0 && all.forward_aborts > 0 && all.flushes > 0, "{all:?}");
+    assert!(all.backup_invalidations > 0 && all.backups_released > 0 && all.backups_home > 0, "{all:?}");
 }
 
 /// A scripted run: P0 owns X's page and has stored 1; P1 reads X, so the directory sends P0 a
@@ -1342,4 +1364,56 @@ fn leave_with_downgrade_pending_completes_with_home_copy() {
         assert_eq!(outcome.mem[&X], expected);
         assert_eq!(sim.dir.inspect(0).readers, [1]);
     }
+}
+
+/// A scripted crash with backups (rules E1 and E3): P0 writes X = 1 and forwards the page to
+/// P1, which reads 1 and upgrades (P0 keeps its bytes as a backup, nothing goes home), writes
+/// X = 2 and is lost before anything of it reached the home. The directory restores P0's
+/// backup before the home serves P2: P2 reads 1, the value P1 saw (P1's own write is lost with
+/// it, as the crash promise allows), not the home's older 0.
+#[test]
+fn a_lost_upgrader_is_restored_from_a_backup() {
+    let prog = Program { name: "backup-restore", pages: 1, procs: vec![vec![St(X, 1)], vec![Ld(X, 0), St(X, 2)], vec![Ld(X, 0)]] };
+    let cfg = with_forwards(config("invalidate + forwards", Coherence::Invalidate, &[], 0));
+    let mut sim = Sim::new(&prog, cfg, Opts { release: false, detach: false, runs: false }, true);
+    let script = [
+        Action::Exec(0), // write fault -> Own
+        Action::Deliver(0),
+        Action::Recv(0), // Grant
+        Action::Exec(0), // X = 1
+        Action::Exec(1), // read fault -> Fetch
+        Action::Deliver(1), // Forward to P0, ForwardNote to P1
+        Action::Recv(0), // P0 sends the page to P1
+        Action::Recv(1), // the note
+        Action::PeerRecv(0, 1), // installed, Got
+        Action::Exec(1), // r0 = 1
+        Action::Deliver(1), // Got: readers {0, 1}, home stale
+        Action::Exec(1), // write fault on the ReadOnly copy -> Own
+        Action::Deliver(1), // InvBackup to P0
+        Action::Recv(0), // P0 keeps a backup, BackupAck
+        Action::Deliver(0), // Grant to P1, without data
+        Action::Recv(1),
+        Action::Exec(1), // X = 2
+    ];
+    for a in script {
+        if let Err(e) = sim.step(a) {
+            panic!("{a:?}: {e}\ntrace: {:#?}", sim.trace);
+        }
+    }
+    let v = sim.dir.inspect(0);
+    assert_eq!((v.owner, v.backups.clone(), v.home.clone()), (Some(1), vec![0], None), "trace: {:#?}", sim.trace);
+    assert!(sim.procs[0].pages.has_backup(0));
+    sim.leave(1);
+    assert_eq!(sim.procs[0].from_c, [ToProcess::RestoreBackup { first: 0, count: 1 }], "trace: {:#?}", sim.trace);
+    for a in [Action::Recv(0), Action::Deliver(0), Action::Exec(2), Action::Deliver(2), Action::Recv(2), Action::Exec(2)] {
+        if let Err(e) = sim.step(a) {
+            panic!("{a:?}: {e}\ntrace: {:#?}", sim.trace);
+        }
+    }
+    assert_eq!(sim.procs[2].regs, [1], "trace: {:#?}", sim.trace);
+    assert!(sim.enabled().is_empty(), "{:?}", sim.enabled());
+    let outcome = sim.finish(&prog).unwrap();
+    assert_eq!(outcome.mem[&X], 1);
+    assert_eq!(sim.dir.stats().restores, 1);
+    assert!(!sim.procs[0].pages.has_backup(0));
 }

@@ -150,12 +150,15 @@ impl PageDirectory {
         data: &PageData,
         out: &mut Vec<(Rank, ToProcess)>,
     ) {
-        let Some(txn) = self.entries.get_mut(&page).and_then(|e| e.busy.as_mut()) else { return };
+        let Some(e) = self.entries.get_mut(&page) else { return };
+        let Some(txn) = e.busy.as_mut() else { return };
         let named = txn.request.from == to && txn.request.req == req;
         let Some(f) = txn.forward.as_mut().filter(|f| named && f.source == from && f.state == State::Awaiting) else { return };
         self.homes.write_data(page, data);
         f.refreshed = true;
         f.abort(&txn.request, txn.requester_gone, page, &mut self.stats, out);
+        // The home has the current bytes: backups are not needed any more (E2).
+        super::backup::release(e, &mut self.stats, page, out);
         self.progress(page, out);
     }
 

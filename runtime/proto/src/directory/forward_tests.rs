@@ -5,31 +5,31 @@ use super::*;
 use crate::wire::GrantData;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-type Out = Vec<(Rank, ToProcess)>;
+pub(super) type Out = Vec<(Rank, ToProcess)>;
 
-fn run(d: &mut PageDirectory, from: Rank, msg: ToCoordinator) -> Out {
+pub(super) fn run(d: &mut PageDirectory, from: Rank, msg: ToCoordinator) -> Out {
     let mut out = Vec::new();
     d.handle(from, msg, &mut out).unwrap();
     out
 }
 
-fn leave(d: &mut PageDirectory, rank: Rank) -> Out {
+pub(super) fn leave(d: &mut PageDirectory, rank: Rank) -> Out {
     let mut out = Vec::new();
     d.handle_leave(rank, &mut out);
     out
 }
 
-fn page(b: u8) -> PageData {
+pub(super) fn page(b: u8) -> PageData {
     PageData::from(vec![b; crate::PAGE_SIZE])
 }
 
-const P: PageNo = 3;
+pub(super) const P: PageNo = 3;
 
-fn fwd(req: ReqId, to: Rank) -> ToProcess {
+pub(super) fn fwd(req: ReqId, to: Rank) -> ToProcess {
     ToProcess::Forward { req, first: P, count: 1, to }
 }
 
-fn note(req: ReqId) -> ToProcess {
+pub(super) fn note(req: ReqId) -> ToProcess {
     ToProcess::ForwardNote { req, first: P, count: 1 }
 }
 
@@ -37,7 +37,7 @@ fn abort(req: ReqId) -> ToProcess {
     ToProcess::ForwardAbort { req, first: P, count: 1 }
 }
 
-fn got() -> ToCoordinator {
+pub(super) fn got() -> ToCoordinator {
     ToCoordinator::Got { first: P, count: 1 }
 }
 
@@ -46,16 +46,24 @@ fn aborted() -> ToCoordinator {
 }
 
 /// `nprocs` processes, forwards on, rank 0 owning page P.
-fn owned_by_0(nprocs: u32) -> PageDirectory {
-    let mut d = PageDirectory::new(nprocs, 8).with_forwards(true);
+pub(super) fn owned_by_0(nprocs: u32) -> PageDirectory {
+    own_0(PageDirectory::new(nprocs, 8).with_forwards(true))
+}
+
+/// Rank 0 asks `d` for page P, which nobody holds.
+fn own_0(mut d: PageDirectory) -> PageDirectory {
     let out = run(&mut d, 0, ToCoordinator::Own { req: 1, page: P });
     assert!(matches!(&out[..], [(0, ToProcess::Grant { .. })]), "{out:?}");
     d
 }
 
 /// Rank 0 owned P and forwarded it to rank 1: readers {0, 1}, home stale.
-fn stale_0_1(nprocs: u32) -> PageDirectory {
-    let mut d = owned_by_0(nprocs);
+pub(super) fn stale_0_1(nprocs: u32) -> PageDirectory {
+    forwarded_0_1(owned_by_0(nprocs))
+}
+
+/// Rank 0 owns P in `d`, which it forwards to rank 1.
+fn forwarded_0_1(mut d: PageDirectory) -> PageDirectory {
     run(&mut d, 1, ToCoordinator::Fetch { req: 2, page: P });
     assert!(run(&mut d, 1, got()).is_empty());
     d
@@ -115,12 +123,13 @@ fn requests_queue_behind_a_forward_and_see_its_result() {
     assert_eq!((v.owner, v.stale, d.stats().flushes), (Some(2), false, 1));
 }
 
-/// A reader upgrading a stale page first has another reader's copy sent home: otherwise its
-/// copy would be the only current one once the others are invalidated, and its crash would
-/// take back writes they had seen (model: `FW-up`, `FD-ww`). Its own copy needs no data.
+/// Without backups, a reader upgrading a stale page first has another reader's copy sent
+/// home: otherwise its copy would be the only current one once the others are invalidated,
+/// and its crash would take back writes they had seen (model: `FW-up`, `FD-ww`). Its own copy
+/// needs no data. (With backups the others keep their bytes instead: `backup_tests.rs`.)
 #[test]
-fn an_own_by_a_reader_of_a_stale_page_flushes_another_reader_first() {
-    let mut d = stale_0_1(2);
+fn without_backups_an_own_by_a_reader_of_a_stale_page_flushes_another_reader_first() {
+    let mut d = forwarded_0_1(own_0(PageDirectory::new(2, 8).with_forwards(true).with_backups(false)));
     let out = run(&mut d, 1, ToCoordinator::Own { req: 7, page: P });
     assert_eq!(out, vec![(0, ToProcess::Downgrade { page: P })]);
     let out = run(&mut d, 0, ToCoordinator::DowngradeAck { page: P, data: Some(page(2)) });
@@ -326,7 +335,10 @@ fn random_input_with_forwards_never_panics_and_keeps_the_invariants() {
             let page = rng.gen_range(0..3);
             let with_data = rng.gen_bool(0.8);
             let data = || with_data.then(|| self::page(1));
-            let msg = match rng.gen_range(0..12) {
+            let msg = match rng.gen_range(0..15) {
+                12 => ToCoordinator::BackupAck { first: page, count: 1, kept: rng.gen_bool(0.7) },
+                13 => ToCoordinator::BackupData { first: page, count: 1, data: self::page(4) },
+                14 => ToCoordinator::BackupHome { first: page, count: 1, data: self::page(5) },
                 0 | 1 => ToCoordinator::Fetch { req: 1, page },
                 2 => ToCoordinator::Own { req: 1, page },
                 3 => ToCoordinator::InvalidateAck { page },

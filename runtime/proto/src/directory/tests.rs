@@ -335,6 +335,12 @@ pub(super) fn assert_invariants(d: &PageDirectory, pages: PageNo, seed: u64) {
         if v.stale {
             assert!(v.owner.is_none() && !v.readers.is_empty() && v.mode == Mode::Invalidate, "seed {seed}: {v:?}");
         }
+        if !v.backups.is_empty() {
+            // Backups hold newer bytes than the home: an idle page has someone newer still
+            // (owner or stale readers), or a restore is under way (E3); never update mode.
+            assert!(v.busy || v.owner.is_some() || v.stale, "seed {seed}: backups of an idle page nobody holds: {v:?}");
+            assert_eq!(v.mode, Mode::Invalidate, "seed {seed}: backups in update mode: {v:?}");
+        }
     }
 }
 

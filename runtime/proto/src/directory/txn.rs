@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 
+use super::backup;
 use super::forward::{self, Forward};
 use super::homes::Homes;
 use super::ranks::RankSet;
@@ -56,6 +57,20 @@ pub(super) struct Txn {
     pub(super) restart: bool,
     /// A direct transfer from another process to the requester (Fetch only).
     pub(super) forward: Option<Forward>,
+    /// The ranks whose `BackupAck` is awaited (an upgrade of a stale page, E1).
+    pub(super) backup_acks: RankSet,
+    /// The backup holder whose `BackupData` is awaited before the transaction goes on (E3).
+    pub(super) restore: Option<Rank>,
+}
+
+/// What the directory's rules depend on besides the page (the session's settings).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rules {
+    pub(super) nprocs: u32,
+    /// Pages go from process to process (`Forward`).
+    pub(super) forwards: bool,
+    /// Readers of an upgraded stale page keep backups instead of a flush (E1).
+    pub(super) backups: bool,
 }
 
 impl Txn {
@@ -68,11 +83,23 @@ impl Txn {
             flush: false,
             restart: false,
             forward: None,
+            backup_acks: RankSet::default(),
+            restore: None,
         }
     }
 
+    /// A transaction of its own for a restore (E3) of an idle page: nothing to do after it.
+    fn restore_only() -> Txn {
+        let request = Request { from: 0, req: 0, kind: Kind::Switch(Mode::Invalidate) };
+        Txn { requester_gone: true, restart: true, ..Txn::new(request) }
+    }
+
     pub(super) fn done(&self) -> bool {
-        self.owner_ack.is_none() && self.invalidate_acks.is_empty() && self.forward.as_ref().is_none_or(Forward::finished)
+        self.owner_ack.is_none()
+            && self.invalidate_acks.is_empty()
+            && self.backup_acks.is_empty()
+            && self.restore.is_none()
+            && self.forward.as_ref().is_none_or(Forward::finished)
     }
 }
 
@@ -93,6 +120,9 @@ pub(super) struct Entry {
     /// The home copy is not current: the readers hold the current contents (a forward gave
     /// the page from process to process). Never with an owner, never in update mode.
     pub(super) stale: bool,
+    /// The processes keeping a backup of the page (E1-E4, `backup.rs`): not empty when the
+    /// home is behind the bytes they keep. Never in update mode.
+    pub(super) backups: RankSet,
 }
 
 impl Entry {
@@ -110,11 +140,12 @@ pub(super) fn start(
     e: &mut Entry,
     homes: &mut Homes,
     stats: &mut DirectoryStats,
-    forwards: bool,
+    rules: Rules,
     page: PageNo,
     request: Request,
     out: &mut Vec<(Rank, ToProcess)>,
 ) {
+    let forwards = rules.forwards;
     // Rule 3': an ordinary ownership request on an update-mode page (which nobody owns) is
     // answered like a fetch, with a read-only copy in update mode; the process then replays
     // its store. Only a forced request (a store that cannot be replayed) switches the page
@@ -128,6 +159,13 @@ pub(super) fn start(
     }
     let request = if request.kind == Kind::ForceOwn { Request { kind: Kind::Own, ..request } } else { request };
     let mut txn = Txn::new(request);
+    if rules.backups && request.kind == Kind::Own && backup::upgrades_with_backups(e, request.from) {
+        // E1: the other readers keep their bytes aside instead of a flush; granted without
+        // data once they all answered (`complete`, as any Own from a reader).
+        backup::begin_upgrade(e, stats, page, &mut txn, out);
+        e.busy = Some(txn);
+        return;
+    }
     // A stale page's contents are only at its readers: an ownership request by a process
     // without a copy, a switch to update mode and (wrongly) a fetch by its only reader first
     // bring one reader's copy home, then start again.
@@ -231,12 +269,23 @@ pub(super) fn drive(
     homes: &mut Homes,
     stats: &mut DirectoryStats,
     pending: &mut [u32],
-    (nprocs, forwards): (u32, bool),
+    rules: Rules,
     page: PageNo,
     mut new: Option<Request>,
     out: &mut Vec<(Rank, ToProcess)>,
 ) {
     loop {
+        // E3: the home is about to be used (a transaction ends, or the page is idle) while
+        // backups hold newer bytes: restore one first. Not before a forward's `Got` completes
+        // it: that uses no home, and the page is stale again after it.
+        if backup::needs_restore(e) {
+            let ends = e.busy.as_ref().is_some_and(|t| t.done() && (t.forward.is_none() || t.restart));
+            if ends || e.busy.is_none() {
+                let mut txn = e.busy.take().unwrap_or_else(Txn::restore_only);
+                backup::begin_restore(e, stats, page, &mut txn, out);
+                e.busy = Some(txn);
+            }
+        }
         match &e.busy {
             Some(txn) if !txn.done() => {
                 e.queue.extend(new.take());
@@ -247,12 +296,14 @@ pub(super) fn drive(
                     if txn.restart && !txn.requester_gone {
                         // The same request again, on the page as it is now (it keeps its place:
                         // nothing queued behind it starts first).
-                        start(e, homes, stats, forwards, page, txn.request, out);
+                        start(e, homes, stats, rules, page, txn.request, out);
                         continue;
                     }
                     if !txn.restart {
-                        complete(e, homes, stats, nprocs, page, &txn, out);
+                        complete(e, homes, stats, rules.nprocs, page, &txn, out);
                     }
+                    // (Back to the top: the page as it is now may need a restore first.)
+                    continue;
                 }
             }
             None => {}
@@ -270,7 +321,7 @@ pub(super) fn drive(
                 *n = n.saturating_sub(1);
             }
         }
-        start(e, homes, stats, forwards, page, request, out);
+        start(e, homes, stats, rules, page, request, out);
     }
 }
 

@@ -1,5 +1,5 @@
 //! Backup copies, the process side (model README "Task E", rules E1-E4; the directory's side is
-//! not built yet). When a reader upgrades a stale page, the other readers drop their ReadOnly
+//! `directory/backup.rs`). When a reader upgrades a stale page, the other readers drop their ReadOnly
 //! copies but keep the bytes aside as *backups* until the coordinator says what to do with them:
 //! * `InvBackup(p)`: a ReadOnly copy is read, dropped (the page is Invalid, exactly as after
 //!   `Invalidate`) and its bytes kept; answered `BackupAck(kept)`. With no copy (a release's
@@ -10,7 +10,8 @@
 //! * `RestoreBackup(p)`: the backup's bytes go to the coordinator as `BackupData`, then it is
 //!   discarded.
 //! * [`ProcessPages::release`] (detach): after its write-backs, every backup goes home as
-//!   `BackupHome` and is discarded.
+//!   `BackupHome` and is discarded. A `DropBackup` or `RestoreBackup` the coordinator sent
+//!   before that `BackupHome` reached it is ignored: the `BackupHome` answers it.
 //!
 //! A process never drops a backup by itself, and a backup changes no page state: the page is
 //! Invalid, and a later Fetch and its `Data` work as usual without touching the backup.
@@ -81,6 +82,9 @@ impl ProcessPages {
     /// `DropBackup` of `count` pages from `first`: their backups are discarded. A page without
     /// one is an error and changes nothing.
     pub(super) fn drop_backup(&mut self, first: PageNo, count: u32) -> Result<(), PagesError> {
+        if self.all_sent_home(first, count) {
+            return Ok(());
+        }
         self.check_backups("DropBackup", first, count)?;
         for page in first..first + u64::from(count) {
             self.backups.remove(&page);
@@ -92,6 +96,10 @@ impl ProcessPages {
     /// `RestoreBackup` of `count` pages from `first`: their backups go to the coordinator as one
     /// `BackupData` and are discarded. A page without one is an error and changes nothing.
     pub(super) fn restore_backup(&mut self, first: PageNo, count: u32, out: &mut Vec<ToCoordinator>) -> Result<(), PagesError> {
+        if self.all_sent_home(first, count) {
+            // Its `BackupHome`, on the way, answers it (the coordinator takes it as the data).
+            return Ok(());
+        }
         self.check_backups("RestoreBackup", first, count)?;
         let data = self.take_backups(first, count);
         self.stats.backups_restored += u64::from(count);
@@ -115,6 +123,7 @@ impl ProcessPages {
                 .take_while(|&(&p, want)| p == want)
                 .count();
             let data = self.take_backups(first, count as u32);
+            self.backups_sent_home.extend(first..first + count as u64);
             self.stats.bytes_sent += data.len() as u64;
             out.push(ToCoordinator::BackupHome { first, count: count as u32, data });
             budget -= count;
@@ -135,6 +144,12 @@ impl ProcessPages {
             }
         }
         data.unwrap_or_else(|| PageData::from(Vec::new()))
+    }
+
+    /// Every page of the run had its backup sent home by the release (and has none now): a
+    /// `DropBackup` or `RestoreBackup` for it crossed the `BackupHome` and is answered by it.
+    fn all_sent_home(&self, first: PageNo, count: u32) -> bool {
+        (first..first + u64::from(count)).all(|p| self.backups_sent_home.contains(&p) && !self.backups.contains_key(&p))
     }
 
     /// Checks that every page of the run has a backup.
