@@ -220,6 +220,22 @@ pub trait PageMemory {
             self.wake(first + u64::from(i));
         }
     }
+    /// ReadOnly -> Invalid for `count` consecutive pages whose contents become backups
+    /// (`InvBackup`): returns them, page after page, or `None` when the memory keeps them in
+    /// place (a later access must still fault as on any Invalid page), to be given back with
+    /// [`unshelve_run`](Self::unshelve_run). By default they are read out and the pages
+    /// dropped.
+    fn shelve_run(&mut self, first: PageNo, count: u32) -> Option<Vec<u8>> {
+        let bytes = self.read_run(first, count);
+        self.drop_run(first, count, false);
+        Some(bytes)
+    }
+    /// Gives back `count` consecutive pages [`shelve_run`](Self::shelve_run) kept in place,
+    /// returning their contents first if `read` (the pages stay Invalid, and can be installed
+    /// again afterwards). Called only for pages kept in place.
+    fn unshelve_run(&mut self, _first: PageNo, _count: u32, _read: bool) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Counters of one process's coherence activity.
@@ -636,7 +652,7 @@ impl ProcessPages {
             rest = &rest[count..];
         }
         // Backups go home after every write-back (E4), within what is left of `limit`.
-        let done = done && self.send_backups_home(out, limit - pages.len());
+        let done = done && self.send_backups_home(mem, out, limit - pages.len());
         (written, done)
     }
 

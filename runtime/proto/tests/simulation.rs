@@ -164,6 +164,10 @@ struct SimMem {
     /// The page the (single) thread is blocked on.
     waiting: Option<PageNo>,
     errors: Vec<String>,
+    /// Backups are kept in place (as the runtime's mapping does), not handed to the core.
+    shelve_in_place: bool,
+    /// Their bytes, by page (the page itself is Invalid).
+    shelved: HashMap<PageNo, Vec<u8>>,
 }
 
 impl SimMem {
@@ -200,6 +204,9 @@ impl SimMem {
 
 impl PageMemory for SimMem {
     fn install(&mut self, page: PageNo, data: Option<&[u8]>, writable: bool) {
+        if self.shelved.contains_key(&page) {
+            self.errors.push(format!("install on page {page}, whose backup is kept in place (not evicted first)"));
+        }
         if self.expect(page, &[PageState::Invalid], "install") {
             let bytes = data.map_or(vec![0; PAGE_BYTES], <[u8]>::to_vec);
             if bytes.len() != PAGE_BYTES {
@@ -240,6 +247,35 @@ impl PageMemory for SimMem {
 
     fn wake(&mut self, page: PageNo) {
         self.wake_if(page);
+    }
+
+    fn shelve_run(&mut self, first: PageNo, count: u32) -> Option<Vec<u8>> {
+        if !self.shelve_in_place {
+            let bytes = self.read_run(first, count);
+            self.drop_run(first, count, false);
+            return Some(bytes);
+        }
+        for page in first..first + u64::from(count) {
+            if self.expect(page, &[PageState::ReadOnly], "shelve_run") {
+                let (_, bytes) = self.pages.remove(&page).unwrap();
+                self.shelved.insert(page, bytes);
+            }
+        }
+        None
+    }
+
+    fn unshelve_run(&mut self, first: PageNo, count: u32, read: bool) -> Option<Vec<u8>> {
+        let mut all = Vec::with_capacity(count as usize * PAGE_BYTES);
+        for page in first..first + u64::from(count) {
+            match self.shelved.remove(&page) {
+                Some(bytes) => all.extend_from_slice(&bytes),
+                None => {
+                    self.errors.push(format!("unshelve_run on page {page}, which has no backup in place"));
+                    all.extend_from_slice(&[0; PAGE_BYTES]);
+                }
+            }
+        }
+        read.then_some(all)
     }
 
     fn read_run(&mut self, first: PageNo, count: u32) -> Vec<u8> {
@@ -407,7 +443,8 @@ impl Sim {
                 regs: vec![0; prog.nregs(p)],
                 // Read-ahead on: prefetched copies must not break SC either.
                 pages: ProcessPages::new().with_read_ahead(prog.pages).with_write_ahead(prog.pages),
-                mem: SimMem::default(),
+                // Backups kept in place by every other process, handed to the core by the rest.
+                mem: SimMem { shelve_in_place: p % 2 == 0, ..SimMem::default() },
                 blocked: Blocked::No,
                 to_c: VecDeque::new(),
                 from_c: VecDeque::new(),
@@ -821,6 +858,11 @@ impl Sim {
                 (0..self.procs.len()).filter(|&i| !self.procs[i].gone && self.procs[i].pages.has_backup(page)).map(|i| i as u32).collect();
             if holders != v.backups {
                 return Err(format!("page {page}: backups kept by {holders:?}, directory lists {:?}", v.backups));
+            }
+            for (i, p) in self.procs.iter().enumerate() {
+                if !p.gone && p.mem.shelved.contains_key(&page) && !p.pages.has_backup(page) {
+                    return Err(format!("page {page}: P{i} keeps bytes in place for a backup it no longer has"));
+                }
             }
             if !v.backups.is_empty() && v.owner.is_none() && !v.stale {
                 return Err(format!("page {page}: backups left while the home is current: {v:?}"));

@@ -15,6 +15,13 @@
 //!
 //! A process never drops a backup by itself, and a backup changes no page state: the page is
 //! Invalid, and a later Fetch and its `Data` work as usual without touching the backup.
+//!
+//! Where the bytes live is the memory's choice ([`PageMemory::shelve_run`]): a real mapping
+//! keeps them *in place*, in the memfd, with only the application's view unmapped (no copy, no
+//! allocation: a copy into fresh memory made an upgrade cost the holder three times what an
+//! `Invalidate` does); the core then only remembers the page is kept in place. Before a page
+//! kept in place is installed again (a later Fetch of it), its backup is read out into a
+//! buffer of the core's ([`ProcessPages::evict_backups`]).
 //! `DropBackup` or `RestoreBackup` for a page without a backup is a protocol error. Every
 //! message is a run (answered by one message per contiguous run of pages answered alike); a
 //! message that is an error changes nothing.
@@ -26,9 +33,18 @@ use crate::runs::MAX_RUN;
 use crate::wire::{PageData, PageNo, ToCoordinator};
 use crate::PAGE_SIZE;
 
-/// The backups one process keeps: page -> its bytes (one page each), not mapped. Ordered, so
-/// that a detach sends them home as runs.
-pub(super) type Backups = BTreeMap<PageNo, PageData>;
+/// One page's backup.
+#[derive(Debug, Clone)]
+pub(super) enum Backup {
+    /// In the memory, where the page was ([`PageMemory::unshelve_run`] gives it back).
+    InPlace,
+    /// Read out: the page's bytes.
+    Bytes(PageData),
+}
+
+/// The backups one process keeps: page -> where its bytes are, not mapped. Ordered, so that a
+/// detach sends them home as runs.
+pub(super) type Backups = BTreeMap<PageNo, Backup>;
 
 impl ProcessPages {
     /// Whether this process keeps a backup of `page`.
@@ -65,12 +81,11 @@ impl ProcessPages {
             }
             let n = (page - at) as u32;
             if held {
-                // Read before dropping: the bytes are the ones this copy holds now.
-                let bytes = PageData::from(crate::buffers::bytes(mem.read_run(at, n)));
-                mem.drop_run(at, n, false);
+                let bytes = mem.shelve_run(at, n).map(|b| PageData::from(crate::buffers::bytes(b)));
                 for (i, q) in (at..page).enumerate() {
                     self.set_state(q, PageState::Invalid);
-                    self.backups.insert(q, bytes.page_data(i));
+                    let backup = bytes.as_ref().map_or(Backup::InPlace, |b| Backup::Bytes(b.page_data(i)));
+                    self.backups.insert(q, backup);
                 }
                 self.stats.backups_kept += u64::from(n);
             }
@@ -81,27 +96,31 @@ impl ProcessPages {
 
     /// `DropBackup` of `count` pages from `first`: their backups are discarded. A page without
     /// one is an error and changes nothing.
-    pub(super) fn drop_backup(&mut self, first: PageNo, count: u32) -> Result<(), PagesError> {
+    pub(super) fn drop_backup(&mut self, first: PageNo, count: u32, mem: &mut impl PageMemory) -> Result<(), PagesError> {
         if self.all_sent_home(first, count) {
             return Ok(());
         }
         self.check_backups("DropBackup", first, count)?;
-        for page in first..first + u64::from(count) {
-            self.backups.remove(&page);
-        }
+        self.take_backups(first, count, mem, false);
         self.stats.backups_dropped += u64::from(count);
         Ok(())
     }
 
     /// `RestoreBackup` of `count` pages from `first`: their backups go to the coordinator as one
     /// `BackupData` and are discarded. A page without one is an error and changes nothing.
-    pub(super) fn restore_backup(&mut self, first: PageNo, count: u32, out: &mut Vec<ToCoordinator>) -> Result<(), PagesError> {
+    pub(super) fn restore_backup(
+        &mut self,
+        first: PageNo,
+        count: u32,
+        mem: &mut impl PageMemory,
+        out: &mut Vec<ToCoordinator>,
+    ) -> Result<(), PagesError> {
         if self.all_sent_home(first, count) {
             // Its `BackupHome`, on the way, answers it (the coordinator takes it as the data).
             return Ok(());
         }
         self.check_backups("RestoreBackup", first, count)?;
-        let data = self.take_backups(first, count);
+        let data = self.take_backups(first, count, mem, true);
         self.stats.backups_restored += u64::from(count);
         self.stats.bytes_sent += data.len() as u64;
         out.push(ToCoordinator::BackupData { first, count, data });
@@ -111,7 +130,7 @@ impl ProcessPages {
     /// The detach's last step ([`ProcessPages::release`], after every write-back): sends home
     /// the lowest `limit` backups as `BackupHome` runs (consecutive pages, at most [`MAX_RUN`]
     /// each) and discards them. Returns whether none is left.
-    pub(super) fn send_backups_home(&mut self, out: &mut Vec<ToCoordinator>, limit: usize) -> bool {
+    pub(super) fn send_backups_home(&mut self, mem: &mut impl PageMemory, out: &mut Vec<ToCoordinator>, limit: usize) -> bool {
         let mut budget = limit;
         while budget > 0 {
             let Some((&first, _)) = self.backups.first_key_value() else { break };
@@ -122,7 +141,7 @@ impl ProcessPages {
                 .take(budget.min(MAX_RUN as usize))
                 .take_while(|&(&p, want)| p == want)
                 .count();
-            let data = self.take_backups(first, count as u32);
+            let data = self.take_backups(first, count as u32, mem, true);
             self.backups_sent_home.extend(first..first + count as u64);
             self.stats.bytes_sent += data.len() as u64;
             out.push(ToCoordinator::BackupHome { first, count: count as u32, data });
@@ -131,19 +150,69 @@ impl ProcessPages {
         self.backups.is_empty()
     }
 
-    /// Removes the backups of `count` pages from `first` (all present) and returns their bytes
-    /// page after page (without a copy when they lie back to back in one buffer, as the pages
-    /// of one `InvBackup` run do).
-    fn take_backups(&mut self, first: PageNo, count: u32) -> PageData {
+    /// Removes the backups of `count` pages from `first` (all present) and, if `read`, returns
+    /// their bytes page after page: one read per run of pages kept in place, and no copy for
+    /// bytes that lie back to back in one buffer (as the pages of one `InvBackup` run do).
+    fn take_backups(&mut self, first: PageNo, count: u32, mem: &mut impl PageMemory, read: bool) -> PageData {
+        let end = first + u64::from(count);
         let mut data: Option<PageData> = None;
-        for (i, page) in (first..first + u64::from(count)).enumerate() {
-            let d = self.backups.remove(&page).expect("checked: every page has a backup");
-            match &mut data {
-                None => data = Some(d),
-                Some(run) => run.append(&d, (count as usize - i - 1) * PAGE_SIZE),
+        let mut add = |d: PageData, after: PageNo| match &mut data {
+            None => data = Some(d),
+            Some(run) => run.append(&d, (end - after) as usize * PAGE_SIZE),
+        };
+        let mut page = first;
+        while page < end {
+            match self.backups.remove(&page) {
+                Some(Backup::InPlace) => {
+                    let at = page;
+                    page += 1;
+                    while page < end && matches!(self.backups.get(&page), Some(Backup::InPlace)) {
+                        self.backups.remove(&page);
+                        page += 1;
+                    }
+                    let bytes = mem.unshelve_run(at, (page - at) as u32, read);
+                    if let Some(b) = bytes.filter(|_| read) {
+                        add(PageData::from(crate::buffers::bytes(b)), page);
+                    }
+                }
+                Some(Backup::Bytes(d)) => {
+                    page += 1;
+                    if read {
+                        add(d, page);
+                    }
+                }
+                None => page += 1, // (checked by the callers: every page has a backup)
             }
         }
         data.unwrap_or_else(|| PageData::from(Vec::new()))
+    }
+
+    /// Before pages from `first` are installed again: the backups among them that are kept in
+    /// place are read out (one read per run), so that the install does not overwrite them.
+    pub(super) fn evict_backups(&mut self, first: PageNo, count: u32, mem: &mut impl PageMemory) {
+        if self.backups.is_empty() {
+            return;
+        }
+        let end = first + u64::from(count);
+        let in_place: Vec<PageNo> =
+            self.backups.range(first..end).filter(|(_, b)| matches!(b, Backup::InPlace)).map(|(&p, _)| p).collect();
+        let mut rest = &in_place[..];
+        while let Some(&at) = rest.first() {
+            let n = rest.iter().zip(at..).take_while(|&(&p, want)| p == want).count();
+            let bytes = mem.unshelve_run(at, n as u32, true).map(|b| PageData::from(crate::buffers::bytes(b)));
+            for (i, page) in (at..at + n as u64).enumerate() {
+                // (A memory that kept them in place returns them; without, they are lost.)
+                match &bytes {
+                    Some(b) if b.len() >= (i + 1) * PAGE_SIZE => {
+                        self.backups.insert(page, Backup::Bytes(b.page_data(i)));
+                    }
+                    _ => {
+                        self.backups.remove(&page);
+                    }
+                }
+            }
+            rest = &rest[n..];
+        }
     }
 
     /// Every page of the run had its backup sent home by the release (and has none now): a

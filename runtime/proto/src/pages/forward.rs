@@ -280,6 +280,7 @@ impl ProcessPages {
         mem: &mut impl PageMemory,
         out: &mut Vec<ToCoordinator>,
     ) {
+        self.evict_backups(first, count, mem);
         mem.install_run(first, count, Some(data), false);
         self.stats.pages_got += u64::from(count);
         self.stats.peer_bytes_received += data.len() as u64;

@@ -31,6 +31,7 @@ impl ProcessPages {
                 };
                 match slot.state {
                     PageState::Invalid => {
+                        self.evict_backups(page, 1, mem);
                         mem.install(page, data.as_ref().map(|d| d.as_slice()), false);
                     }
                     PageState::ReadOnly => mem.wake(page),
@@ -62,6 +63,7 @@ impl ProcessPages {
                         if state == PageState::ReadOnly {
                             mem.drop_page(page, false);
                         }
+                        self.evict_backups(page, 1, mem);
                         match d {
                             GrantData::Zero => mem.install(page, None, true),
                             GrantData::Bytes(b) => {
@@ -177,8 +179,8 @@ impl ProcessPages {
             ToProcess::ForwardNote { req, first, count } => return self.forward_note(req, first, count, mem, out),
             ToProcess::ForwardAbort { req, first, count } => return self.forward_abort(req, first, count, out),
             ToProcess::InvBackup { first, count } => return self.inv_backup(first, count, mem, out),
-            ToProcess::DropBackup { first, count } => return self.drop_backup(first, count),
-            ToProcess::RestoreBackup { first, count } => return self.restore_backup(first, count, out),
+            ToProcess::DropBackup { first, count } => return self.drop_backup(first, count, mem),
+            ToProcess::RestoreBackup { first, count } => return self.restore_backup(first, count, mem, out),
             run @ (ToProcess::DataRun { .. }
             | ToProcess::GrantRun { .. }
             | ToProcess::Denied { .. }
@@ -212,6 +214,7 @@ impl ProcessPages {
             ToProcess::DataRun { req, first, count, data, mode } => {
                 let is = pending(*req, Access::Read);
                 if all(self, *first, *count, &|s| is(s) && s.state == PageState::Invalid) {
+                    self.evict_backups(*first, *count, mem);
                     mem.install_run(*first, *count, data.as_ref().map(|d| d.as_slice()), false);
                     self.stats.bytes_received += data.as_ref().map_or(0, |d| d.len() as u64);
                     for page in *first..*first + u64::from(*count) {
@@ -228,6 +231,9 @@ impl ProcessPages {
                     Some(_) => all(self, *first, *count, &|s| is(s) && s.state == PageState::Invalid),
                 };
                 if fast {
+                    if data.is_some() {
+                        self.evict_backups(*first, *count, mem);
+                    }
                     match data {
                         None => mem.make_writable_run(*first, *count),
                         Some(GrantData::Zero) => mem.install_run(*first, *count, None, true),
