@@ -57,6 +57,10 @@ pub(crate) fn record(events: Vec<Event>, ended: Vec<EndedSession>, metrics: &Met
             forwards = p.forwards,
             forward_aborts = p.forward_aborts,
             flushes = p.flushes,
+            backup_invalidations = p.backup_invalidations,
+            backups_released = p.backups_released,
+            restores = p.restores,
+            backups_home = p.backups_home,
             lost_ranks = %if lost.is_empty() { "none".to_string() } else { lost.join(",") },
             "session ended"
         );

@@ -13,7 +13,7 @@
 //! | `DSM_IDLE_TIMEOUT` | declare the coordinator lost after this silence (at least 3 keep-alives) | `10s` |
 //! | `DSM_KEEP_ALIVE` | send a keep-alive after this much silence | `1s` |
 //! | `DSM_BUSY_POLL` | keep the runtime thread polling this long after traffic (`0s`: never; see [`dsm_cert::BusyPoll`]) | `200us` |
-//! | `DSM_DIRECT` | take direct page transfers from other processes (`1`/`on`; `0`/`off`: every page goes through the coordinator) | `0` |
+//! | `DSM_DIRECT` | take direct page transfers from other processes (`1`/`on`; `0`/`off`: every page goes through the coordinator) | `1` |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -184,14 +184,14 @@ impl ConfigBuilder {
         self.client_cert = Some((cert.into(), key.into()));
         self
     }
-    /// Offer direct page transfers (default off): the process serves peer connections from
+    /// Offer direct page transfers (default on): the process serves peer connections from
     /// the other members on its own UDP socket, so pages another process holds can come
     /// straight from it rather than through the coordinator. The coordinator forwards only
     /// when every member of a session offers them; off, every page goes through the
-    /// coordinator. They make reads of pages another process wrote faster (they carry no page
-    /// bytes through the coordinator) and later writes to those pages slower (the
-    /// coordinator's copy has to be brought up to date first): see the README's figures.
-    /// Environment: `DSM_DIRECT=1`.
+    /// coordinator. They make reads of pages another process wrote faster (no page bytes
+    /// cross the coordinator); a member the others cannot reach over UDP (a NAT, a firewall)
+    /// costs one peer connect timeout per link, then its pages go through the coordinator.
+    /// Environment: `DSM_DIRECT=0` turns them off.
     pub fn direct_transfers(mut self, on: bool) -> Self {
         self.direct = Some(on);
         self
@@ -308,7 +308,7 @@ impl ConfigBuilder {
             transport,
             hello_version: self.hello_version.unwrap_or(dsm_proto::PROTOCOL_VERSION),
             client_cert: self.client_cert,
-            direct: self.direct.unwrap_or(false),
+            direct: self.direct.unwrap_or(true),
         })
     }
 }
@@ -389,11 +389,11 @@ mod tests {
         assert_eq!(short.transport.busy_poll, Duration::from_micros(50));
         assert_eq!(built.transport.busy_poll, Duration::from_millis(1));
         assert!(e.contains("DSM_BUSY_POLL") && e.contains("soon"), "{e}");
-        // Direct transfers: off by default, on from the environment, the builder wins.
-        assert!(!c.direct_transfers());
-        std::env::set_var("DSM_DIRECT", "1");
-        let on = base().env_overrides().unwrap().build().unwrap();
-        let off = base().direct_transfers(false).env_overrides().unwrap().build().unwrap();
+        // Direct transfers: on by default, off from the environment, the builder wins.
+        assert!(c.direct_transfers());
+        std::env::set_var("DSM_DIRECT", "0");
+        let off = base().env_overrides().unwrap().build().unwrap();
+        let on = base().direct_transfers(true).env_overrides().unwrap().build().unwrap();
         std::env::set_var("DSM_DIRECT", "maybe");
         let e = base().env_overrides().unwrap_err().to_string();
         std::env::remove_var("DSM_DIRECT");

@@ -74,6 +74,12 @@ pub struct RegionStats {
     /// Direct transfers that failed and were served through the coordinator instead (pages
     /// this process could not send, and pages it was sent whose transfer was aborted).
     pub forwards_failed: u64,
+    /// Read-only copies kept aside as backups when another process upgraded them (`InvBackup`).
+    pub backups_kept: u64,
+    /// Backups given up because the coordinator's copy caught up (`DropBackup`).
+    pub backups_dropped: u64,
+    /// Backups sent to the coordinator because the newer copy's holder was lost.
+    pub backups_restored: u64,
 }
 
 /// Element types of a typed view of the region ([`Region::as_slice`]): types whose values may

@@ -1,6 +1,6 @@
-//! Direct transfers (forwards) between real processes over real peer connections: with
-//! `DSM_DIRECT=1`, pages a process holds go straight from it to the process that asks for
-//! them, and everything still works, through the coordinator, by default or when a member
+//! Direct transfers (forwards) between real processes over real peer connections: by default
+//! pages a process holds go straight from it to the process that asks for them, and
+//! everything still works through the coordinator with `DSM_DIRECT=0` or when a member
 //! cannot be reached.
 
 use std::time::Duration;
@@ -11,7 +11,8 @@ const WORKER: &str = env!("CARGO_BIN_EXE_dsm-worker");
 
 /// The `bulk` scenario: rank 0 writes `MIB` MiB, every rank checks them, then every rank
 /// rewrites its own slice and checks everyone else's (reads of owned pages are forwarded,
-/// rewrites of forwarded pages flush them first).
+/// rewrites of forwarded pages leave the other readers' copies as backups, and a rank reading
+/// a page again whose backup it keeps in place reads it out before the new copy goes in).
 const MIB: u64 = 8;
 
 fn bulk(env: &TestEnv, addr: std::net::SocketAddr, n: u32, extra_env: &[(&str, &str)]) -> Workers {
@@ -40,9 +41,9 @@ fn total(w: &Workers, field: &str) -> u64 {
 }
 
 #[test]
-fn pages_another_process_holds_come_directly_from_it() {
+fn by_default_pages_another_process_holds_come_directly_from_it() {
     let env = TestEnv::new();
-    let w = bulk(&env, env.addr(), 3, &[("DSM_DIRECT", "1")]);
+    let w = bulk(&env, env.addr(), 3, &[]);
     let got = total(&w, "pages_from_peers");
     // Between two barriers ranks 1 and 2 read every page rank 0 wrote (and owns): each comes
     // from rank 0, or from the other reader. (Later forwards may be aborted: a rank that is
@@ -52,12 +53,16 @@ fn pages_another_process_holds_come_directly_from_it() {
     assert!(got >= 2 * (MIB << 20) / 4096, "only {got} pages came from peers:\n{}", w.transcript());
     assert!(total(&w, "pages_forwarded") > 0, "{}", w.transcript());
     assert!(total(&w, "peer_bytes_received") >= got * 4096, "{}", w.transcript());
+    // Each rank rewrote its slice of pages the others had read: their copies became backups
+    // (kept in place, unmapped), and the rewrites' write-backs released them.
+    assert!(total(&w, "backups_kept") > 0, "{}", w.transcript());
+    assert!(total(&w, "backups_dropped") > 0, "{}", w.transcript());
 }
 
 #[test]
 fn without_direct_transfers_every_page_goes_through_the_coordinator() {
     let env = TestEnv::new();
-    let w = bulk(&env, env.addr(), 2, &[]);
+    let w = bulk(&env, env.addr(), 2, &[("DSM_DIRECT", "0")]);
     assert_eq!(total(&w, "pages_from_peers"), 0, "{}", w.transcript());
     assert_eq!(total(&w, "pages_forwarded"), 0, "{}", w.transcript());
     assert!(total(&w, "bytes_received") >= (MIB << 20), "{}", w.transcript());

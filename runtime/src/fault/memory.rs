@@ -119,6 +119,29 @@ impl PageMemory for Mem<'_> {
         }
     }
 
+    fn shelve_run(&mut self, first: PageNo, count: u32) -> Option<Vec<u8>> {
+        if !self.maps.fault.minor_faults() {
+            // Without minor faults a page left in the memfd would be mapped again silently.
+            let bytes = self.read_run(first, count);
+            self.drop_run(first, count, false);
+            return Some(bytes);
+        }
+        // Kept in place: only the view's entries go (no copy, no allocation, no hole); the
+        // next access raises a minor fault, which the core serves as for any Invalid page.
+        if let Err(e) = self.maps.view.zap_run(first, count) {
+            fatal("unmapping pages kept as backups", &e);
+        }
+        None
+    }
+
+    fn unshelve_run(&mut self, first: PageNo, count: u32, read: bool) -> Option<Vec<u8>> {
+        let bytes = read.then(|| self.maps.alias.read_run(first, count));
+        if let Err(e) = self.maps.alias.punch_run(first, count) {
+            fatal("giving back pages kept as backups", &e);
+        }
+        bytes
+    }
+
     fn store(&mut self, page: PageNo, offset: u16, width: u8, value: u128) {
         if let Err(e) = self.maps.alias.store(page, usize::from(offset), width, value) {
             fatal("applying a replayed store", &e);

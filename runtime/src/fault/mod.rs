@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dsm_proto::fault_track::{FaultTracker, FaultVerdict};
-use dsm_proto::pages::{Access, FaultAction, PagesError, ProcessPages, WriteOutcome};
+use dsm_proto::pages::{Access, FaultAction, PageState, PagesError, ProcessPages, WriteOutcome};
 use dsm_proto::{PageNo, Rank, ToCoordinator, ToPeer, ToProcess};
 use tokio::io::unix::AsyncFd;
 use tracing::debug;
@@ -96,13 +96,16 @@ impl FaultService {
             peer_bytes_sent: s.peer_bytes_sent,
             peer_bytes_received: s.peer_bytes_received,
             forwards_failed: s.forward_returns + s.forwards_aborted,
+            backups_kept: s.backups_kept,
+            backups_dropped: s.backups_dropped,
+            backups_restored: s.backups_restored,
         }
     }
 
     /// Reads every queued fault and lets the page core turn them into requests.
     pub fn handle_faults(&mut self, out: &mut Vec<ToCoordinator>) {
         loop {
-            let (addr, write, tid) = match self.maps.fault.next_fault() {
+            let crate::sys::PageFault { addr, write, tid, minor } = match self.maps.fault.next_fault() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => fatal("reading a page fault", &e),
@@ -114,6 +117,15 @@ impl FaultService {
             }
             if let FaultVerdict::Failed(reason) = self.tracker.fault_read(page) {
                 fatal(&reason, &format_args!("thread {tid} touched the shared region afterwards (page {page})"));
+            }
+            if minor && self.pages.state(page) != PageState::Invalid {
+                // A page we hold that the kernel unmapped from the view (reclaim, or the
+                // application's own MADV_DONTNEED): map it again as it was.
+                let wp = self.pages.state(page) == PageState::ReadOnly;
+                if let Err(e) = self.maps.fault.map_cached(self.maps.view.addr() + page as usize * PAGE, PAGE, wp) {
+                    fatal("mapping a held page again", &e);
+                }
+                continue;
             }
             let access = if write { Access::Write } else { Access::Read };
             let mut mem = Mem { maps: &self.maps };

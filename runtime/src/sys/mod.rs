@@ -7,11 +7,17 @@
 //!
 //! Page states map to the kernel like this:
 //! - Invalid: a hole in the memfd (`MADV_REMOVE`); any access raises a *missing* fault.
+//! - Invalid with a backup kept in place (`InvBackup`): the page stays in the memfd, only the
+//!   view's entry is zapped (`MADV_DONTNEED`); with the view registered for *minor* faults too,
+//!   any access raises a minor fault. Before the page is installed again its bytes are read out
+//!   and a hole punched.
 //! - ReadOnly: installed with `UFFDIO_COPY` + `MODE_WP`; a store raises a *write-protect* fault.
 //! - Writable: installed with `UFFDIO_COPY`, or write protection cleared.
 //!
 //! Dropping to Invalid punches a hole instead of `MADV_DONTNEED`: after `DONTNEED` the page
-//! would stay in the page cache and the next `UFFDIO_COPY` would fail with `EEXIST`.
+//! would stay in the page cache and the next `UFFDIO_COPY` would fail with `EEXIST`. A minor
+//! fault on a page the runtime holds (the kernel unmapped it: reclaim, or the application's own
+//! `MADV_DONTNEED`) maps it again as it was (`UFFDIO_CONTINUE`, write-protected if ReadOnly).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -32,6 +38,20 @@ const FEATURE_WP_SHMEM: u64 = 1 << 12;
 const FEATURE_EXACT_ADDRESS: u64 = 1 << 11;
 /// `UFFDIO_COPY_MODE_WP`: install the copied page write-protected.
 const COPY_MODE_WP: u64 = 1 << 1;
+/// `UFFD_FEATURE_MINOR_SHMEM` (Linux 5.14+): minor faults on shmem.
+const FEATURE_MINOR_SHMEM: u64 = 1 << 10;
+/// `UFFDIO_CONTINUE_MODE_WP` (Linux 6.4+): map the page write-protected.
+const CONTINUE_MODE_WP: u64 = 1 << 1;
+
+#[repr(C)]
+struct UffdioContinue {
+    start: u64,
+    len: u64,
+    mode: u64,
+    mapped: i64,
+}
+
+nix::ioctl_readwrite!(uffdio_continue, 0xAA, 0x07, UffdioContinue);
 
 #[repr(C)]
 struct UffdioCopy {
@@ -178,6 +198,21 @@ impl Mapping {
         Ok(())
     }
 
+    /// Unmaps `count` pages from `first` from this mapping (the view) only: their contents stay
+    /// in the memfd (a backup kept in place), and the next access raises a minor fault.
+    pub fn zap_run(&self, first: u64, count: u32) -> Result<(), Error> {
+        let off = first as usize * PAGE;
+        let len = count as usize * PAGE;
+        assert!(off + len <= self.len, "pages {first}..+{count} outside the mapping");
+        // SAFETY: the range is inside the live mapping; MADV_DONTNEED on a shared file mapping
+        // only drops its page table entries (the memfd keeps the pages), with a TLB flush.
+        let r = unsafe { libc::madvise(self.ptr().add(off).cast(), len, libc::MADV_DONTNEED) };
+        if r != 0 {
+            return Err(Error::os("MADV_DONTNEED", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Gives page `page` back to the kernel: a hole in the memfd, zapped from every mapping.
     pub fn punch_hole(&self, page: u64) -> Result<(), Error> {
         self.punch_run(page, 1)
@@ -210,6 +245,8 @@ impl Drop for Mapping {
 pub struct Fault {
     uffd: Uffd,
     kernel_faults: bool,
+    /// Minor faults are reported (and pages can be kept in place, unmapped from the view).
+    minor_faults: bool,
 }
 
 impl Fault {
@@ -221,19 +258,26 @@ impl Fault {
             | FeatureFlags::MISSING_SHMEM
             | FeatureFlags::THREAD_ID
             | FeatureFlags::from_bits_retain(FEATURE_WP_SHMEM | FEATURE_EXACT_ADDRESS);
-        let build = |user_mode_only: bool| {
+        let build = |user_mode_only: bool, minor: bool| {
+            let minor = if minor { FeatureFlags::from_bits_retain(FEATURE_MINOR_SHMEM) } else { FeatureFlags::empty() };
             UffdBuilder::new()
                 .close_on_exec(true)
                 .non_blocking(true)
                 .user_mode_only(user_mode_only)
-                .require_features(features)
+                .require_features(features | minor)
                 .create()
         };
-        match build(false) {
-            Ok(uffd) => Ok(Fault { uffd, kernel_faults: true }),
-            Err(full) => match build(true) {
+        // Minor faults where the kernel has them (backups then stay in place); without, backups
+        // are copied out.
+        let attempt = |user_mode_only: bool| match build(user_mode_only, true) {
+            Ok(uffd) => Ok((uffd, true)),
+            Err(_) => build(user_mode_only, false).map(|uffd| (uffd, false)),
+        };
+        match attempt(false) {
+            Ok((uffd, minor_faults)) => Ok(Fault { uffd, kernel_faults: true, minor_faults }),
+            Err(full) => match attempt(true) {
                 // Unprivileged without /dev/userfaultfd: only user-mode faults are served.
-                Ok(uffd) => Ok(Fault { uffd, kernel_faults: false }),
+                Ok((uffd, minor_faults)) => Ok(Fault { uffd, kernel_faults: false, minor_faults }),
                 Err(_) => Err(Error::os(
                     "opening userfaultfd (needs Linux 5.19+ with write-protect support for shmem, and root, access to /dev/userfaultfd, or sysctl vm.unprivileged_userfaultfd=1)",
                     full,
@@ -248,9 +292,16 @@ impl Fault {
         self.kernel_faults
     }
 
+    /// Whether minor faults are reported: a page unmapped from the view but kept in the memfd
+    /// ([`Mapping::zap_run`]) faults on the next access.
+    pub fn minor_faults(&self) -> bool {
+        self.minor_faults
+    }
+
     pub fn register(&self, view: &Mapping) -> Result<(), Error> {
+        let minor = if self.minor_faults { RegisterMode::MINOR } else { RegisterMode::empty() };
         self.uffd
-            .register_with_mode(view.ptr().cast(), view.len(), RegisterMode::MISSING | RegisterMode::WRITE_PROTECT)
+            .register_with_mode(view.ptr().cast(), view.len(), RegisterMode::MISSING | RegisterMode::WRITE_PROTECT | minor)
             .map_err(|e| Error::os("registering the region with userfaultfd", e))?;
         Ok(())
     }
@@ -259,15 +310,16 @@ impl Fault {
         let _ = self.uffd.unregister(view.ptr().cast(), view.len());
     }
 
-    /// Next pending fault: (address, is_write, thread id), or None when the queue is empty.
-    pub fn next_fault(&self) -> Result<Option<(usize, bool, i32)>, Error> {
+    /// Next pending fault, or None when the queue is empty.
+    pub fn next_fault(&self) -> Result<Option<PageFault>, Error> {
         loop {
             match self.uffd.read_event() {
                 Ok(None) => return Ok(None),
                 Ok(Some(userfaultfd::Event::Pagefault { rw, addr, thread_id, kind })) => {
                     let write = rw == userfaultfd::ReadWrite::Write
                         || kind == userfaultfd::FaultKind::WriteProtected;
-                    return Ok(Some((addr as usize, write, thread_id.as_raw())));
+                    let minor = kind == userfaultfd::FaultKind::Minor;
+                    return Ok(Some(PageFault { addr: addr as usize, write, tid: thread_id.as_raw(), minor }));
                 }
                 Ok(Some(_other)) => continue,
                 Err(e) => return Err(Error::os("reading userfaultfd events", e)),
@@ -325,6 +377,45 @@ impl Fault {
     pub fn wake(&self, dst: usize, len: usize) -> Result<(), Error> {
         self.uffd.wake(dst as *mut libc::c_void, len).map_err(|e| Error::os("UFFDIO_WAKE", e))
     }
+
+    /// Maps again `len` bytes (whole pages) at `dst` whose pages are in the memfd but not in
+    /// the view (a minor fault on a page the runtime holds), write-protected if asked, and
+    /// wakes the threads waiting there.
+    pub fn map_cached(&self, dst: usize, len: usize, write_protected: bool) -> Result<(), Error> {
+        let mut done = 0usize;
+        while done < len {
+            let mut cont = UffdioContinue {
+                start: (dst + done) as u64,
+                len: (len - done) as u64,
+                mode: if write_protected { CONTINUE_MODE_WP } else { 0 },
+                mapped: 0,
+            };
+            // SAFETY: dst..dst+len is inside the registered view (the caller computes it from
+            // a fault's page); the struct layout matches `struct uffdio_continue`.
+            let r = unsafe { uffdio_continue(self.uffd.as_raw_fd(), &mut cont) };
+            match r {
+                Ok(_) => return Ok(()),
+                // Mapped meanwhile (another thread's fault): only the waiters are left.
+                Err(nix::errno::Errno::EEXIST) => return self.wake(dst, len),
+                Err(nix::errno::Errno::EAGAIN) => done += usize::try_from(cont.mapped).unwrap_or(0),
+                Err(e) => return Err(Error::os("UFFDIO_CONTINUE", e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One page fault event of the view.
+#[derive(Debug, Clone, Copy)]
+pub struct PageFault {
+    /// The faulting address.
+    pub addr: usize,
+    /// A store (or a write-protect fault).
+    pub write: bool,
+    /// The faulting thread.
+    pub tid: i32,
+    /// A minor fault: the page is in the memfd but not mapped in the view.
+    pub minor: bool,
 }
 
 /// Writes all of `bytes` to `fd`, ignoring errors (for the fatal path: stderr may be closed).

@@ -33,9 +33,14 @@
 //!   byte of each page, timing each first-touch read.
 //! * `fault.ownership_transfer`: the same, but the parent writes one byte of each page.
 //! * `touch.sequential`: a helper fills 256 MiB with non-zero bytes, barrier; the parent reads
-//!   one byte of every page in order; MB/s of pages touched. `touch.sequential.direct`: the
-//!   same with direct transfers (`DSM_DIRECT=1`: the pages come from the helper, not through
-//!   the coordinator).
+//!   one byte of every page in order; MB/s of pages touched (with direct transfers, the
+//!   default, the pages come from the helper). `touch.sequential.coordinator`: the same with
+//!   direct transfers off (every page through the coordinator), for reference.
+//!
+//! Every figure runs with the runtime's defaults and the environment (`DSM_DIRECT=0
+//! dsm-bench` measures everything through the coordinator), except the `lossy.*` ones, whose
+//! processes talk to the coordinator through a relay and cannot reach each other: they run
+//! with direct transfers off.
 //! * `pingpong.handoff`: two processes busy-wait on one shared `AtomicU64` turn word (rank `r`
 //!   waits until `turn % 2 == r`, then increments it); 2000 hand-offs after 100 warm-up ones; one
 //!   hand-off is half the time between two consecutive turns of the parent.
@@ -92,9 +97,28 @@ const FAULT_PAGES: usize = 2000;
 const FAULT_SIZE: u64 = 8 << 20;
 /// `touch.sequential`: bytes the helper fills and the parent touches page by page.
 const TOUCH_BYTES: u64 = 256 << 20;
-/// Whether the sessions attached now take direct transfers (`touch.sequential.direct`): the
-/// parent's config and the helpers' `DSM_DIRECT`.
-static DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The sessions attached now go without direct transfers (`touch.sequential.coordinator`,
+/// `lossy.*`): the parent's config and the helpers' `DSM_DIRECT=0`; otherwise both follow the
+/// environment.
+static NO_DIRECT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs `measure` with direct transfers off (see [`NO_DIRECT`]).
+fn without_direct<T>(measure: impl FnOnce() -> T) -> T {
+    NO_DIRECT.store(true, std::sync::atomic::Ordering::Relaxed);
+    let v = measure();
+    NO_DIRECT.store(false, std::sync::atomic::Ordering::Relaxed);
+    v
+}
+
+/// The helpers' environment for a session: `TestEnv::worker_env`, and `DSM_DIRECT=0` inside
+/// [`without_direct`].
+fn helper_env(env: &TestEnv, addr: SocketAddr, session: &str, size: u64, nprocs: u32) -> Vec<(String, String)> {
+    let mut vars = env.worker_env(addr, session, size, nprocs);
+    if NO_DIRECT.load(std::sync::atomic::Ordering::Relaxed) {
+        vars.push(("DSM_DIRECT".into(), "0".into()));
+    }
+    vars
+}
 
 /// `pingpong.handoff`: hand-offs of the turn word.
 const SPIN_WARMUP: u64 = 100;
@@ -347,12 +371,12 @@ fn bench(args: &Args) -> Result<()> {
             figures.push(Figure::over(&figures, name, v, "us", "quinn.rtt_4k", Some(Target::AtMost(target))));
         }
     }
-    for (name, direct) in [("touch.sequential", false), ("touch.sequential.direct", true)] {
+    for (name, direct) in [("touch.sequential", true), ("touch.sequential.coordinator", false)] {
         if selected(name) {
-            DIRECT.store(direct, std::sync::atomic::Ordering::Relaxed);
-            let v = touch_sequential(&env).with_context(|| format!("measuring {name}"));
-            DIRECT.store(false, std::sync::atomic::Ordering::Relaxed);
-            figures.push(Figure::over(&figures, name, v?, "MB/s", "quinn.stream", Some(Target::AtLeast(0.5))));
+            let v = if direct { touch_sequential(&env) } else { without_direct(|| touch_sequential(&env)) };
+            let v = v.with_context(|| format!("measuring {name}"));
+            let target = direct.then_some(Target::AtLeast(0.5));
+            figures.push(Figure::over(&figures, name, v?, "MB/s", "quinn.stream", target));
         }
     }
     counter::measure(&env, &selected, &mut figures)?;
@@ -375,7 +399,8 @@ fn bench(args: &Args) -> Result<()> {
     }
 
     bulk::measure(&env, &selected, &mut figures)?;
-    lossy::measure(&env, &selected, &mut figures)?;
+    // Through the relay only the coordinator is reachable: the lossy figures measure its path.
+    without_direct(|| lossy::measure(&env, &selected, &mut figures))?;
 
     let shown: Vec<&Figure> = figures.iter().filter(|f| selected(f.name)).collect();
     if args.json {
@@ -677,11 +702,11 @@ fn attach<P: Participant>(env: &TestEnv, session: &str, nprocs: u32, size: u64) 
 }
 
 fn attach_via<P: Participant>(env: &TestEnv, addr: SocketAddr, session: &str, nprocs: u32, size: u64) -> Result<P> {
-    let config = env
-        .config_via(addr, session, size, nprocs)
-        .direct_transfers(DIRECT.load(std::sync::atomic::Ordering::Relaxed))
-        .build()
-        .context("building the session config")?;
+    let mut config = env.config_via(addr, session, size, nprocs);
+    if NO_DIRECT.load(std::sync::atomic::Ordering::Relaxed) {
+        config = config.direct_transfers(false);
+    }
+    let config = config.build().context("building the session config")?;
     P::attach(&config).with_context(|| format!("attaching session {session}"))
 }
 
@@ -713,10 +738,7 @@ fn with_helpers_via<P: Participant, T>(
     body: impl FnOnce(&P) -> Result<T>,
 ) -> Result<T> {
     let exe = std::env::current_exe().context("locating the benchmark binary")?;
-    let mut worker_env = env.worker_env(addr, session, size, nprocs);
-    if DIRECT.load(std::sync::atomic::Ordering::Relaxed) {
-        worker_env.push(("DSM_DIRECT".into(), "1".into()));
-    }
+    let worker_env = helper_env(env, addr, session, size, nprocs);
     let rounds = helper_rounds.to_string();
     let args = ["--worker", kind.arg(), "--rounds", rounds.as_str()];
     let mut helpers = Workers::spawn(&exe, &args, &worker_env, nprocs as usize - 1);

@@ -10,7 +10,8 @@
 //!   page (both now hold every page read-only), then writes every byte, over `quinn.stream`.
 //! * `fault.read_home` (µs): a helper fills pages, a second helper reads them all (so their
 //!   home copies are current and nobody owns them), then this process touches them in a
-//!   scattered order (no read-ahead), over `quinn.rtt_4k`.
+//!   scattered order (no read-ahead), over `quinn.rtt_4k`. Direct transfers off (with them the
+//!   second helper's pages would come from the first, leaving the home behind).
 //! * `app.contrast.{2p,4p}` (ms): the `contrast` example on a generated 4096×4096 image, rank
 //!   0's time from attach to the last barrier, over `app.contrast.1p`.
 //! * `coordinator.rss_after` (MiB): a coordinator process's resident memory after a 256 MiB
@@ -49,7 +50,9 @@ pub(super) fn measure(env: &TestEnv, selected: &dyn Fn(&str) -> bool, figures: &
         figures.push(Figure::over(figures, "touch.write_shared", v, "MB/s", "quinn.stream", Some(Target::AtLeast(0.5))));
     }
     if selected("fault.read_home") {
-        let v = median_us(&read_home(env).context("measuring fault.read_home")?);
+        // Without direct transfers: with them the second helper's reads would leave the home
+        // behind (the pages come from the first helper), and the figure is the home's path.
+        let v = median_us(&super::without_direct(|| read_home(env)).context("measuring fault.read_home")?);
         figures.push(Figure::over(figures, "fault.read_home", v, "us", "quinn.rtt_4k", Some(Target::AtMost(1.5))));
     }
     if ["app.contrast.1p", "app.contrast.2p", "app.contrast.4p"].iter().any(|n| selected(n)) {
@@ -110,10 +113,14 @@ fn write_shared(env: &TestEnv) -> Result<f64> {
             let v = unsafe { std::ptr::read_volatile(base.add(p * PAGE)) };
             ensure!(v == 0xa5, "page {p} reads {v:#x} after the helper filled it");
         }
+        let before = r.stats().context("stats")?;
         let t = Instant::now();
         // SAFETY: inside the region; the helper only waits in its barrier now.
         unsafe { std::ptr::write_bytes(base, 0x5a, TOUCH_BYTES) };
         let took = t.elapsed();
+        if std::env::var_os("DSM_BENCH_STATS").is_some() {
+            eprintln!("write_shared: rank 0 before the writes {before:?}\nand after {:?}", r.stats()?);
+        }
         r.barrier().context("final barrier")?;
         Ok(TOUCH_BYTES as f64 / took.as_secs_f64() / 1e6)
     })
@@ -123,7 +130,7 @@ fn read_home(env: &TestEnv) -> Result<Vec<Duration>> {
     let session = session_name("bench-read-home");
     let size = (HOME_PAGES * PAGE) as u64;
     let exe = std::env::current_exe().context("locating the benchmark binary")?;
-    let worker_env = env.worker_env(env.addr(), &session, size, 3);
+    let worker_env = super::helper_env(env, env.addr(), &session, size, 3);
     let rounds = HOME_PAGES.to_string();
     let mut helpers = Workers::spawn(&exe, &["--worker", WorkerKind::FillWait.arg(), "--rounds", &rounds], &worker_env, 1);
     helpers.add(&exe, &["--worker", WorkerKind::ReadAll.arg(), "--rounds", &rounds], &worker_env);
