@@ -119,3 +119,32 @@ fn page_runs_split_at_pages_held_elsewhere_and_write_ahead_never_takes_them() {
     let ok = w.seen.iter().filter(|l| l.text.contains("runs-split ok")).count();
     assert_eq!(ok, 3, "{}", w.transcript());
 }
+
+/// The application unmaps pages it holds with its own `MADV_DONTNEED` (or the kernel reclaims
+/// them): the next access maps them again as they were (a minor fault the runtime serves with
+/// `UFFDIO_CONTINUE`), a written page keeps its bytes, a read-only one stays write-protected
+/// (a store to it then asks for ownership and lands).
+#[test]
+fn pages_the_application_unmaps_itself_come_back_as_they_were() {
+    let env = TestEnv::new();
+    let cfg = env.config(&session_name("dontneed"), 3 * 4096, 1).build().unwrap();
+    let region = dsm::Region::attach(&cfg).unwrap();
+    let words: &[std::sync::atomic::AtomicU64] = region.as_slice(0, 3 * 512).unwrap();
+    use std::sync::atomic::Ordering::SeqCst;
+    words[0].store(0x1234, SeqCst); // page 0: Writable
+    assert_eq!(words[512].load(SeqCst), 0); // page 1: ReadOnly (zeros)
+    let base = region.ptr_at(0, 2 * 4096).unwrap();
+    // SAFETY: the first two pages of the region's view, which this test owns; DONTNEED only
+    // drops their page table entries (the region's memory keeps the pages).
+    let r = unsafe { libc::madvise(base.cast(), 2 * 4096, libc::MADV_DONTNEED) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(words[0].load(SeqCst), 0x1234);
+    words[0].store(0x5678, SeqCst);
+    assert_eq!(words[0].load(SeqCst), 0x5678);
+    assert_eq!(words[512].load(SeqCst), 0);
+    let before = region.stats().unwrap().ownership_requests;
+    words[512].store(7, SeqCst);
+    assert_eq!(words[512].load(SeqCst), 7);
+    assert!(region.stats().unwrap().ownership_requests > before, "the read-only page was not write-protected");
+    region.detach().unwrap();
+}

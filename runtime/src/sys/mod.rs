@@ -42,6 +42,9 @@ const COPY_MODE_WP: u64 = 1 << 1;
 const FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 /// `UFFDIO_CONTINUE_MODE_WP` (Linux 6.4+): map the page write-protected.
 const CONTINUE_MODE_WP: u64 = 1 << 1;
+/// `UFFD_FEATURE_WP_UNPOPULATED`: new in Linux 6.4, as `UFFDIO_CONTINUE_MODE_WP` is (which has
+/// no feature bit of its own). Only asked of a probe, never enabled.
+const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
 
 #[repr(C)]
 struct UffdioContinue {
@@ -267,11 +270,22 @@ impl Fault {
                 .require_features(features | minor)
                 .create()
         };
-        // Minor faults where the kernel has them (backups then stay in place); without, backups
-        // are copied out.
-        let attempt = |user_mode_only: bool| match build(user_mode_only, true) {
-            Ok(uffd) => Ok((uffd, true)),
-            Err(_) => build(user_mode_only, false).map(|uffd| (uffd, false)),
+        // Minor faults where the kernel has them and can also map a held page again
+        // write-protected (a minor fault on a page we hold: reclaim, or the application's own
+        // MADV_DONTNEED), Linux 6.4+: backups then stay in place. Otherwise they are copied out.
+        let minor_ok = |user_mode_only: bool| {
+            let probe = FeatureFlags::from_bits_retain(FEATURE_MINOR_SHMEM | FEATURE_WP_UNPOPULATED);
+            UffdBuilder::new()
+                .close_on_exec(true)
+                .non_blocking(true)
+                .user_mode_only(user_mode_only)
+                .require_features(features | probe)
+                .create()
+                .is_ok()
+        };
+        let attempt = |user_mode_only: bool| match minor_ok(user_mode_only).then(|| build(user_mode_only, true)) {
+            Some(Ok(uffd)) => Ok((uffd, true)),
+            _ => build(user_mode_only, false).map(|uffd| (uffd, false)),
         };
         match attempt(false) {
             Ok((uffd, minor_faults)) => Ok(Fault { uffd, kernel_faults: true, minor_faults }),
