@@ -41,6 +41,18 @@ fn upgraded_1_backup_0(nprocs: u32) -> PageDirectory {
     d
 }
 
+/// Four processes; readers {0, 1, 2} of a stale page, rank 2 upgrades, ranks 0 and 1 keep
+/// backups.
+fn upgraded_2_backups_0_1() -> PageDirectory {
+    let mut d = stale_0_1(4);
+    run(&mut d, 2, ToCoordinator::Fetch { req: 3, page: P });
+    run(&mut d, 2, got());
+    run(&mut d, 2, ToCoordinator::Own { req: 9, page: P });
+    run(&mut d, 0, backup_ack(true));
+    run(&mut d, 1, backup_ack(true));
+    d
+}
+
 /// E1: no flush, no page bytes anywhere; the upgrader gets a grant without data.
 #[test]
 fn an_upgrade_of_a_stale_page_keeps_the_other_readers_bytes_as_backups() {
@@ -140,12 +152,7 @@ fn an_own_whose_recalled_owner_is_lost_gets_the_restored_bytes() {
 /// the older home is used.
 #[test]
 fn a_lost_restore_target_passes_the_restore_to_the_next_holder() {
-    let mut d = stale_0_1(4);
-    run(&mut d, 2, ToCoordinator::Fetch { req: 3, page: P });
-    run(&mut d, 2, got());
-    run(&mut d, 2, ToCoordinator::Own { req: 9, page: P });
-    run(&mut d, 0, backup_ack(true));
-    run(&mut d, 1, backup_ack(true));
+    let mut d = upgraded_2_backups_0_1();
     assert_eq!(d.inspect(P).backups, vec![0, 1]);
     assert_eq!(leave(&mut d, 2), vec![(0, restore())]);
     assert_eq!(leave(&mut d, 0), vec![(1, restore())]);
@@ -192,12 +199,7 @@ fn a_backup_kept_after_the_home_became_current_is_dropped_at_once() {
 /// BackupHome from a process that holds no backup (released meanwhile) is ignored.
 #[test]
 fn a_detaching_holders_backup_goes_home_and_releases_the_others() {
-    let mut d = stale_0_1(4);
-    run(&mut d, 2, ToCoordinator::Fetch { req: 3, page: P });
-    run(&mut d, 2, got());
-    run(&mut d, 2, ToCoordinator::Own { req: 9, page: P });
-    run(&mut d, 0, backup_ack(true));
-    run(&mut d, 1, backup_ack(true));
+    let mut d = upgraded_2_backups_0_1();
     assert!(run(&mut d, 3, backup_home(9)).is_empty());
     assert_eq!(d.inspect(P).home, None);
     let out = run(&mut d, 0, backup_home(6));
