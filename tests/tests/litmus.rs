@@ -27,12 +27,14 @@ fn litmus_with(env: &TestEnv, addr: std::net::SocketAddr, test: &str, procs: u32
     let summary = w.seen.iter().find(|l| l.text.starts_with(&format!("litmus {test}:")));
     assert!(summary.is_some(), "no summary from rank 0:\n{}", w.transcript());
     eprintln!("{}", summary.unwrap().text);
+    // Direct transfers are on by default, but whether a round's pages come from a peer or
+    // through the coordinator depends on the interleaving (2+2W mostly recalls pages before
+    // anyone reads them): only their absence is checked here, with them off. That they are the
+    // default is checked by `forwards.rs`.
     let forwarded = w.seen.iter().any(|l| l.text.contains(" ok stats") && !l.text.contains("pages_from_peers: 0,"));
+    eprintln!("pages came from peers: {forwarded}");
     if vars.contains(&("DSM_DIRECT", "0")) {
         assert!(!forwarded, "a page came from a peer with direct transfers off:\n{}", w.transcript());
-    } else if addr == env.addr() {
-        // Direct transfers are the default (through a relay the peers cannot reach each other).
-        assert!(forwarded, "no page came from a peer:\n{}", w.transcript());
     }
 }
 
