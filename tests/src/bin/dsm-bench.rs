@@ -14,7 +14,8 @@
 //!   page fetch).
 //! * `quinn.stream`: one-way throughput (MB/s, 10^6 bytes) of one quinn stream carrying 4 KiB
 //!   writes from the client thread to a server thread that reads and counts them, for 256 MiB
-//!   or about one second, whichever comes first; timed until the server's byte count came back.
+//!   or about one second, whichever comes first; timed until the server's byte count came back;
+//!   the median of 3 such runs.
 //! * `native.store`: 8-byte `write_volatile` stores (millions per second) looping over a private,
 //!   4 KiB-aligned 1 MiB buffer; median of several timed repeats.
 //!
@@ -35,7 +36,8 @@
 //! * `touch.sequential`: a helper fills 256 MiB with non-zero bytes, barrier; the parent reads
 //!   one byte of every page in order; MB/s of pages touched (with direct transfers, the
 //!   default, the pages come from the helper). `touch.sequential.coordinator`: the same with
-//!   direct transfers off (every page through the coordinator), for reference.
+//!   direct transfers off (every page through the coordinator), for reference. Each is the
+//!   median of `TOUCH_RUNS` sessions, the two figures' runs interleaved.
 //!
 //! Every figure runs with the runtime's defaults and the environment (`DSM_DIRECT=0
 //! dsm-bench` measures everything through the coordinator), except the `lossy.*` ones, whose
@@ -97,6 +99,8 @@ const FAULT_PAGES: usize = 2000;
 const FAULT_SIZE: u64 = 8 << 20;
 /// `touch.sequential`: bytes the helper fills and the parent touches page by page.
 const TOUCH_BYTES: u64 = 256 << 20;
+/// `touch.sequential`, `touch.sequential.coordinator`: sessions each (the figures are their medians).
+const TOUCH_RUNS: usize = 3;
 /// The sessions attached now go without direct transfers (`touch.sequential.coordinator`,
 /// `lossy.*`): the parent's config and the helpers' `DSM_DIRECT=0`; otherwise both follow the
 /// environment.
@@ -371,12 +375,22 @@ fn bench(args: &Args) -> Result<()> {
             figures.push(Figure::over(&figures, name, v, "us", "quinn.rtt_4k", Some(Target::AtMost(target))));
         }
     }
-    for (name, direct) in [("touch.sequential", true), ("touch.sequential.coordinator", false)] {
+    // Median of TOUCH_RUNS sessions each, the two interleaved: one run swings as much as its
+    // floor does (see `floors.rs`).
+    let touch = [("touch.sequential", true), ("touch.sequential.coordinator", false)];
+    let mut touch_rates = [Vec::new(), Vec::new()];
+    for _ in 0..TOUCH_RUNS {
+        for ((name, direct), rates) in touch.iter().zip(&mut touch_rates) {
+            if selected(name) {
+                let v = if *direct { touch_sequential(&env) } else { without_direct(|| touch_sequential(&env)) };
+                rates.push(v.with_context(|| format!("measuring {name}"))?);
+            }
+        }
+    }
+    for ((name, direct), rates) in touch.into_iter().zip(touch_rates) {
         if selected(name) {
-            let v = if direct { touch_sequential(&env) } else { without_direct(|| touch_sequential(&env)) };
-            let v = v.with_context(|| format!("measuring {name}"));
             let target = direct.then_some(Target::AtLeast(0.5));
-            figures.push(Figure::over(&figures, name, v?, "MB/s", "quinn.stream", target));
+            figures.push(Figure::over(&figures, name, median(rates), "MB/s", "quinn.stream", target));
         }
     }
     counter::measure(&env, &selected, &mut figures)?;
@@ -766,6 +780,12 @@ fn with_helpers_via<P: Participant, T>(
             Err(e.context(format!("helper output:\n{}", helpers.transcript())))
         }
     }
+}
+
+/// Median of figures from repeated runs (the upper middle one of an even count; NaN if none).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Median in microseconds.

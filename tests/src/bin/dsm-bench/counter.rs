@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use dsm_tests::{session_name, TestEnv};
 
-use super::{attach, median_us, with_helpers, Figure, Target, WorkerKind, SIZE};
+use super::{attach, median, median_us, with_helpers, Figure, Target, WorkerKind, SIZE};
 
 /// `replay.store`: timed replayed stores after warm-up ones.
 const REPLAY_WARMUP: usize = 100;
@@ -89,12 +89,8 @@ pub(super) fn measure(env: &TestEnv, selected: &dyn Fn(&str) -> bool, figures: &
         if !measure {
             continue;
         }
-        let median = |pick: fn(&(f64, f64)) -> f64| {
-            let mut v: Vec<f64> = results.iter().map(pick).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let (v, latency) = (median(|r| r.0), median(|r| r.1));
+        let v = median(results.iter().map(|r| r.0).collect());
+        let latency = median(results.iter().map(|r| r.1).collect());
         latencies.push((nprocs, coherence, latency));
         let figure = match coherence {
             dsm::Coherence::Invalidate => Figure { name, value: v, unit: "ops/s", floor: None, ratio: None, target: None },
