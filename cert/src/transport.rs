@@ -222,15 +222,21 @@ impl Transport {
             .send_window(SEND_WINDOW)
             .ack_frequency_config(Some(ack_frequency()))
             .mtu_discovery_config(Some(mtu_discovery()));
+        let mut first_mtu = INITIAL_MTU;
         if peer.is_some_and(is_loopback) {
             config.initial_mtu(MAX_UDP_PAYLOAD);
+            first_mtu = MAX_UDP_PAYLOAD;
         }
         match self.congestion {
             Congestion::Cubic => {
-                config.congestion_controller_factory(Arc::new(CubicConfig::default()))
+                let mut cubic = CubicConfig::default();
+                cubic.initial_window(initial_window(first_mtu));
+                config.congestion_controller_factory(Arc::new(cubic))
             }
             Congestion::NewReno => {
-                config.congestion_controller_factory(Arc::new(NewRenoConfig::default()))
+                let mut reno = NewRenoConfig::default();
+                reno.initial_window(initial_window(first_mtu));
+                config.congestion_controller_factory(Arc::new(reno))
             }
             Congestion::Bbr => {
                 config.congestion_controller_factory(Arc::new(AckClockBbrConfig::default()))
@@ -238,6 +244,18 @@ impl Transport {
         };
         config
     }
+}
+
+/// The MTU a connection starts at unless its peer is on loopback (QUIC's minimum, quinn's
+/// default).
+const INITIAL_MTU: u16 = 1200;
+
+/// RFC 9002's initial window (section 7.2) for datagrams of `mtu` bytes: `min(10 × mtu,
+/// max(14720, 2 × mtu))`. quinn's CUBIC and NewReno take 14720 whatever the MTU, which holds
+/// no packet of a loopback connection's 65,507 bytes: its handshake never went out.
+fn initial_window(mtu: u16) -> u64 {
+    let mtu = u64::from(mtu);
+    (10 * mtu).min(14720.max(2 * mtu))
 }
 
 /// quinn's MTU discovery (every 600 s, black-hole detection) searching up to [`MAX_UDP_PAYLOAD`].

@@ -147,7 +147,12 @@ pub(super) fn quinn_bench_via(
     let client = rt.block_on(async move {
         let mut endpoint = dsm_cert::endpoint("127.0.0.1:0".parse()?, None).context("binding the client")?;
         endpoint.set_default_client_config(client_config);
-        let conn = endpoint.connect(addr, "localhost")?.await.context("connecting")?;
+        // Bounded as the server's accept is: a handshake that never completes (a congestion
+        // window holding no packet once did that) is an error, not a hang.
+        let conn = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(addr, "localhost")?)
+            .await
+            .context("no connection to the quinn server within 10 s")?
+            .context("connecting")?;
         let (mut send, mut recv) = conn.open_bi().await.context("opening a stream")?;
         let mut result = QuinnResult::default();
         match load {
