@@ -222,11 +222,8 @@ impl Transport {
             .send_window(SEND_WINDOW)
             .ack_frequency_config(Some(ack_frequency()))
             .mtu_discovery_config(Some(mtu_discovery()));
-        let mut first_mtu = INITIAL_MTU;
-        if peer.is_some_and(is_loopback) {
-            config.initial_mtu(MAX_UDP_PAYLOAD);
-            first_mtu = MAX_UDP_PAYLOAD;
-        }
+        let first_mtu = if peer.is_some_and(is_loopback) { MAX_UDP_PAYLOAD } else { INITIAL_MTU };
+        config.initial_mtu(first_mtu);
         match self.congestion {
             Congestion::Cubic => {
                 let mut cubic = CubicConfig::default();
@@ -247,7 +244,7 @@ impl Transport {
 }
 
 /// The MTU a connection starts at unless its peer is on loopback (QUIC's minimum, quinn's
-/// default).
+/// default, set explicitly so that the initial window below is computed from it).
 const INITIAL_MTU: u16 = 1200;
 
 /// RFC 9002's initial window (section 7.2) for datagrams of `mtu` bytes: `min(10 × mtu,

@@ -782,26 +782,20 @@ fn with_helpers_via<P: Participant, T>(
     }
 }
 
-/// Median of figures from repeated runs (the upper middle one of an even count; NaN if none).
+/// Median of figures (the mean of the middle two of an even count; NaN if none).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Median in microseconds.
 fn median_us(samples: &[Duration]) -> f64 {
-    let mut v: Vec<Duration> = samples.to_vec();
-    v.sort_unstable();
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    let mid = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    };
-    mid.as_secs_f64() * 1e6
+    median(samples.iter().map(|d| d.as_secs_f64() * 1e6).collect())
 }
 
 fn json_str(s: &str) -> String {

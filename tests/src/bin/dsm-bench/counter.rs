@@ -11,14 +11,16 @@
 //!   process has incremented it too, so that the processes interleave by design (a contended
 //!   counter, not a burst on an owned page); operations per second of all processes together,
 //!   over the time the parent takes between the barriers (the final total is checked); the
-//!   median of `COUNTER_REPEATS` runs, interleaved with the other modes' runs. The update figures'
-//!   floor is the invalidate figure of the same process count (target >= 3); the adaptive
-//!   figure's floor is the better of the two fixed modes with 4 processes (target >= 0.9).
+//!   median of `COUNTER_REPEATS` runs, interleaved with the other modes' runs. The update
+//!   figures' floor is the invalidate figure of the same process count (target >= 3); the
+//!   adaptive figure's floor is the better of the two fixed modes with 4 processes (target >=
+//!   0.9).
 //! * `counter.latency.invalidate.4p`, `counter.latency.update.4p`, `counter.latency.adaptive.4p`:
 //!   from the same 4-process runs, the median time of one contended fetch_add of the parent
-//!   (the median over the runs of each run's median; each increment timed alone; the waits for the other processes are outside it; the
-//!   increments it makes after every other process has finished are not counted: they run
-//!   alone, and in adaptive mode on a page that went back to ownership, ~0 µs). Floor
+//!   (the median over the runs of each run's median; each increment timed alone; the waits
+//!   for the other processes are outside it; the increments it makes after every other
+//!   process has finished are not counted: they run alone, and in adaptive mode on a page that
+//!   went back to ownership, ~0 µs). Floor
 //!   `quinn.rtt_64b`; target <= 1.5 for update mode.
 //! * `counter.latency.update.2p`: the same from the 2-process update run, no target: on a
 //!   2-core machine the 4-process figures share cores (four processes, their runtime threads
